@@ -1,0 +1,309 @@
+"""nightly_backup_job end to end against real servers: every artifact restores with the raw tools."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import redis
+
+from tests.backup_helpers import (
+    PARTITION,
+    extract_tar,
+    fetch_plain,
+    force_config,
+    read_manifest,
+    redis_snapshot_of,
+    restore_postgres,
+    run_backup,
+    run_text,
+    store_for,
+    table_digest,
+    tree_of,
+)
+from tests.s3_fixtures import s3_bucket, s3_server  # noqa: F401
+from tests.slack_receiver import SlackReceiver, slack_receiver  # noqa: F401
+from twinme_ops.lib.local_servers import RedisServer
+
+ENV_VARS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "TWINME_FILES_DIR",
+    "TWINME_BACKUP_URL",
+    "TWINME_BACKUP_ENCRYPTION_KEY",
+    "SLACK_WEBHOOK_URL",
+    "TWINME_ENV",
+)
+
+
+@pytest.fixture
+def backup_env(
+    sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slack_receiver: SlackReceiver
+) -> Iterator[dict[str, str]]:
+    """The local environment on the shared sandbox, with a fresh local store and Slack receiver."""
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    env = {
+        "TWINME_HOME": str(sandbox.home),
+        "TWINME_BACKUP_URL": f"file://{tmp_path}/backups",
+        "SLACK_WEBHOOK_URL": slack_receiver.url,
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    yield env
+
+
+def _verify_restores(sandbox, store_url: str, workdir: Path, key: bytes | None = None) -> dict:
+    """Restore each artifact with pg_restore / redis-server / tar and compare with the source."""
+    store = store_for(store_url)
+    manifest = read_manifest(store)
+    arts = manifest["artifacts"]
+    assert set(arts) == {"postgres", "redis", "files"}
+
+    # PostgreSQL: pg_restore into a fresh database, then table for table, row for row
+    dump = fetch_plain(store, PARTITION, arts["postgres"], workdir, key)
+    restored_url = restore_postgres(dump, sandbox.database_url, "restore_check")
+    tables = arts["postgres"]["source"]["tables"]
+    assert "public.messages" in tables and tables["public.messages"] > 0
+    for table, count in tables.items():
+        src = table_digest(sandbox.database_url, table)
+        dst = table_digest(restored_url, table)
+        assert src == dst, table
+        assert dst[0] == count, table
+
+    # Redis: a scratch redis-server loads the RDB; key for key, value for value
+    rdb = fetch_plain(store, PARTITION, arts["redis"], workdir, key)
+    scratch = RedisServer.start(workdir / "redis-scratch", rdb_file=rdb)
+    try:
+        source = redis.Redis.from_url(sandbox.redis_url)
+        restored = redis.Redis.from_url(scratch.url())
+        src_keys, dst_keys = redis_snapshot_of(source), redis_snapshot_of(restored)
+        assert src_keys == dst_keys
+        assert len(dst_keys) == arts["redis"]["source"]["total_keys"]
+        types = {t for t, _, _ in dst_keys.values()}
+        assert {b"string", b"hash", b"list", b"set", b"zset", b"stream"} <= types
+        assert any(has_ttl for _, _, has_ttl in dst_keys.values())
+    finally:
+        scratch.stop()
+
+    # Files: tar extraction; path for path, byte for byte, modes and symlinks kept
+    tar = fetch_plain(store, PARTITION, arts["files"], workdir, key)
+    extract_tar(tar, workdir / "files")
+    assert tree_of(workdir / "files") == tree_of(sandbox.files_dir)
+    files_src = arts["files"]["source"]
+    assert files_src["files"] == sum(
+        1 for kind, _, _ in tree_of(sandbox.files_dir).values() if kind == "file"
+    )
+    assert files_src["symlinks"] >= 1
+    return manifest
+
+
+def test_backup_restores_with_raw_tools_local(
+    sandbox, backup_env, tmp_path: Path, slack_receiver: SlackReceiver
+) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_backup(instance=instance)
+    assert result.success
+    manifest = _verify_restores(sandbox, backup_env["TWINME_BACKUP_URL"], tmp_path)
+
+    set_dir = tmp_path / "backups" / PARTITION
+    names = sorted(p.name for p in set_dir.iterdir())
+    assert names == sorted(
+        ["manifest.json", "postgres.dump.zst", "redis.rdb.zst", "files.tar.zst"]
+        + ["postgres.json", "redis.json", "files.json"]
+    )
+    assert not [n for n in names if ".tmp" in n]
+    for art in manifest["artifacts"].values():
+        assert art["compression"]["codec"] == "zstd"
+        assert art["encryption"] is None
+        assert art["bytes_in"] > 0 and art["duration_s"] >= 0
+    assert "pg_dump (PostgreSQL) 18" in manifest["artifacts"]["postgres"]["tool"]["pg_dump"]
+
+    # Metadata a person reads in the UI
+    mat = result.asset_materializations_for_node("backup_set")[0]
+    assert mat.metadata["total_bytes"].value == manifest["total_bytes"]
+    pg_mat = result.asset_materializations_for_node("postgres_backup")[0]
+    for key in ("bytes_in", "bytes_out", "compression_ratio", "duration_s", "throughput_mb_s"):
+        assert key in pg_mat.metadata
+    assert pg_mat.metadata["rows_total"].value == manifest["artifacts"]["postgres"]["source"][
+        "total_rows"
+    ]
+
+    # The success message the spec sends, with the size
+    assert len(slack_receiver.messages) == 1
+    assert "TwinMe backup completed successfully" in slack_receiver.messages[0]
+    assert PARTITION in slack_receiver.messages[0] and "MB" in slack_receiver.messages[0]
+    assert "secrettoken" not in run_text(instance, result)
+
+
+def test_backup_restores_with_raw_tools_s3(
+    sandbox, backup_env, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"s3://{s3_bucket}/twinme/nightly"
+    monkeypatch.setenv("TWINME_BACKUP_URL", url)
+    result = run_backup()
+    assert result.success
+    _verify_restores(sandbox, url, tmp_path)
+
+    import boto3
+
+    s3 = boto3.client("s3")
+    listed = s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"twinme/nightly/{PARTITION}/")
+    keys = sorted(o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", []))
+    assert "manifest.json" in keys and "postgres.dump.zst" in keys
+    head = s3.head_object(Bucket=s3_bucket, Key=f"twinme/nightly/{PARTITION}/postgres.dump.zst")
+    assert head["ServerSideEncryption"] == "AES256"
+
+
+def test_encrypted_backup_restores_and_never_shows_the_key(
+    sandbox, backup_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = os.urandom(32)
+    key = base64.b64encode(raw).decode()
+    monkeypatch.setenv("TWINME_BACKUP_ENCRYPTION_KEY", key)
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_backup(instance=instance)
+    assert result.success
+    manifest = _verify_restores(sandbox, backup_env["TWINME_BACKUP_URL"], tmp_path, key=raw)
+    for art in manifest["artifacts"].values():
+        assert art["name"].endswith(".zst.enc")
+        assert art["encryption"]["algorithm"] == "AES-256-GCM"
+        assert art["encryption"]["key_id"]
+    stored = (tmp_path / "backups" / PARTITION / "postgres.dump.zst.enc").read_bytes()
+    assert not stored.startswith(b"\x28\xb5\x2f\xfd")  # not a readable zstd frame
+    text = run_text(instance, result) + json.dumps(manifest)
+    assert key not in text
+
+
+def test_malformed_key_is_rejected_before_any_work(
+    sandbox, backup_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = "c2hvcnQta2V5LXRoYXQtaXMtbm90LTMyLWJ5dGVz"  # valid base64, wrong length
+    monkeypatch.setenv("TWINME_BACKUP_ENCRYPTION_KEY", bad)
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_backup(instance=instance)
+    assert not result.success
+    text = run_text(instance, result)
+    assert "TWINME_BACKUP_ENCRYPTION_KEY" in text
+    assert bad not in text
+    assert not (tmp_path / "backups" / PARTITION).exists()
+
+
+def _failure_text(result: dg.ExecuteInProcessResult) -> str:
+    return "\n".join(
+        str(e.step_failure_data.error.message)  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.is_step_failure
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "postgres_wrong_password",
+        "postgres_unreachable",
+        "redis_unreachable",
+        "redis_wrong_password",
+        "files_missing",
+        "store_not_writable",
+        "s3_bucket_missing",
+    ],
+)
+def test_failure_fails_the_run_with_fix_and_no_manifest(
+    case: str,
+    sandbox,
+    backup_env,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    slack_receiver: SlackReceiver,
+    request: pytest.FixtureRequest,
+) -> None:
+    secret = "Sup3r-Secret-pw"
+    store_url = backup_env["TWINME_BACKUP_URL"]
+    if case == "postgres_wrong_password":
+        pw_server = request.getfixturevalue("pg_password_server")
+        monkeypatch.setenv(
+            "DATABASE_URL", f"postgresql://postgres:{secret}@127.0.0.1:{pw_server.port}/postgres"
+        )
+        label, step = "PostgreSQL", "postgres_backup"
+    elif case == "postgres_unreachable":
+        monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres:{secret}@127.0.0.1:1/twinme")
+        label, step = "PostgreSQL", "postgres_backup"
+    elif case == "redis_unreachable":
+        monkeypatch.setenv("REDIS_URL", f"redis://:{secret}@127.0.0.1:1/0")
+        label, step = "Redis", "redis_backup"
+    elif case == "redis_wrong_password":
+        server = RedisServer.start(tmp_path / "redis-pw", password="the-right-one-123")
+        request.addfinalizer(server.stop)
+        monkeypatch.setenv("REDIS_URL", f"redis://:{secret}@127.0.0.1:{server.port}/0")
+        label, step = "Redis", "redis_backup"
+    elif case == "files_missing":
+        monkeypatch.setenv("TWINME_FILES_DIR", str(tmp_path / "no-such-dir"))
+        label, step = "file storage", "files_backup"
+    elif case == "store_not_writable":
+        (tmp_path / "afile").write_text("not a directory")
+        store_url = f"file://{tmp_path}/afile/backups"
+        monkeypatch.setenv("TWINME_BACKUP_URL", store_url)
+        label, step = "PostgreSQL", "postgres_backup"  # every component fails; any is named
+    else:
+        request.getfixturevalue("s3_server")
+        store_url = f"s3://no-such-bucket-{os.getpid()}/twinme"
+        monkeypatch.setenv("TWINME_BACKUP_URL", store_url)
+        label, step = "PostgreSQL", "postgres_backup"
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_backup(instance=instance)
+    assert not result.success
+    failed = {e.step_key for e in result.all_events if e.is_step_failure}
+    assert step in failed
+    message = _failure_text(result)
+    assert label in message and "Fix:" in message
+    # No manifest, no partial artifact of the failed component
+    if case not in ("store_not_writable", "s3_bucket_missing"):
+        store = store_for(store_url)
+        assert not store.exists(PARTITION, "manifest.json")
+        component = step.removesuffix("_backup")
+        leftovers = store.list_artifacts(PARTITION) if PARTITION in store.list_sets() else {}
+        assert not [n for n in leftovers if n.startswith(component)]
+    # Slack names the failed component; no secret anywhere
+    alerts = [m for m in slack_receiver.messages if "FAILED" in m]
+    assert any(f"component: {label}" in m for m in alerts), slack_receiver.messages
+    everything = run_text(instance, result) + "\n".join(slack_receiver.messages)
+    assert secret not in everything
+    assert "secrettoken" not in everything
+
+
+def test_rerun_refuses_complete_set_unless_forced_and_replaces_incomplete(
+    sandbox, backup_env, tmp_path: Path
+) -> None:
+    assert run_backup().success
+    store = store_for(backup_env["TWINME_BACKUP_URL"])
+    first = read_manifest(store)
+
+    again = run_backup()
+    assert not again.success
+    assert "already complete" in _failure_text(again) and "force: true" in _failure_text(again)
+    assert read_manifest(store) == first
+
+    forced = run_backup(run_config=force_config())
+    assert forced.success
+    assert read_manifest(store)["run_id"] != first["run_id"]
+
+    store.delete(PARTITION, "manifest.json")  # an incomplete set (a crash before the manifest)
+    replaced = run_backup()
+    assert replaced.success
+    assert store.exists(PARTITION, "manifest.json")
+
+
+def test_progress_is_logged(sandbox, backup_env) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    cfg = {"ops": {"postgres_backup": {"config": {"progress_interval_s": 0.001}}}}
+    result = run_backup(run_config=cfg, instance=instance)
+    assert result.success
+    text = run_text(instance, result)
+    assert "MiB read" in text and "MiB/s" in text

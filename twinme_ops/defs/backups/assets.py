@@ -1,0 +1,379 @@
+"""Nightly backup assets: one artifact per component, then the set's manifest, written last."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from twinme_ops.defs.resources import twinme_env
+from twinme_ops.lib.artifacts import ArtifactResult, write_artifact
+from twinme_ops.lib.crypto import BackupEncryption
+from twinme_ops.lib.files import FilesBackupError, FilesFacts, FileStorageResource, tar_stream
+from twinme_ops.lib.manifest import (
+    COMPONENT_LABELS,
+    COMPONENTS,
+    MANIFEST,
+    ComponentRecord,
+    ManifestError,
+    artifact_name,
+    build_manifest,
+    manifest_bytes,
+    record_name,
+    set_id_for_partition,
+)
+from twinme_ops.lib.pgtools import pg_tool_version
+from twinme_ops.lib.postgres import PostgresError, PostgresResource, snapshot_dump
+from twinme_ops.lib.redact import redact
+from twinme_ops.lib.redis_snapshot import RedisResource, RedisSnapshotError, rdb_snapshot
+from twinme_ops.lib.slack import SlackNotifier
+from twinme_ops.lib.store import BackupStore, StoreError
+
+MIB = 1024 * 1024
+
+backup_partitions = dg.DailyPartitionsDefinition(
+    start_date="2026-01-01", timezone="Europe/Paris", end_offset=1
+)
+
+# Errors whose message already names the component, the cause and the fix
+_EXPECTED = (PostgresError, RedisSnapshotError, FilesBackupError, StoreError, ManifestError)
+
+
+class BackupConfig(dg.Config):
+    """Run config shared by the backup components."""
+
+    force: bool = Field(
+        default=False,
+        description="Replace this partition's set even if it is complete (has a manifest).",
+    )
+    zstd_level: int = Field(default=3, ge=1, le=19, description="zstd compression level.")
+    progress_interval_s: float = Field(
+        default=10.0, gt=0, description="Seconds between progress lines in the run's logs."
+    )
+
+
+def _prepare_set(
+    context: dg.AssetExecutionContext, store: BackupStore, component: str, force: bool
+) -> str:
+    """Refuse to touch a complete set unless forced; clear this component's stale files."""
+    set_id = set_id_for_partition(context.partition_key)
+    store.check_writable()
+    if store.exists(set_id, MANIFEST):
+        if not force:
+            raise dg.Failure(
+                description=(
+                    f"backup set {set_id} is already complete at {store.set_location(set_id)}; "
+                    "refusing to overwrite it. Fix: re-run with config force: true to replace it."
+                )
+            )
+        context.log.warning(f"force: replacing complete set {set_id}; its manifest is removed")
+        store.delete(set_id, MANIFEST)
+    for encrypted in (False, True):
+        store.delete(set_id, artifact_name(component, encrypted))
+    store.delete(set_id, record_name(component))
+    return set_id
+
+
+def _progress(
+    context: dg.AssetExecutionContext, component: str
+) -> Callable[[int, int, float], None]:
+    def report(bytes_in: int, bytes_out: int, elapsed: float) -> None:
+        rate = bytes_in / MIB / elapsed if elapsed > 0 else 0.0
+        context.log.info(
+            f"{component}: {bytes_in / MIB:,.1f} MiB read, {bytes_out / MIB:,.1f} MiB stored, "
+            f"{rate:,.1f} MiB/s, {elapsed:,.0f} s"
+        )
+
+    return report
+
+
+def _artifact_metadata(set_id: str, store: BackupStore, res: ArtifactResult) -> dict[str, Any]:
+    throughput = res.bytes_in / MIB / res.duration_s if res.duration_s > 0 else 0.0
+    return {
+        "set_id": set_id,
+        "location": dg.MetadataValue.text(store.set_location(set_id)),
+        "artifact": res.name,
+        "bytes_in": dg.MetadataValue.int(res.bytes_in),
+        "bytes_out": dg.MetadataValue.int(res.bytes_out),
+        "size_mb": dg.MetadataValue.float(round(res.bytes_out / MIB, 3)),
+        "compression_ratio": dg.MetadataValue.float(round(res.ratio, 3)),
+        "duration_s": dg.MetadataValue.float(round(res.duration_s, 3)),
+        "throughput_mb_s": dg.MetadataValue.float(round(throughput, 2)),
+        "sha256": res.sha256,
+        "encrypted": dg.MetadataValue.bool(res.encryption is not None),
+    }
+
+
+def _backup_component(
+    context: dg.AssetExecutionContext,
+    component: str,
+    config: BackupConfig,
+    store: BackupStore,
+    encryption: BackupEncryption,
+    open_source: Callable[[], AbstractContextManager[tuple[Iterator[bytes], Any]]],
+    size_hint: Callable[[Any], int | None],
+    describe: Callable[[Any], tuple[dict[str, Any], dict[str, Any]]],
+) -> tuple[str, ArtifactResult, Any]:
+    """Stream one component into the store and write its record.
+
+    ``describe(facts)`` returns ``(source facts, tool versions)`` for the record. Any failure
+    leaves no artifact and no record behind (the store discards partial writes).
+    """
+    label = COMPONENT_LABELS[component]
+    key = encryption.get_key()
+    try:
+        set_id = _prepare_set(context, store, component, config.force)
+        name = artifact_name(component, key is not None)
+        context.log.info(f"{label}: backing up into {store.set_location(set_id)}/{name}")
+        with open_source() as (chunks, facts):
+            result = write_artifact(
+                store,
+                set_id,
+                name,
+                chunks,
+                level=config.zstd_level,
+                key=key,
+                size_hint=size_hint(facts),
+                progress=_progress(context, component),
+                progress_interval_s=config.progress_interval_s,
+            )
+        source, tool = describe(facts)
+        record = ComponentRecord(
+            component=component,
+            artifact={**result.to_dict(), "created_at": datetime.now(UTC).isoformat()},
+            source=source,
+            tool=tool,
+        )
+        store.put_bytes(set_id, record_name(component), record.to_json())
+    except _EXPECTED as exc:
+        raise dg.Failure(description=f"{label} backup failed: {redact(exc)}") from None
+    return set_id, result, facts
+
+
+@dg.asset(
+    partitions_def=backup_partitions,
+    group_name="backups",
+    kinds={"postgres", "zstd"},
+    pool="twinme_database",
+    description=(
+        "pg_dump (custom format) of the TwinMe database from an exported snapshot, zstd-compressed "
+        "(optionally AES-256-GCM encrypted) and streamed into the backup store. Per-table row "
+        "counts come from the same snapshot so the restore drill can verify them."
+    ),
+)
+def postgres_backup(
+    context: dg.AssetExecutionContext,
+    config: BackupConfig,
+    postgres: PostgresResource,
+    backup_store: BackupStore,
+    backup_encryption: BackupEncryption,
+) -> dg.MaterializeResult:
+    set_id, result, facts = _backup_component(
+        context,
+        "postgres",
+        config,
+        backup_store,
+        backup_encryption,
+        lambda: snapshot_dump(postgres),
+        lambda f: f.database_size,
+        lambda f: (
+            {
+                "database": f.database,
+                "server_version": f.server_version,
+                "database_size": f.database_size,
+                "tables": f.tables,
+                "total_rows": f.total_rows,
+            },
+            {"pg_dump": pg_tool_version("pg_dump"), "format": "custom"},
+        ),
+    )
+    context.log.info(
+        f"PostgreSQL: {facts.total_rows:,} rows in {len(facts.tables)} tables, "
+        f"{result.bytes_out / MIB:,.1f} MiB stored"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **_artifact_metadata(set_id, backup_store, result),
+            "rows_total": dg.MetadataValue.int(facts.total_rows),
+            "tables": dg.MetadataValue.int(len(facts.tables)),
+            "database_size_bytes": dg.MetadataValue.int(facts.database_size),
+            "table_rows": dg.MetadataValue.json(facts.tables),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=backup_partitions,
+    group_name="backups",
+    kinds={"redis", "zstd"},
+    description=(
+        "RDB snapshot of Redis taken over the replication protocol (what redis-cli --rdb does, "
+        "no CONFIG or disk access needed), zstd-compressed into the backup store, with the key "
+        "count of every database."
+    ),
+)
+def redis_backup(
+    context: dg.AssetExecutionContext,
+    config: BackupConfig,
+    redis: RedisResource,
+    backup_store: BackupStore,
+    backup_encryption: BackupEncryption,
+) -> dg.MaterializeResult:
+    set_id, result, facts = _backup_component(
+        context,
+        "redis",
+        config,
+        backup_store,
+        backup_encryption,
+        lambda: rdb_snapshot(redis),
+        lambda f: f.used_memory,
+        lambda f: (
+            {
+                "redis_version": f.redis_version,
+                "keys": f.keys,
+                "expires": f.expires,
+                "total_keys": f.total_keys,
+            },
+            {"protocol": "SYNC (replication)", "redis_version": f.redis_version},
+        ),
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **_artifact_metadata(set_id, backup_store, result),
+            "keys_total": dg.MetadataValue.int(facts.total_keys),
+            "keys_by_db": dg.MetadataValue.json(facts.keys),
+            "redis_version": facts.redis_version,
+        }
+    )
+
+
+class _FilesSource:
+    """Context manager adapter so the files tar looks like the other sources."""
+
+    def __init__(self, storage: FileStorageResource) -> None:
+        self.root = storage.resolved_path()
+        self.facts = FilesFacts(root=str(self.root))
+
+    def __enter__(self) -> tuple[Iterator[bytes], FilesFacts]:
+        return tar_stream(self.root, self.facts), self.facts
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@dg.asset(
+    partitions_def=backup_partitions,
+    group_name="backups",
+    kinds={"file", "zstd"},
+    description=(
+        "tar of the API's file storage (TWINME_FILES_DIR: relative paths, symlinks and modes "
+        "kept), zstd-compressed into the backup store, with file count and bytes."
+    ),
+)
+def files_backup(
+    context: dg.AssetExecutionContext,
+    config: BackupConfig,
+    file_storage: FileStorageResource,
+    backup_store: BackupStore,
+    backup_encryption: BackupEncryption,
+) -> dg.MaterializeResult:
+    set_id, result, facts = _backup_component(
+        context,
+        "files",
+        config,
+        backup_store,
+        backup_encryption,
+        lambda: _FilesSource(file_storage),
+        lambda f: None,
+        lambda f: (
+            {
+                "root": f.root,
+                "files": f.files,
+                "bytes": f.bytes,
+                "dirs": f.dirs,
+                "symlinks": f.symlinks,
+                "skipped": f.skipped,
+            },
+            {"tar": "python tarfile, PAX format"},
+        ),
+    )
+    if facts.skipped:
+        context.log.warning(f"files: skipped {len(facts.skipped)} special or vanished entries")
+    return dg.MaterializeResult(
+        metadata={
+            **_artifact_metadata(set_id, backup_store, result),
+            "files": dg.MetadataValue.int(facts.files),
+            "file_bytes": dg.MetadataValue.int(facts.bytes),
+            "symlinks": dg.MetadataValue.int(facts.symlinks),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=backup_partitions,
+    group_name="backups",
+    deps=[postgres_backup, redis_backup, files_backup],
+    kinds={"s3"},
+    description=(
+        "The day's backup set: checks that every component's artifact is in the store with the "
+        "recorded size, then writes manifest.json last (sizes, sha256, compression, encryption, "
+        "source row/key/file counts, tool versions, durations). A set without it is not a backup."
+    ),
+)
+def backup_set(
+    context: dg.AssetExecutionContext,
+    backup_store: BackupStore,
+    slack: SlackNotifier,
+) -> dg.MaterializeResult:
+    started = time.monotonic()
+    set_id = set_id_for_partition(context.partition_key)
+    try:
+        records = {
+            c: ComponentRecord.from_json(backup_store.get_bytes(set_id, record_name(c)))
+            for c in COMPONENTS
+            if backup_store.exists(set_id, record_name(c))
+        }
+        manifest = build_manifest(
+            set_id,
+            records,
+            backup_store.list_artifacts(set_id),
+            environment=twinme_env(),
+            run_id=context.run_id,
+            location=backup_store.set_location(set_id),
+        )
+        backup_store.put_bytes(set_id, MANIFEST, manifest_bytes(manifest))
+    except _EXPECTED as exc:
+        raise dg.Failure(description=f"backup set {set_id} incomplete: {redact(exc)}") from None
+    total = manifest["total_bytes"]
+    arts = manifest["artifacts"]
+    sizes = ", ".join(f"{COMPONENT_LABELS[c]} {arts[c]['bytes_out'] / MIB:,.1f} MB" for c in arts)
+    context.log.info(f"backup set {set_id} complete at {manifest['location']}: {sizes}")
+    slack.send(
+        f":white_check_mark: TwinMe backup completed successfully — set {set_id}, "
+        f"{total / MIB:,.1f} MB ({sizes}) at {manifest['location']}",
+        log=context.log,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "set_id": set_id,
+            "location": dg.MetadataValue.text(manifest["location"]),
+            "total_bytes": dg.MetadataValue.int(total),
+            "total_mb": dg.MetadataValue.float(round(total / MIB, 3)),
+            "backup_duration_s": dg.MetadataValue.float(
+                round(max(manifest["durations_s"].values()) + time.monotonic() - started, 3)
+            ),
+            "rows_total": dg.MetadataValue.int(arts["postgres"]["source"]["total_rows"]),
+            "keys_total": dg.MetadataValue.int(arts["redis"]["source"]["total_keys"]),
+            "files": dg.MetadataValue.int(arts["files"]["source"]["files"]),
+            "encrypted": dg.MetadataValue.bool(arts["postgres"]["encryption"] is not None),
+        }
+    )
+
+
+backup_assets = [postgres_backup, redis_backup, files_backup, backup_set]
+BACKUP_ASSET_KEYS = [a.key for a in backup_assets]

@@ -1,0 +1,71 @@
+"""The one environment switch: which servers, store and Slack the definitions talk to.
+
+``TWINME_ENV=local`` (default) falls back to the embedded sandbox for every server that is not
+configured; ``production`` requires each variable of DESIGN.md §3. Secrets are passed as
+``dg.EnvVar`` so the UI shows the variable's name, never its value. Nothing here runs at import
+time: :func:`build_resources` is called when the code location loads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from twinme_ops.lib.crypto import BackupEncryption
+from twinme_ops.lib.files import FileStorageResource
+from twinme_ops.lib.postgres import PostgresResource
+from twinme_ops.lib.redis_snapshot import RedisResource
+from twinme_ops.lib.slack import SlackNotifier
+from twinme_ops.lib.store import BackupStore
+
+ENVIRONMENTS = ("local", "production")
+
+
+def twinme_env() -> str:
+    """The environment name, validated."""
+    env = os.environ.get("TWINME_ENV", "local").strip() or "local"
+    if env not in ENVIRONMENTS:
+        raise ValueError(f"TWINME_ENV={env!r} is not one of {', '.join(ENVIRONMENTS)}")
+    return env
+
+
+def twinme_home() -> Path:
+    """Local state directory (sandbox servers, local backup store): ``TWINME_HOME`` or ./.twinme."""
+    return Path(os.environ.get("TWINME_HOME") or ".twinme").absolute()
+
+
+def _env_or(name: str, default: Any) -> Any:
+    """``dg.EnvVar(name)`` if the variable is set (its value stays out of the UI), else default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def build_resources() -> dict[str, Any]:
+    """Resources for the current environment."""
+    env = twinme_env()
+    home = str(twinme_home())
+    if env == "production":
+        missing = [
+            v
+            for v in ("DATABASE_URL", "REDIS_URL", "TWINME_FILES_DIR", "TWINME_BACKUP_URL")
+            if not os.environ.get(v)
+        ]
+        if missing:
+            raise ValueError(
+                f"TWINME_ENV=production needs {', '.join(missing)} to be set "
+                "(see README, 'Configuring production')"
+            )
+    backup_url = os.environ.get("TWINME_BACKUP_URL") or f"file://{home}/backups"
+    return {
+        "postgres": PostgresResource(url=_env_or("DATABASE_URL", ""), sandbox_home=home),
+        "redis": RedisResource(url=_env_or("REDIS_URL", ""), sandbox_home=home),
+        "file_storage": FileStorageResource(
+            path=_env_or("TWINME_FILES_DIR", ""), sandbox_home=home
+        ),
+        "backup_store": BackupStore(url=backup_url, s3=S3Resource()),
+        "backup_encryption": BackupEncryption(key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", "")),
+        "slack": SlackNotifier(webhook_url=_env_or("SLACK_WEBHOOK_URL", "")),
+    }

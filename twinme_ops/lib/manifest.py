@@ -1,0 +1,132 @@
+"""Backup sets: names, component records and the manifest that makes a set a backup.
+
+A set is a folder (or S3 prefix) per set id. Each component writes its artifact, then a small
+``<component>.json`` record; ``manifest.json`` is written last from those records, so a set
+without a manifest is, by construction, not a backup.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+MANIFEST = "manifest.json"
+FORMAT = "twinme-backup-set/v1"
+COMPONENTS = ("postgres", "redis", "files")
+ARTIFACT_NAMES = {
+    "postgres": "postgres.dump.zst",
+    "redis": "redis.rdb.zst",
+    "files": "files.tar.zst",
+}
+COMPONENT_LABELS = {"postgres": "PostgreSQL", "redis": "Redis", "files": "file storage"}
+_SET_ID = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class ManifestError(ValueError):
+    """A manifest or component record is missing or malformed."""
+
+
+def artifact_name(component: str, encrypted: bool) -> str:
+    """Stored name of a component's artifact (``.enc`` when client-side encrypted)."""
+    return ARTIFACT_NAMES[component] + (".enc" if encrypted else "")
+
+
+def record_name(component: str) -> str:
+    return f"{component}.json"
+
+
+def set_id_for_partition(partition_key: str) -> str:
+    """Set ids are the partition date: re-running a partition targets the same set."""
+    if not _SET_ID.match(partition_key):
+        raise ManifestError(f"partition key {partition_key!r} is not a YYYY-MM-DD date")
+    return partition_key
+
+
+@dataclass
+class ComponentRecord:
+    """One component's artifact and the source facts a restore drill verifies."""
+
+    component: str
+    artifact: dict[str, Any]
+    source: dict[str, Any]
+    tool: dict[str, Any]
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "component": self.component,
+                "artifact": self.artifact,
+                "source": self.source,
+                "tool": self.tool,
+            },
+            indent=2,
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ComponentRecord:
+        try:
+            obj = json.loads(data)
+            return cls(obj["component"], obj["artifact"], obj["source"], obj["tool"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ManifestError(f"unreadable component record: {exc}") from None
+
+
+def build_manifest(
+    set_id: str,
+    records: dict[str, ComponentRecord],
+    stored_sizes: dict[str, int],
+    *,
+    environment: str,
+    run_id: str,
+    location: str,
+    created_at: datetime | None = None,
+) -> dict[str, Any]:
+    """Assemble the manifest, refusing a set whose artifacts are missing or of the wrong size."""
+    missing = [c for c in COMPONENTS if c not in records]
+    if missing:
+        raise ManifestError(f"set {set_id} lacks component records for: {', '.join(missing)}")
+    artifacts: dict[str, Any] = {}
+    for component in COMPONENTS:
+        rec = records[component]
+        name = rec.artifact["name"]
+        if stored_sizes.get(name) != rec.artifact["bytes_out"]:
+            raise ManifestError(
+                f"set {set_id}: artifact {name} is {stored_sizes.get(name, 'missing')} bytes in "
+                f"the store, its record says {rec.artifact['bytes_out']}; re-run the partition"
+            )
+        artifacts[component] = {**rec.artifact, "source": rec.source, "tool": rec.tool}
+    total = sum(a["bytes_out"] for a in artifacts.values())
+    return {
+        "format": FORMAT,
+        "set_id": set_id,
+        "created_at": (created_at or datetime.now(UTC)).isoformat(),
+        "environment": environment,
+        "run_id": run_id,
+        "location": location,
+        "total_bytes": total,
+        "durations_s": {c: artifacts[c]["duration_s"] for c in COMPONENTS},
+        "artifacts": artifacts,
+    }
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+
+def parse_manifest(data: bytes) -> dict[str, Any]:
+    """Parse and sanity-check a manifest."""
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ManifestError(f"manifest format is not {FORMAT}")
+    for component in COMPONENTS:
+        art = manifest.get("artifacts", {}).get(component)
+        if not art or not {"name", "sha256", "bytes_out"} <= set(art):
+            raise ManifestError(f"manifest lacks a complete entry for {component}")
+    return manifest

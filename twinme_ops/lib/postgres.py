@@ -1,0 +1,264 @@
+"""PostgreSQL: the resource the operations act on, and a consistent streaming dump.
+
+``pg_dump`` reads an exported snapshot, and the per-table row counts are taken in the very
+transaction that exported it, so the counts a restore drill checks are exactly what the dump holds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import dagster as dg
+import psycopg
+from psycopg import sql
+from pydantic import Field
+
+from twinme_ops.lib.pgtools import pg_bin, pg_tool_version
+from twinme_ops.lib.redact import redact, register_secret
+
+READ_CHUNK = 1 << 20
+
+
+class PostgresError(RuntimeError):
+    """A PostgreSQL operation failed; the message names the server (redacted) and the fix."""
+
+
+@dataclass
+class DumpFacts:
+    """What the dump contains, read from the same snapshot as the dump itself."""
+
+    database: str
+    server_version: str
+    snapshot: str
+    tables: dict[str, int] = field(default_factory=dict)
+    database_size: int = 0
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.tables.values())
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The PostgreSQL server that TwinMe runs on.
+
+    An empty ``url`` means the embedded sandbox under ``sandbox_home``, started on first use.
+    """
+
+    url: str = Field(
+        default="",
+        description="libpq URL (postgresql://user:pass@host:port/db), from DATABASE_URL. "
+        "Empty: the embedded sandbox.",
+    )
+    sandbox_home: str = Field(
+        default=".twinme", description="TWINME_HOME of the embedded sandbox (local only)."
+    )
+    connect_timeout_s: int = Field(default=10, description="Connection timeout in seconds.")
+
+    def resolved_url(self) -> str:
+        """The URL to use, starting the sandbox when none is configured."""
+        if self.url:
+            return self.url
+        from twinme_ops.sandbox.servers import ensure_sandbox
+
+        return ensure_sandbox(Path(self.sandbox_home)).database_url
+
+    def _split(self) -> tuple[str, str | None]:
+        """The URL without its password, and the password (registered as a secret)."""
+        url = self.resolved_url()
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise PostgresError(
+                f"DATABASE_URL must look like postgresql://user:password@host:5432/dbname, "
+                f"got {redact(url)!r}"
+            )
+        password = unquote(parts.password) if parts.password else None
+        register_secret(password)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        if parts.username:
+            netloc = f"{parts.username}@{netloc}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), password
+
+    def describe(self) -> str:
+        """Redacted URL, for logs and messages."""
+        return redact(self._split()[0])
+
+    @property
+    def database_name(self) -> str:
+        return urlsplit(self.resolved_url()).path.lstrip("/") or "postgres"
+
+    def tool_env(self) -> dict[str, str]:
+        """Environment for libpq tools: the password travels in PGPASSWORD, never in argv."""
+        _, password = self._split()
+        env = dict(os.environ)
+        env["PGCONNECT_TIMEOUT"] = str(self.connect_timeout_s)
+        env.pop("PGPASSWORD", None)
+        if password:
+            env["PGPASSWORD"] = password
+        return env
+
+    def tool_dsn(self) -> str:
+        """The URL to pass to libpq tools (no password in it)."""
+        return self._split()[0]
+
+    @contextmanager
+    def get_connection(self, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A psycopg connection; connection errors become a :class:`PostgresError` with a fix."""
+        dsn, password = self._split()
+        try:
+            conn = psycopg.connect(
+                dsn,
+                password=password,
+                connect_timeout=self.connect_timeout_s,
+                autocommit=autocommit,
+                application_name="twinme_ops",
+            )
+        except psycopg.OperationalError as exc:
+            raise PostgresError(connection_error_message(self.describe(), exc)) from None
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+def connection_error_message(where: str, exc: BaseException) -> str:
+    """An actionable, secret-free message for a failed connection."""
+    detail = redact(str(exc)).strip().splitlines()
+    first = detail[-1] if detail else type(exc).__name__
+    text = " ".join(detail).lower()
+    if "password authentication failed" in text or "no password supplied" in text:
+        fix = "check the user and password in DATABASE_URL"
+    elif "does not exist" in text and "database" in text:
+        fix = "check the database name in DATABASE_URL"
+    else:
+        fix = "check that the server is running and reachable (host, port, firewall)"
+    return f"cannot connect to PostgreSQL at {where}: {first}. Fix: {fix}."
+
+
+def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """Every table holding rows (plain tables and partitions), outside the system schemas."""
+    rows = conn.execute(
+        """
+        SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def count_rows(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Exact row count of every user table, keyed ``schema.table``."""
+    counts: dict[str, int] = {}
+    for schema, table in user_tables(conn):
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        row = conn.execute(query).fetchone()
+        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
+
+
+@contextmanager
+def snapshot_dump(
+    pg: PostgresResource, extra_args: list[str] | None = None
+) -> Iterator[tuple[Iterator[bytes], DumpFacts]]:
+    """Stream ``pg_dump --format=custom --compress=0`` of an exported snapshot.
+
+    Yields ``(chunks, facts)``. ``facts.tables`` is filled in a background thread from the same
+    snapshot while the dump streams; it is complete once ``chunks`` is exhausted. The iterator
+    raises :class:`PostgresError` if pg_dump fails, so a consumer never commits a truncated dump.
+    """
+    # autocommit, so that our explicit BEGIN sets the isolation level of the snapshot transaction
+    with pg.get_connection(autocommit=True) as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute(
+            "SELECT pg_export_snapshot(), current_database(), "
+            "current_setting('server_version'), pg_database_size(current_database())"
+        ).fetchone()
+        assert row is not None
+        facts = DumpFacts(
+            database=row[1], server_version=row[2], snapshot=row[0], database_size=int(row[3])
+        )
+        count_error: list[BaseException] = []
+
+        def count() -> None:
+            try:
+                facts.tables = count_rows(conn)
+            except BaseException as exc:  # surfaced after the dump, with the dump's own error first
+                count_error.append(exc)
+
+        counter = threading.Thread(target=count, name="pg-row-counts", daemon=True)
+        counter.start()
+        cmd = [
+            pg_bin("pg_dump"),
+            "--format=custom",
+            "--compress=0",
+            f"--snapshot={facts.snapshot}",
+            "--no-password",
+            f"--dbname={pg.tool_dsn()}",
+            *(extra_args or []),
+        ]
+        with tempfile.TemporaryFile() as stderr:
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=stderr, env=pg.tool_env(), bufsize=0
+            )
+
+            def chunks() -> Iterator[bytes]:
+                assert proc.stdout is not None
+                while True:
+                    data = proc.stdout.read(READ_CHUNK)
+                    if not data:
+                        break
+                    yield data
+                code = proc.wait()
+                counter.join()
+                if code != 0:
+                    stderr.seek(0)
+                    raise PostgresError(dump_error_message(pg, code, stderr.read()))
+                if count_error:
+                    raise PostgresError(
+                        f"row counts from snapshot failed on {pg.describe()}: "
+                        f"{redact(count_error[0])}"
+                    )
+
+            try:
+                yield chunks(), facts
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                counter.join(timeout=30)
+                if not conn.closed:
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+
+
+def dump_error_message(pg: PostgresResource, code: int, stderr: bytes) -> str:
+    """pg_dump's own words (redacted), with the fix an operator needs."""
+    lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    detail = redact(" | ".join(lines[-3:])) or "no error output"
+    text = detail.lower()
+    if "server closed the connection" in text or "terminating connection" in text:
+        fix = "the server went away during the dump: check its logs and availability, then re-run"
+    elif "password authentication failed" in text:
+        fix = "check the credentials in DATABASE_URL"
+    elif "server version mismatch" in text:
+        fix = "use a pg_dump at least as new as the server (reinstall twinme_ops)"
+    else:
+        fix = "check the server and the error above, then re-run the partition"
+    return f"pg_dump of {pg.describe()} failed (exit {code}): {detail}. Fix: {fix}."
+
+
+def pg_dump_version() -> str:
+    """Version string of the pg_dump used for backups."""
+    return pg_tool_version("pg_dump")
