@@ -87,7 +87,7 @@ def table_digest(url: str, table: str) -> tuple[int, str]:
     schema, name = table.split(".", 1)
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            f'SELECT count(*), md5(coalesce(string_agg(t::text, E\'\\n\' ORDER BY t::text), \'\')) '
+            f"SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
             f'FROM "{schema}"."{name}" t'
         ).fetchone()
     assert row is not None

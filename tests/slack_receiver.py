@@ -40,7 +40,9 @@ class SlackReceiver:
                 return None
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/secrettoken"
+        self.url = (
+            f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/secrettoken"
+        )
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

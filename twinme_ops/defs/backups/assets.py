@@ -1,7 +1,5 @@
 """Nightly backup assets: one artifact per component, then the set's manifest, written last."""
 
-from __future__ import annotations
-
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -68,7 +66,8 @@ def _prepare_set(
             raise dg.Failure(
                 description=(
                     f"backup set {set_id} is already complete at {store.set_location(set_id)}; "
-                    "refusing to overwrite it. Fix: re-run with config force: true to replace it."
+                    "refusing to overwrite it. Fix: re-run with force: true in the run config "
+                    "(CLI: twinme-ops backup --force) to replace it."
                 )
             )
         context.log.warning(f"force: replacing complete set {set_id}; its manifest is removed")

@@ -1,0 +1,246 @@
+"""``twinme-ops``: command line for the local side of the TwinMe operations.
+
+One sub-command group per domain (``sandbox``, ``backup``). A group is a
+``register_<group>(subparsers)`` function that adds its parser and sets ``handler`` on each
+command; :func:`build_parser` calls the registrars listed in ``COMMAND_GROUPS``, so a new group is
+one function plus one entry there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _home(args: argparse.Namespace) -> Path:
+    from twinme_ops.sandbox.servers import default_home
+
+    return Path(args.home).absolute() if args.home else default_home()
+
+
+def cmd_sandbox_up(args: argparse.Namespace) -> int:
+    """Start (or reuse) the sandbox and print where it is."""
+    from twinme_ops.sandbox.servers import ensure_sandbox
+
+    info = ensure_sandbox(_home(args))
+    print(f"DATABASE_URL={info.database_url}")
+    print(f"REDIS_URL={info.redis_url}")
+    print(f"TWINME_FILES_DIR={info.files_dir}")
+    print(f"TWINME_HOME={info.home}")
+    return 0
+
+
+def cmd_sandbox_down(args: argparse.Namespace) -> int:
+    """Stop the sandbox servers (data is kept)."""
+    from twinme_ops.sandbox.servers import stop_sandbox
+
+    stopped = stop_sandbox(_home(args))
+    print("sandbox stopped" if stopped else "sandbox was not running")
+    return 0
+
+
+def cmd_sandbox_status(args: argparse.Namespace) -> int:
+    """Print the sandbox status as JSON; exit code 3 when it is not running."""
+    from twinme_ops.sandbox.servers import sandbox_status
+
+    status = sandbox_status(_home(args))
+    print(json.dumps(status, indent=2, sort_keys=True))
+    return 0 if status["running"] else 3
+
+
+def cmd_sandbox_seed(args: argparse.Namespace) -> int:
+    """Start the sandbox if needed, then replace its demo data at ``--scale``."""
+    from twinme_ops.sandbox.seed import seed
+    from twinme_ops.sandbox.servers import ensure_sandbox
+
+    info = ensure_sandbox(_home(args))
+    report = seed(info.database_url, info.redis_url, info.files_dir, args.scale)
+    print(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def register_sandbox(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``twinme-ops sandbox up | down | status | seed [--scale S]``."""
+    group = subparsers.add_parser(
+        "sandbox",
+        help="the embedded local PostgreSQL + Redis + files environment",
+        description="Manage the embedded sandbox under TWINME_HOME (default ./.twinme).",
+    )
+    group.add_argument("--home", help="state directory (default: $TWINME_HOME or ./.twinme)")
+    commands = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("up", help="start (or reuse) the sandbox, print its URLs").set_defaults(
+        handler=cmd_sandbox_up
+    )
+    commands.add_parser("down", help="stop the sandbox servers").set_defaults(
+        handler=cmd_sandbox_down
+    )
+    commands.add_parser("status", help="show whether it runs, sizes and counts").set_defaults(
+        handler=cmd_sandbox_status
+    )
+    seed_parser = commands.add_parser("seed", help="replace the demo data (deterministic)")
+    seed_parser.add_argument(
+        "--scale",
+        type=_positive_float,
+        default=0.02,
+        help="1 is about 100 MB of database, 10 about 1 GB (default: 0.02)",
+    )
+    seed_parser.set_defaults(handler=cmd_sandbox_seed)
+
+
+def _cli_instance() -> Any:
+    """The Dagster instance of ``$DAGSTER_HOME`` when set (runs show in ``dagster dev``), else a
+    persistent one under ``$TWINME_HOME/dagster``."""
+    import dagster as dg
+
+    from twinme_ops.sandbox.servers import default_home
+
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    home = default_home() / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.local_temp(tempdir=str(home))
+
+
+def today_partition() -> str:
+    """Today's date in Europe/Paris: the partition the nightly schedule would back up now."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime.now(ZoneInfo("Europe/Paris")).strftime("%Y-%m-%d")
+
+
+def _source_summary(component: str, src: dict[str, Any]) -> str:
+    if component == "postgres":
+        return f"{src['total_rows']:,} rows in {len(src['tables'])} tables"
+    if component == "redis":
+        return f"{src['total_keys']:,} keys"
+    return f"{src['files']:,} files, {src['bytes']:,} bytes"
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Run nightly_backup_job for one partition; print where the set is and what it holds."""
+    import yaml
+
+    from twinme_ops.definitions import build_definitions
+    from twinme_ops.defs.backups.assets import backup_partitions
+    from twinme_ops.defs.resources import build_resources
+    from twinme_ops.lib.crypto import BackupEncryption
+    from twinme_ops.lib.manifest import COMPONENT_LABELS, MANIFEST
+
+    # a malformed key is refused before anything starts
+    BackupEncryption(key=os.environ.get("TWINME_BACKUP_ENCRYPTION_KEY", "")).get_key()
+    partition = args.partition or today_partition()
+    if not backup_partitions.has_partition_key(partition):
+        print(f"error: {partition} is not a backup partition (a YYYY-MM-DD day up to today)")
+        return 2
+    # the CLI prints a summary; the run's own log lines stay at INFO
+    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    if args.config:
+        run_config.update(yaml.safe_load(Path(args.config).read_text()) or {})
+    if args.force:
+        for op in ("postgres_backup", "redis_backup", "files_backup"):
+            ops = run_config.setdefault("ops", {})
+            ops.setdefault(op, {}).setdefault("config", {})["force"] = True
+    job = build_definitions().resolve_job_def("nightly_backup_job")
+    print(f"nightly_backup_job: backing up partition {partition}...", file=sys.stderr)
+    result = job.execute_in_process(
+        partition_key=partition,
+        run_config=run_config,
+        instance=_cli_instance(),
+        raise_on_error=False,
+    )
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure and event.step_failure_data:
+                message = (
+                    event.step_failure_data.error.message if event.step_failure_data.error else ""
+                )
+                print(f"FAILED {event.step_key}: {message.strip()}", file=sys.stderr)
+        print(f"run {result.run_id} failed (errors above)", file=sys.stderr)
+        return 1
+    store = build_resources()["backup_store"]
+    manifest = json.loads(store.get_bytes(partition, MANIFEST))
+    print(f"backup set {partition} complete: {manifest['location']}")
+    print(f"  {MANIFEST}  (run {result.run_id})")
+    for component, art in manifest["artifacts"].items():
+        facts = _source_summary(component, art["source"])
+        enc = ", encrypted" if art["encryption"] else ""
+        print(
+            f"  {art['name']:<22} {art['bytes_out'] / 1048576:10.2f} MiB  "
+            f"sha256 {art['sha256'][:16]}…  {COMPONENT_LABELS[component]}: {facts}{enc}"
+        )
+    print(f"  total {manifest['total_bytes'] / 1048576:.2f} MiB")
+    return 0
+
+
+def register_backup(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``twinme-ops backup [--partition D] [--force] [--config FILE]``."""
+    parser = subparsers.add_parser(
+        "backup",
+        help="run nightly_backup_job now (PostgreSQL, Redis, files -> one backup set)",
+        description="Run nightly_backup_job in this process for one daily partition and print "
+        "the resulting backup set. Uses the same configuration as the code location.",
+    )
+    parser.add_argument("--partition", help="YYYY-MM-DD (default: today, Europe/Paris)")
+    parser.add_argument("--force", action="store_true", help="replace a complete set")
+    parser.add_argument("--config", help="run config YAML (examples/run_config/...)")
+    parser.set_defaults(handler=cmd_backup)
+
+
+# Add a group here: each entry adds one sub-command tree to the parser.
+COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    register_sandbox,
+    register_backup,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``twinme-ops`` parser."""
+    parser = argparse.ArgumentParser(
+        prog="twinme-ops", description="Operations of the TwinMe IA API (local tools)."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="GROUP")
+    for register in COMMAND_GROUPS:
+        register(groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``twinme-ops`` script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except Exception as exc:
+        from twinme_ops.lib.redact import redact
+
+        if args.verbose:
+            raise
+        print(f"error: {redact(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
