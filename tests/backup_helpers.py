@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 import psycopg
 import redis
+from psycopg import sql
 
 from twinme_ops.definitions import build_definitions
 from twinme_ops.lib.crypto import Decryptor
@@ -86,10 +87,11 @@ def table_digest(url: str, table: str) -> tuple[int, str]:
     """Row count and md5 over the table's rows in a stable order."""
     schema, name = table.split(".", 1)
     with psycopg.connect(url) as conn:
-        row = conn.execute(
-            f"SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
-            f'FROM "{schema}"."{name}" t'
-        ).fetchone()
+        query = sql.SQL(
+            "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
+            "FROM {}.{} t"
+        ).format(sql.Identifier(schema), sql.Identifier(name))
+        row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0]), str(row[1])
 
@@ -97,8 +99,8 @@ def table_digest(url: str, table: str) -> tuple[int, str]:
 def restore_postgres(dump: Path, admin_url: str, dbname: str) -> str:
     """pg_restore into a fresh database; returns its URL."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}"')
-        conn.execute(f'CREATE DATABASE "{dbname}"')
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(dbname)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     url = admin_url.rsplit("/", 1)[0] + f"/{dbname}"
     subprocess.run(
         [pg_bin("pg_restore"), "--no-owner", "--exit-on-error", f"--dbname={url}", str(dump)],
@@ -108,11 +110,29 @@ def restore_postgres(dump: Path, admin_url: str, dbname: str) -> str:
     return url
 
 
-def redis_snapshot_of(client: redis.Redis) -> dict[bytes, tuple[bytes, bytes | None, bool]]:
-    """key -> (type, DUMP payload, has TTL) for every key of db 0."""
-    out: dict[bytes, tuple[bytes, bytes | None, bool]] = {}
+def redis_value(client: redis.Redis, key: bytes, kind: bytes) -> object:
+    """The logical value of a key (DUMP payloads differ after a reload: hash order changes)."""
+    if kind == b"string":
+        return client.get(key)
+    if kind == b"hash":
+        return client.hgetall(key)
+    if kind == b"list":
+        return client.lrange(key, 0, -1)
+    if kind == b"set":
+        return client.smembers(key)
+    if kind == b"zset":
+        return client.zrange(key, 0, -1, withscores=True)
+    if kind == b"stream":
+        return client.xrange(key)
+    raise AssertionError(f"unexpected type {kind!r}")
+
+
+def redis_snapshot_of(client: redis.Redis) -> dict[bytes, tuple[bytes, object, bool]]:
+    """key -> (type, value, has TTL) for every key of db 0."""
+    out: dict[bytes, tuple[bytes, object, bool]] = {}
     for key in client.scan_iter(count=1000):
-        out[key] = (client.type(key), client.dump(key), client.pttl(key) > 0)  # type: ignore[arg-type]
+        kind: bytes = client.type(key)  # type: ignore[assignment]
+        out[key] = (kind, redis_value(client, key, kind), client.pttl(key) > 0)  # type: ignore[operator]
     return out
 
 

@@ -249,7 +249,7 @@ def test_failure_fails_the_run_with_fix_and_no_manifest(
         (tmp_path / "afile").write_text("not a directory")
         store_url = f"file://{tmp_path}/afile/backups"
         monkeypatch.setenv("TWINME_BACKUP_URL", store_url)
-        label, step = "PostgreSQL", "postgres_backup"  # every component fails; any is named
+        label, step = "PostgreSQL", "postgres_backup"  # every component fails; each is named
     else:
         request.getfixturevalue("s3_server")
         store_url = f"s3://no-such-bucket-{os.getpid()}/twinme"
@@ -307,3 +307,34 @@ def test_progress_is_logged(sandbox, backup_env) -> None:
     assert result.success
     text = run_text(instance, result)
     assert "MiB read" in text and "MiB/s" in text
+
+
+def test_job_runs_with_the_multiprocess_executor_and_repo_instance(
+    sandbox, backup_env, tmp_path: Path
+) -> None:
+    """What the daemon and the UI do: one process per step, the repo's dagster.yaml (pools)."""
+    import shutil
+    import subprocess
+    import sys
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "job", "execute", "-m", "twinme_ops.definitions"]
+        + ["-j", "nightly_backup_job", "--tags", json.dumps({"dagster/partition": PARTITION})],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    pids = {
+        line.split(" - ")[5]
+        for line in out.stderr.splitlines()
+        if "STEP_SUCCESS" in line and line.count(" - ") > 4
+    }
+    assert len(pids) >= 3  # steps ran in their own processes
+    manifest = read_manifest(store_for(backup_env["TWINME_BACKUP_URL"]))
+    assert manifest["set_id"] == PARTITION

@@ -65,7 +65,7 @@ def test_multipart_round_trip(store: BackupStore) -> None:
     assert got.hexdigest() == expected.hexdigest()
 
 
-def test_s3_multipart_is_used_and_encrypted(s3_bucket: str) -> None:  # noqa: F811
+def test_s3_multipart_is_used_and_encrypted(s3_bucket: str) -> None:
     store = BackupStore(url=f"s3://{s3_bucket}/p", multipart_part_size_mb=5)
     with store.open_writer("s1", "big.bin") as writer:
         for piece in stream(12 * MIB):
@@ -81,7 +81,7 @@ def test_s3_multipart_is_used_and_encrypted(s3_bucket: str) -> None:  # noqa: F8
     assert small["ServerSideEncryption"] == "AES256"
 
 
-def test_s3_without_sse(s3_bucket: str) -> None:  # noqa: F811
+def test_s3_without_sse(s3_bucket: str) -> None:
     store = BackupStore(url=f"s3://{s3_bucket}", server_side_encryption="")
     store.put_bytes("s1", "a", b"x")
     head = boto3.client("s3").head_object(Bucket=s3_bucket, Key="s1/a")
@@ -134,7 +134,7 @@ def test_listing_and_delete_set(store: BackupStore) -> None:
     assert store.list_artifacts("2024-06-02") == {"manifest.json": 2, "redis.rdb.zst": 10}
 
 
-def test_s3_delete_set_paginates(s3_bucket: str) -> None:  # noqa: F811
+def test_s3_delete_set_paginates(s3_bucket: str) -> None:
     store = BackupStore(url=f"s3://{s3_bucket}/deep/prefix")
     client = boto3.client("s3")
     # more than one ListObjectsV2 page and one DeleteObjects batch (1,000 keys each)
@@ -177,7 +177,7 @@ def test_failed_small_writer_leaves_nothing(store: BackupStore) -> None:
     assert store.list_artifacts("s") == {}
 
 
-def test_s3_failure_during_upload_aborts(s3_bucket: str) -> None:  # noqa: F811
+def test_s3_failure_during_upload_aborts(s3_bucket: str) -> None:
     store = BackupStore(url=f"s3://{s3_bucket}/p", multipart_part_size_mb=5)
     client = boto3.client("s3")
     with pytest.raises(StoreError), store.open_writer("s", "big") as writer:
@@ -195,14 +195,14 @@ def test_s3_failure_during_upload_aborts(s3_bucket: str) -> None:  # noqa: F811
     assert not store.exists("s", "big")
 
 
-def test_s3_missing_bucket_is_actionable(s3_server: str) -> None:  # noqa: F811
+def test_s3_missing_bucket_is_actionable(s3_server: str) -> None:
     store = BackupStore(url="s3://twinme-no-such-bucket/prefix")
     with pytest.raises(StoreError) as info:
         store.check_writable()
     assert str(info.value) == (
         "S3 bucket 'twinme-no-such-bucket' does not exist or is not reachable "
-        "(TWINME_BACKUP_URL=s3://twinme-no-such-bucket/prefix): create the bucket or fix "
-        "TWINME_BACKUP_URL"
+        "(TWINME_BACKUP_URL=s3://twinme-no-such-bucket/prefix). Fix: create the bucket or "
+        "correct TWINME_BACKUP_URL."
     )
     with pytest.raises(StoreError, match="does not exist"):
         store.put_bytes("s", "manifest.json", b"{}")
@@ -210,7 +210,7 @@ def test_s3_missing_bucket_is_actionable(s3_server: str) -> None:  # noqa: F811
         store.list_sets()
 
 
-def test_s3_error_messages_do_not_leak_credentials(s3_server: str) -> None:  # noqa: F811
+def test_s3_error_messages_do_not_leak_credentials(s3_server: str) -> None:
     store = BackupStore(url="s3://twinme-no-such-bucket/prefix")
     with pytest.raises(StoreError) as info:
         store.put_bytes("s", "x", b"1")
@@ -252,7 +252,7 @@ def test_relative_file_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert (tmp_path / ".twinme" / "backups" / "s" / "a").read_bytes() == b"1"
 
 
-def test_s3_describe(s3_bucket: str) -> None:  # noqa: F811
+def test_s3_describe(s3_bucket: str) -> None:
     store = BackupStore(url=f"s3://{s3_bucket}/nightly/")
     assert store.describe() == f"s3://{s3_bucket}/nightly"
     assert store.set_location("2024-06-01") == f"s3://{s3_bucket}/nightly/2024-06-01"
@@ -305,7 +305,7 @@ def test_part_size_covers_a_terabyte_with_bounded_parts() -> None:
         part_size(0, 5 * MIB)
 
 
-def test_s3_large_parts_are_spooled_to_disk(s3_bucket: str) -> None:  # noqa: F811
+def test_s3_large_parts_are_spooled_to_disk(s3_bucket: str) -> None:
     """Parts above 16 MiB live in a temporary file, so RAM stays bounded by SPOOL_MAX_SIZE."""
     store = BackupStore(url=f"s3://{s3_bucket}/p", multipart_part_size_mb=20)
     expected = hashlib.sha256()

@@ -248,7 +248,8 @@ def dump_error_message(pg: PostgresResource, code: int, stderr: bytes) -> str:
     lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
     detail = redact(" | ".join(lines[-3:])) or "no error output"
     text = detail.lower()
-    if "server closed the connection" in text or "terminating connection" in text:
+    went_away = ("server closed the connection", "terminat", "connection to server")
+    if any(marker in text for marker in went_away):
         fix = "the server went away during the dump: check its logs and availability, then re-run"
     elif "password authentication failed" in text:
         fix = "check the credentials in DATABASE_URL"

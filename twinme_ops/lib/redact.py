@@ -39,7 +39,8 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
         user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:{_MASK}@{host}" if ":" in userinfo else f"{_MASK}@{host}"
+        # a user name alone is not a secret; a password is
+        netloc = f"{user}:{_MASK}@{host}" if ":" in userinfo else f"{user}@{host}"
     query = _MASK if parts.query else ""
     path = parts.path
     # Slack webhook URLs carry their token in the path

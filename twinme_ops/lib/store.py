@@ -150,10 +150,10 @@ def _os_error(exc: OSError, action: str, path: Path | str) -> StoreError:
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         fix = "fix the directory's permissions or point TWINME_BACKUP_URL at a writable location"
     elif exc.errno == errno.ENOTDIR:
-        fix = "a component of the path is a regular file: fix TWINME_BACKUP_URL"
+        fix = "a component of the path is a regular file: correct TWINME_BACKUP_URL"
     else:
         fix = "check TWINME_BACKUP_URL and the file system"
-    return StoreError(redact(f"cannot {action} {path}: {reason}: {fix}"))
+    return StoreError(redact(f"cannot {action} {path}: {reason}. Fix: {fix}."))
 
 
 class _LocalWriter:
@@ -478,8 +478,8 @@ class _S3Backend:
             if code == "NoSuchBucket" or (key is None and code in ("404", "NotFound")):
                 return StoreError(
                     redact(
-                        f"S3 bucket '{self.bucket}' does not exist or is not reachable {ctx}: "
-                        f"create the bucket or fix {URL_ENV}"
+                        f"S3 bucket '{self.bucket}' does not exist or is not reachable {ctx}. "
+                        f"Fix: create the bucket or correct {URL_ENV}."
                     )
                 )
             if code in ("NoSuchKey", "404", "NotFound"):
@@ -487,7 +487,7 @@ class _S3Backend:
             if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
                 return StoreError(
                     redact(
-                        f"access denied while trying to {action} {where} {ctx}: give the "
+                        f"access denied while trying to {action} {where} {ctx}. Fix: give the "
                         "credentials in use (AWS_ACCESS_KEY_ID or the pod's IAM role) "
                         "s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject and "
                         f"s3:AbortMultipartUpload on bucket '{self.bucket}' (plus "
@@ -497,17 +497,20 @@ class _S3Backend:
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
                 return StoreError(
                     redact(
-                        f"S3 rejected the credentials ({code}) while trying to {action} {where}: "
-                        "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN "
+                        f"S3 rejected the credentials ({code}) while trying to {action} {where}. "
+                        "Fix: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN "
                         "(or the IAM role)"
                     )
                 )
             return StoreError(
-                redact(f"S3 error {code} while trying to {action} {where} {ctx}: {detail}")
+                redact(
+                    f"S3 error {code} while trying to {action} {where} {ctx}: {detail}. "
+                    f"Fix: check the bucket and {URL_ENV}."
+                )
             )
         if isinstance(exc, NoCredentialsError):
             return StoreError(
-                f"no AWS credentials found while trying to {action} {redact(where)}: set "
+                f"no AWS credentials found while trying to {action} {redact(where)}. Fix: set "
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or give the pod an "
                 "IAM role"
             )
@@ -515,7 +518,7 @@ class _S3Backend:
         return StoreError(
             redact(
                 f"S3 failure while trying to {action} {where} (endpoint {endpoint}): "
-                f"{type(exc).__name__}: {exc}: check AWS_ENDPOINT_URL_S3, the network and "
+                f"{type(exc).__name__}: {exc}. Fix: check AWS_ENDPOINT_URL_S3, the network and "
                 f"{URL_ENV}"
             )
         )

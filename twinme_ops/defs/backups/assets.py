@@ -342,7 +342,7 @@ def backup_set(
             records,
             backup_store.list_artifacts(set_id),
             environment=twinme_env(),
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             location=backup_store.set_location(set_id),
         )
         backup_store.put_bytes(set_id, MANIFEST, manifest_bytes(manifest))
