@@ -17,7 +17,8 @@ import pytest
 # Fixtures defined next to the helpers they serve, registered here for every test module
 from tests.s3_fixtures import s3_bucket, s3_server  # noqa: F401
 from tests.slack_receiver import slack_receiver  # noqa: F401
-from twinme_ops.lib.local_servers import PostgresServer, RedisServer
+from twinme_ops.lib.postgres_server import PostgresServer
+from twinme_ops.lib.redis_server import RedisServer
 from twinme_ops.sandbox.servers import SandboxInfo, ensure_sandbox, stop_sandbox
 
 PG_TEST_PASSWORD = "pg-test-Passw0rd"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,7 +116,6 @@ def test_empty_source(store: BackupStore) -> None:
     assert b"".join(out) == b""
 
 
-@pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd CLI not installed")
 def test_plain_artifact_is_a_standard_zstd_file(local_store: BackupStore, tmp_path: Path) -> None:
     _, raw = collect(dump_like(3 * MIB))
     write_artifact(local_store, SET, "files.tar.zst", [raw])

@@ -27,7 +27,7 @@ from tests.backup_helpers import (
     tree_of,
 )
 from tests.slack_receiver import SlackReceiver
-from twinme_ops.lib.local_servers import RedisServer
+from twinme_ops.lib.redis_server import RedisServer
 
 ENV_VARS = (
     "DATABASE_URL",

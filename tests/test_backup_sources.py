@@ -17,10 +17,11 @@ from tests.backup_helpers import redis_snapshot_of
 from tests.slack_receiver import SlackReceiver
 from twinme_ops.definitions import build_definitions
 from twinme_ops.lib.artifacts import write_artifact
-from twinme_ops.lib.local_servers import PostgresServer, RedisServer
 from twinme_ops.lib.manifest import ManifestError, build_manifest
 from twinme_ops.lib.postgres import PostgresError, PostgresResource, snapshot_dump
+from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.lib.redact import redact, register_secret
+from twinme_ops.lib.redis_server import RedisServer
 from twinme_ops.lib.redis_snapshot import RedisResource, rdb_snapshot
 from twinme_ops.lib.slack import SlackNotifier
 from twinme_ops.lib.store import BackupStore

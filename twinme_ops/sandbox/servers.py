@@ -23,13 +23,13 @@ import psycopg
 
 from twinme_ops.lib.local_servers import (
     LocalServerError,
-    PostgresServer,
-    RedisServer,
     dir_lock,
     pid_alive,
     read_json_file,
     write_json_atomic,
 )
+from twinme_ops.lib.postgres_server import PostgresServer
+from twinme_ops.lib.redis_server import RedisServer
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,161 @@
+"""The local-directory backend of :class:`~twinme_ops.lib.store.BackupStore` (``file://``).
+
+An artifact is written to ``<name>.tmp-<random>`` next to its final path, fsynced and renamed
+into place (and the directory fsynced), so it appears complete or not at all; listings skip the
+temporary names. ``OSError`` becomes a redacted :class:`~twinme_ops.lib.store.StoreError` that
+says what to fix.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import shutil
+from contextlib import suppress
+from pathlib import Path
+
+from twinme_ops.lib.redact import redact
+from twinme_ops.lib.store import (
+    ArtifactNotFoundError,
+    BackendReader,
+    BackendWriter,
+    StoreError,
+    is_artifact_name,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _os_error(exc: OSError, action: str, path: Path | str) -> StoreError:
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        fix = "free disk space or point TWINME_BACKUP_URL at a larger volume"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "fix the directory's permissions or point TWINME_BACKUP_URL at a writable location"
+    elif exc.errno == errno.ENOTDIR:
+        fix = "a component of the path is a regular file: correct TWINME_BACKUP_URL"
+    else:
+        fix = "check TWINME_BACKUP_URL and the file system"
+    return StoreError(redact(f"cannot {action} {path}: {reason}. Fix: {fix}."))
+
+
+class _LocalWriter:
+    """Writes ``<name>.tmp-<random>`` next to the target, then fsyncs and renames it into place."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(8)}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by commit() / discard()
+        except OSError as exc:
+            raise _os_error(exc, "create", self._tmp) from None
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise _os_error(exc, "write", self._tmp) from None
+
+    def commit(self) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self._path)
+            # the rename itself must survive a crash, not only the data
+            dir_fd = os.open(self._path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            self.discard()
+            raise _os_error(exc, "write", self._path) from None
+
+    def discard(self) -> None:
+        with suppress(OSError):
+            self._file.close()
+        try:
+            self._tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning("could not remove %s: %s", self._tmp, exc.strerror)
+
+
+class LocalBackend:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def describe(self) -> str:
+        return redact(f"file://{self.root}")
+
+    def _set_dir(self, set_id: str) -> Path:
+        return self.root / set_id
+
+    def check_writable(self) -> None:
+        probe = self.root / f".twinme-probe-{secrets.token_hex(8)}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(probe, "xb") as f:
+                f.write(b"probe")
+                f.flush()
+                os.fsync(f.fileno())
+            probe.unlink()
+        except OSError as exc:
+            raise _os_error(exc, "write to the backup directory", self.root) from None
+
+    def writer(self, set_id: str, name: str, size_hint: int | None) -> BackendWriter:
+        return _LocalWriter(self._set_dir(set_id) / name)
+
+    def open_reader(self, set_id: str, name: str) -> BackendReader:
+        path = self._set_dir(set_id) / name
+        try:
+            return open(path, "rb")  # noqa: SIM115 - closed by BackupStore.open_reader
+        except FileNotFoundError:
+            raise ArtifactNotFoundError(redact(f"artifact not found: {path}")) from None
+        except OSError as exc:
+            raise _os_error(exc, "read", path) from None
+
+    def exists(self, set_id: str, name: str) -> bool:
+        return (self._set_dir(set_id) / name).is_file()
+
+    def delete(self, set_id: str, name: str) -> None:
+        path = self._set_dir(set_id) / name
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _os_error(exc, "delete", path) from None
+
+    def list_sets(self) -> list[str]:
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise _os_error(exc, "list", self.root) from None
+        return sorted(e.name for e in entries if e.is_dir() and is_artifact_name(e.name))
+
+    def list_artifacts(self, set_id: str) -> dict[str, int]:
+        path = self._set_dir(set_id)
+        try:
+            entries = list(os.scandir(path))
+            return {
+                e.name: e.stat().st_size
+                for e in sorted(entries, key=lambda e: e.name)
+                if e.is_file() and is_artifact_name(e.name)
+            }
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise _os_error(exc, "list", path) from None
+
+    def delete_set(self, set_id: str) -> None:
+        path = self._set_dir(set_id)
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _os_error(exc, "delete", path) from None
