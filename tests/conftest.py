@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 # Fixtures defined next to the helpers they serve, registered here for every test module
-from tests.s3_fixtures import s3_bucket, s3_server  # noqa: F401
+from tests.s3_fixtures import s3_bucket, s3_server, store  # noqa: F401
 from tests.slack_receiver import slack_receiver  # noqa: F401
 from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.lib.redis_server import RedisServer

@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import boto3
 import pytest
+
+from twinme_ops.lib.store import BackupStore
 
 # Everything boto3 would otherwise pick up from the developer's machine or CI runner: a real
 # profile or session token must never leak into tests that talk to the fake endpoint.
@@ -116,3 +119,12 @@ def s3_bucket(s3_server: str) -> Iterator[str]:
             for obj in page.get("Contents", []):
                 client.delete_object(Bucket=name, Key=obj["Key"])
         client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BackupStore:
+    """The same tests against both backends: a local directory, and S3 with 5 MiB parts."""
+    if request.param == "local":
+        return BackupStore(url=f"file://{tmp_path}/backups")
+    bucket = request.getfixturevalue("s3_bucket")
+    return BackupStore(url=f"s3://{bucket}/nightly", multipart_part_size_mb=5)

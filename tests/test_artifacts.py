@@ -25,14 +25,6 @@ from twinme_ops.lib.store import MIB, BackupStore
 SET = "2024-06-01"
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> BackupStore:
-    if request.param == "local":
-        return BackupStore(url=f"file://{tmp_path}/backups")
-    bucket = request.getfixturevalue("s3_bucket")
-    return BackupStore(url=f"s3://{bucket}/nightly", multipart_part_size_mb=5)
-
-
 @pytest.fixture
 def local_store(tmp_path: Path) -> BackupStore:
     return BackupStore(url=f"file://{tmp_path}/backups")

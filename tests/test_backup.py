@@ -18,14 +18,12 @@ from tests.backup_helpers import (
     fetch_plain,
     force_config,
     read_manifest,
-    redis_snapshot_of,
     restore_postgres,
     run_backup,
     run_text,
     store_for,
-    table_digest,
-    tree_of,
 )
+from tests.compare import redis_snapshot_of, table_digest, tree_of
 from tests.slack_receiver import SlackReceiver
 from twinme_ops.lib.redis_server import RedisServer
 
@@ -338,3 +336,23 @@ def test_job_runs_with_the_multiprocess_executor_and_repo_instance(
     assert len(pids) >= 3  # steps ran in their own processes
     manifest = read_manifest(store_for(backup_env["TWINME_BACKUP_URL"]))
     assert manifest["set_id"] == PARTITION
+
+
+def test_cli_backup_with_the_example_run_config_prints_the_set(
+    sandbox, backup_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README command 1's last step, with examples/run_config/nightly_backup_job.yaml."""
+    from twinme_ops import cli
+
+    example = Path(__file__).parents[1] / "examples" / "run_config" / "nightly_backup_job.yaml"
+    argv = ["backup", "--partition", PARTITION, "--config", str(example)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"backup set {PARTITION} complete: {backup_env['TWINME_BACKUP_URL']}/{PARTITION}" in out
+    for name in ("postgres.dump.zst", "redis.rdb.zst", "files.tar.zst", "manifest.json"):
+        assert name in out
+    assert "rows in" in out and "keys" in out and "files," in out
+
+    assert cli.main(argv) == 1  # complete: refused without --force
+    assert "already complete" in capsys.readouterr().err
+    assert cli.main([*argv, "--force"]) == 0

@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 import redis
 
-from tests.backup_helpers import redis_snapshot_of
+from tests.compare import redis_snapshot_of
 from tests.slack_receiver import SlackReceiver
 from twinme_ops.definitions import build_definitions
 from twinme_ops.lib.artifacts import write_artifact

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import psycopg
 import pytest
 import redis
 
+from tests.compare import redis_snapshot_of, table_digest, tree_of
 from tests.conftest import PG_TEST_PASSWORD, REDIS_TEST_PASSWORD
 from twinme_ops import cli
 from twinme_ops.lib import redis_server
@@ -50,48 +50,8 @@ ANCHOR = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
 def table_fingerprints(url: str) -> dict[str, tuple[int, str]]:
-    """Row count and md5 over the rows in id order, per TwinMe table."""
-    out: dict[str, tuple[int, str]] = {}
-    with psycopg.connect(url) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
-        for table in TABLES:
-            row = conn.execute(
-                f"SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t.id), '')) "
-                f"FROM {table} t".encode()
-            ).fetchone()
-            assert row is not None
-            out[table] = (int(row[0]), str(row[1]))
-    return out
-
-
-def redis_snapshot(client: redis.Redis) -> dict[bytes, tuple[bytes, bytes, bool]]:
-    """key -> (type, DUMP payload, has a TTL) for every key."""
-    out: dict[bytes, tuple[bytes, bytes, bool]] = {}
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        payload = client.dump(key)
-        ttl = client.pttl(key)
-        assert isinstance(kind, bytes) and isinstance(payload, bytes) and isinstance(ttl, int)
-        out[key] = (kind, payload, ttl > 0)
-    return out
-
-
-def tree_hashes(root: Path) -> dict[str, tuple[str, str, int]]:
-    """relative path -> (kind, sha256 or link target, permission bits)."""
-    out: dict[str, tuple[str, str, int]] = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(dirpath) / name
-            rel = str(path.relative_to(root))
-            st = path.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(path), 0)
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", "", stat.S_IMODE(st.st_mode))
-            else:
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                out[rel] = ("file", digest, stat.S_IMODE(st.st_mode))
-    return out
+    """Row count and md5 over the rows, per TwinMe table."""
+    return {table: table_digest(url, f"public.{table}") for table in TABLES}
 
 
 @pytest.fixture(scope="module")
@@ -300,8 +260,8 @@ def test_seed_is_deterministic(seed_target: dict[str, str], server_tmp: Path) ->
     client = redis.Redis.from_url(seed_target["redis_url"])
     first = seed_into(seed_target, server_tmp / "a", 0.03)
     pg1 = table_fingerprints(seed_target["database_url"])
-    redis1 = redis_snapshot(client)
-    files1 = tree_hashes(server_tmp / "a")
+    redis1 = redis_snapshot_of(client)
+    files1 = tree_of(server_tmp / "a")
 
     # Something else in between, then the same scale again: identical, byte for byte.
     seed_into(seed_target, server_tmp / "a", 0.05)
@@ -310,9 +270,9 @@ def test_seed_is_deterministic(seed_target: dict[str, str], server_tmp: Path) ->
 
     assert second.rows == first.rows
     assert table_fingerprints(seed_target["database_url"]) == pg1
-    assert redis_snapshot(client) == redis1
-    assert tree_hashes(server_tmp / "a") == files1
-    assert tree_hashes(server_tmp / "b") == files1
+    assert redis_snapshot_of(client) == redis1
+    assert tree_of(server_tmp / "a") == files1
+    assert tree_of(server_tmp / "b") == files1
     assert first.rows["messages"] == SeedCounts.for_scale(0.03).messages
 
 
@@ -322,7 +282,7 @@ def test_seed_redis_has_every_type_ttls_and_keeps_foreign_keys(
     client = redis.Redis.from_url(seed_target["redis_url"])
     client.set("other-app:keep-me", "1")
     report = seed_into(seed_target, server_tmp / "f", 0.02)
-    snap = redis_snapshot(client)
+    snap = redis_snapshot_of(client)
     assert client.get("other-app:keep-me") == b"1"
     owned = {k: v for k, v in snap.items() if k.decode().startswith(REDIS_PREFIXES)}
     assert len(owned) == report.redis_keys >= 60
@@ -340,15 +300,15 @@ def test_seed_files_tree(seed_target: dict[str, str], server_tmp: Path) -> None:
     files_dir.mkdir()
     (files_dir / "not-ours.txt").write_text("kept")
     report = seed_into(seed_target, files_dir, 0.02)
-    tree = tree_hashes(files_dir)
+    tree = tree_of(files_dir)
     regular = {p: v for p, v in tree.items() if v[0] == "file"}
     assert len(regular) == report.files + 1 >= 21
     assert (files_dir / "not-ours.txt").read_text() == "kept"
-    links = {p: v[1] for p, v in tree.items() if v[0] == "link"}
+    links = {p: v[2] for p, v in tree.items() if v[0] == "link"}
     assert len(links) == 1
     ((link, target),) = links.items()
     assert not os.path.isabs(target) and (files_dir / link).resolve().is_file()
-    modes = {v[2] for v in regular.values()}
+    modes = {v[1] for v in regular.values()}
     assert {0o600, 0o755, 0o644} <= modes
     assert max(p.count("/") for p in tree) >= 3  # nested directories
     sizes = {(files_dir / p).stat().st_size for p in regular}

@@ -16,14 +16,6 @@ from twinme_ops.lib.store_s3 import MAX_PART_SIZE, MAX_PARTS, SPOOL_MAX_SIZE, pa
 TIB = 1 << 40
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> BackupStore:
-    if request.param == "local":
-        return BackupStore(url=f"file://{tmp_path}/backups")
-    bucket = request.getfixturevalue("s3_bucket")
-    return BackupStore(url=f"s3://{bucket}/nightly", multipart_part_size_mb=5)
-
-
 def stream(total: int, piece: int = 700_001, seed: int = 0) -> Iterator[bytes]:
     """Deterministic pseudo-random data in uneven pieces that straddle part boundaries."""
     block = hashlib.sha256(str(seed).encode()).digest() * 4096  # 128 KiB
