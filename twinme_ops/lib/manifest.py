@@ -14,6 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 MANIFEST = "manifest.json"
+# Written into a set by every restore drill, after the manifest: {"passed": bool, "checked_at":
+# ISO-8601 UTC, "reason": str, "rto_s": {...}, "rpo_s": float}. Retention and the freshness
+# sensor read it from the store, so they work the same on local directories and S3.
+DRILL = "drill.json"
 FORMAT = "twinme-backup-set/v1"
 COMPONENTS = ("postgres", "redis", "files")
 ARTIFACT_NAMES = {
