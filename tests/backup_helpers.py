@@ -6,13 +6,16 @@ import hashlib
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import psycopg
+import pytest
 from psycopg import sql
 
+from tests.slack_receiver import SlackReceiver
 from twinme_ops.definitions import build_definitions
 from twinme_ops.lib.crypto import Decryptor
 from twinme_ops.lib.pgtools import pg_bin
@@ -101,3 +104,31 @@ def extract_tar(tar: Path, dest: Path) -> None:
 
 def clean(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+ENV_VARS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "TWINME_FILES_DIR",
+    "TWINME_BACKUP_URL",
+    "TWINME_BACKUP_ENCRYPTION_KEY",
+    "SLACK_WEBHOOK_URL",
+    "TWINME_ENV",
+)
+
+
+@pytest.fixture
+def backup_env(
+    sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slack_receiver: SlackReceiver
+) -> Iterator[dict[str, str]]:
+    """The local environment on the shared sandbox, with a fresh local store and Slack receiver."""
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    env = {
+        "TWINME_HOME": str(sandbox.home),
+        "TWINME_BACKUP_URL": f"file://{tmp_path}/backups",
+        "SLACK_WEBHOOK_URL": slack_receiver.url,
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    yield env

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -26,33 +25,6 @@ from tests.backup_helpers import (
 from tests.compare import redis_snapshot_of, table_digest, tree_of
 from tests.slack_receiver import SlackReceiver
 from twinme_ops.lib.redis_server import RedisServer
-
-ENV_VARS = (
-    "DATABASE_URL",
-    "REDIS_URL",
-    "TWINME_FILES_DIR",
-    "TWINME_BACKUP_URL",
-    "TWINME_BACKUP_ENCRYPTION_KEY",
-    "SLACK_WEBHOOK_URL",
-    "TWINME_ENV",
-)
-
-
-@pytest.fixture
-def backup_env(
-    sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slack_receiver: SlackReceiver
-) -> Iterator[dict[str, str]]:
-    """The local environment on the shared sandbox, with a fresh local store and Slack receiver."""
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    env = {
-        "TWINME_HOME": str(sandbox.home),
-        "TWINME_BACKUP_URL": f"file://{tmp_path}/backups",
-        "SLACK_WEBHOOK_URL": slack_receiver.url,
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    yield env
 
 
 def _verify_restores(sandbox, store_url: str, workdir: Path, key: bytes | None = None) -> dict:

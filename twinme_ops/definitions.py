@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import dagster as dg
 
+from twinme_ops.defs.alerts.sensors import backup_freshness_sensor
 from twinme_ops.defs.backups.assets import backup_assets
-from twinme_ops.defs.backups.jobs import nightly_backup_job
-from twinme_ops.defs.backups.schedules import nightly_backup_schedule
+from twinme_ops.defs.backups.checks import restore_drill
+from twinme_ops.defs.backups.jobs import nightly_backup_job, restore_drill_job
+from twinme_ops.defs.backups.retention import backup_retention, retention_job, retention_schedule
+from twinme_ops.defs.backups.schedules import nightly_backup_schedule, restore_drill_schedule
+from twinme_ops.defs.recovery.jobs import recover_job
 from twinme_ops.defs.resources import build_resources
 
 
 def build_definitions() -> dg.Definitions:
     """Assemble every asset, job, schedule, sensor and resource from ``defs/``."""
     return dg.Definitions(
-        assets=backup_assets,
-        jobs=[nightly_backup_job],
-        schedules=[nightly_backup_schedule],
+        assets=[*backup_assets, backup_retention],
+        asset_checks=[restore_drill],
+        jobs=[nightly_backup_job, restore_drill_job, retention_job, recover_job],
+        schedules=[nightly_backup_schedule, restore_drill_schedule, retention_schedule],
+        sensors=[backup_freshness_sensor],
         resources=build_resources(),
     )
 

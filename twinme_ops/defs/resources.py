@@ -17,6 +17,7 @@ from dagster_aws.s3 import S3Resource
 
 from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.files import FileStorageResource
+from twinme_ops.lib.kube import KubernetesResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redis_snapshot import RedisResource
 from twinme_ops.lib.slack import SlackNotifier
@@ -68,4 +69,9 @@ def build_resources() -> dict[str, Any]:
         "backup_store": BackupStore(url=backup_url, s3=S3Resource()),
         "backup_encryption": BackupEncryption(key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", "")),
         "slack": SlackNotifier(webhook_url=_env_or("SLACK_WEBHOOK_URL", "")),
+        # a cluster exists in production, or locally when the operator points KUBECONFIG at one
+        "kubernetes": KubernetesResource(
+            namespace=os.environ.get("TWINME_K8S_NAMESPACE") or "twinme-prod",
+            enabled=env == "production" or bool(os.environ.get("KUBECONFIG")),
+        ),
     }

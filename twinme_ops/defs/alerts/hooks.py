@@ -12,6 +12,26 @@ STEP_LABELS = {
     "redis_backup": "Redis",
     "files_backup": "file storage",
     "backup_set": "backup set manifest",
+    "backup_set_restore_drill": "restore drill",
+    "restore_drill_op": "restore drill",
+}
+
+
+_NO_MANIFEST = (
+    "No manifest was written for this set: it is not a backup. Fix the cause and re-run the "
+    "partition."
+)
+_DRILL_FAILED = (
+    "This set did not restore: do not rely on it. Read the drill's failures in the run, then "
+    "re-run the backup and restore_drill_job."
+)
+ADVICE = {
+    "postgres_backup": _NO_MANIFEST,
+    "redis_backup": _NO_MANIFEST,
+    "files_backup": _NO_MANIFEST,
+    "backup_set": _NO_MANIFEST,
+    "backup_set_restore_drill": _DRILL_FAILED,
+    "restore_drill_op": _DRILL_FAILED,
 }
 
 
@@ -25,18 +45,17 @@ def first_error_line(exc: BaseException | None) -> str:
 
 
 @dg.failure_hook(required_resource_keys={"slack"})
-def slack_on_backup_failure(context: dg.HookContext) -> None:
-    """Alert Slack when a backup step fails, naming the component that failed."""
+def slack_on_failure(context: dg.HookContext) -> None:
+    """Alert Slack when a step fails, naming the component that failed."""
     run = context.instance.get_run_by_id(context.run_id)
     partition = run.tags.get("dagster/partition", "unpartitioned") if run else "unknown"
     step = context.op.name
     label = STEP_LABELS.get(step, step)
     slack: SlackNotifier = context.resources.slack
     slack.send(
-        f":red_circle: TwinMe backup FAILED — component: {label} (step {step}), "
+        f":red_circle: TwinMe {context.job_name} FAILED — component: {label} (step {step}), "
         f"set {partition}, job {context.job_name}, run {context.run_id[:8]}.\n"
         f"Error: {first_error_line(context.op_exception)}\n"
-        "No manifest was written for this set: it is not a backup. Fix the cause and re-run "
-        "the partition.",
+        + ADVICE.get(step, "Fix the cause, then re-run the job."),
         log=context.log,
     )

@@ -1,34 +1,26 @@
 """Nightly backup assets: one artifact per component, then the set's manifest, written last."""
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from twinme_ops.defs.resources import twinme_env
-from twinme_ops.lib.artifacts import ArtifactResult, write_artifact
+from twinme_ops.lib.artifacts import ArtifactResult
+from twinme_ops.lib.backup import Sources, backup_component, clear_component, write_manifest
 from twinme_ops.lib.crypto import BackupEncryption
-from twinme_ops.lib.files import FilesBackupError, FilesFacts, FileStorageResource, tar_stream
+from twinme_ops.lib.files import FilesBackupError, FileStorageResource
 from twinme_ops.lib.manifest import (
     COMPONENT_LABELS,
-    COMPONENTS,
     MANIFEST,
-    ComponentRecord,
     ManifestError,
-    artifact_name,
-    build_manifest,
-    manifest_bytes,
-    record_name,
     set_id_for_partition,
 )
-from twinme_ops.lib.pgtools import pg_tool_version
-from twinme_ops.lib.postgres import PostgresError, PostgresResource, snapshot_dump
+from twinme_ops.lib.postgres import PostgresError, PostgresResource
 from twinme_ops.lib.redact import redact
-from twinme_ops.lib.redis_snapshot import RedisResource, RedisSnapshotError, rdb_snapshot
+from twinme_ops.lib.redis_snapshot import RedisResource, RedisSnapshotError
 from twinme_ops.lib.slack import SlackNotifier
 from twinme_ops.lib.store import BackupStore, StoreError
 
@@ -72,9 +64,7 @@ def _prepare_set(
             )
         context.log.warning(f"force: replacing complete set {set_id}; its manifest is removed")
         store.delete(set_id, MANIFEST)
-    for encrypted in (False, True):
-        store.delete(set_id, artifact_name(component, encrypted))
-    store.delete(set_id, record_name(component))
+    clear_component(store, set_id, component)
     return set_id
 
 
@@ -114,44 +104,27 @@ def _backup_component(
     config: BackupConfig,
     store: BackupStore,
     encryption: BackupEncryption,
-    open_source: Callable[[], AbstractContextManager[tuple[Iterator[bytes], Any]]],
-    size_hint: Callable[[Any], int | None],
-    describe: Callable[[Any], tuple[dict[str, Any], dict[str, Any]]],
+    sources: Sources,
 ) -> tuple[str, ArtifactResult, Any]:
-    """Stream one component into the store and write its record.
-
-    ``describe(facts)`` returns ``(source facts, tool versions)`` for the record. Any failure
-    leaves no artifact and no record behind (the store discards partial writes).
-    """
+    """Run one component of the set, turning expected errors into a Failure with the fix."""
     label = COMPONENT_LABELS[component]
     key = encryption.get_key()
     try:
         set_id = _prepare_set(context, store, component, config.force)
-        name = artifact_name(component, key is not None)
-        context.log.info(f"{label}: backing up into {store.set_location(set_id)}/{name}")
-        with open_source() as (chunks, facts):
-            result = write_artifact(
-                store,
-                set_id,
-                name,
-                chunks,
-                level=config.zstd_level,
-                key=key,
-                size_hint=size_hint(facts),
-                progress=_progress(context, component),
-                progress_interval_s=config.progress_interval_s,
-            )
-        source, tool = describe(facts)
-        record = ComponentRecord(
-            component=component,
-            artifact={**result.to_dict(), "created_at": datetime.now(UTC).isoformat()},
-            source=source,
-            tool=tool,
+        context.log.info(f"{label}: backing up into {store.set_location(set_id)}")
+        done = backup_component(
+            component,
+            store,
+            set_id,
+            sources,
+            key=key,
+            level=config.zstd_level,
+            progress=_progress(context, component),
+            progress_interval_s=config.progress_interval_s,
         )
-        store.put_bytes(set_id, record_name(component), record.to_json())
     except _EXPECTED as exc:
         raise dg.Failure(description=f"{label} backup failed: {redact(exc)}") from None
-    return set_id, result, facts
+    return set_id, done.result, done.facts
 
 
 @dg.asset(
@@ -172,24 +145,9 @@ def postgres_backup(
     backup_store: BackupStore,
     backup_encryption: BackupEncryption,
 ) -> dg.MaterializeResult:
+    sources = Sources(postgres=postgres)
     set_id, result, facts = _backup_component(
-        context,
-        "postgres",
-        config,
-        backup_store,
-        backup_encryption,
-        lambda: snapshot_dump(postgres),
-        lambda f: f.database_size,
-        lambda f: (
-            {
-                "database": f.database,
-                "server_version": f.server_version,
-                "database_size": f.database_size,
-                "tables": f.tables,
-                "total_rows": f.total_rows,
-            },
-            {"pg_dump": pg_tool_version("pg_dump"), "format": "custom"},
-        ),
+        context, "postgres", config, backup_store, backup_encryption, sources
     )
     context.log.info(
         f"PostgreSQL: {facts.total_rows:,} rows in {len(facts.tables)} tables, "
@@ -223,23 +181,9 @@ def redis_backup(
     backup_store: BackupStore,
     backup_encryption: BackupEncryption,
 ) -> dg.MaterializeResult:
+    sources = Sources(redis=redis)
     set_id, result, facts = _backup_component(
-        context,
-        "redis",
-        config,
-        backup_store,
-        backup_encryption,
-        lambda: rdb_snapshot(redis),
-        lambda f: f.used_memory,
-        lambda f: (
-            {
-                "redis_version": f.redis_version,
-                "keys": f.keys,
-                "expires": f.expires,
-                "total_keys": f.total_keys,
-            },
-            {"protocol": "SYNC (replication)", "redis_version": f.redis_version},
-        ),
+        context, "redis", config, backup_store, backup_encryption, sources
     )
     return dg.MaterializeResult(
         metadata={
@@ -249,20 +193,6 @@ def redis_backup(
             "redis_version": facts.redis_version,
         }
     )
-
-
-class _FilesSource:
-    """Context manager adapter so the files tar looks like the other sources."""
-
-    def __init__(self, storage: FileStorageResource) -> None:
-        self.root = storage.resolved_path()
-        self.facts = FilesFacts(root=str(self.root))
-
-    def __enter__(self) -> tuple[Iterator[bytes], FilesFacts]:
-        return tar_stream(self.root, self.facts), self.facts
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @dg.asset(
@@ -281,25 +211,9 @@ def files_backup(
     backup_store: BackupStore,
     backup_encryption: BackupEncryption,
 ) -> dg.MaterializeResult:
+    sources = Sources(file_storage=file_storage)
     set_id, result, facts = _backup_component(
-        context,
-        "files",
-        config,
-        backup_store,
-        backup_encryption,
-        lambda: _FilesSource(file_storage),
-        lambda f: None,
-        lambda f: (
-            {
-                "root": f.root,
-                "files": f.files,
-                "bytes": f.bytes,
-                "dirs": f.dirs,
-                "symlinks": f.symlinks,
-                "skipped": f.skipped,
-            },
-            {"tar": "python tarfile, PAX format"},
-        ),
+        context, "files", config, backup_store, backup_encryption, sources
     )
     if facts.skipped:
         context.log.warning(f"files: skipped {len(facts.skipped)} special or vanished entries")
@@ -332,20 +246,9 @@ def backup_set(
     started = time.monotonic()
     set_id = set_id_for_partition(context.partition_key)
     try:
-        records = {
-            c: ComponentRecord.from_json(backup_store.get_bytes(set_id, record_name(c)))
-            for c in COMPONENTS
-            if backup_store.exists(set_id, record_name(c))
-        }
-        manifest = build_manifest(
-            set_id,
-            records,
-            backup_store.list_artifacts(set_id),
-            environment=twinme_env(),
-            run_id=context.run.run_id,
-            location=backup_store.set_location(set_id),
+        manifest = write_manifest(
+            backup_store, set_id, environment=twinme_env(), run_id=context.run.run_id
         )
-        backup_store.put_bytes(set_id, MANIFEST, manifest_bytes(manifest))
     except _EXPECTED as exc:
         raise dg.Failure(description=f"backup set {set_id} incomplete: {redact(exc)}") from None
     total = manifest["total_bytes"]

@@ -1,19 +1,83 @@
-"""Backup jobs."""
+"""Backup jobs: the nightly backup (with its drill) and the on-demand restore drill."""
 
-from __future__ import annotations
+from collections.abc import Iterator
 
 import dagster as dg
+from pydantic import Field
 
-from twinme_ops.defs.alerts.hooks import slack_on_backup_failure
-from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS
+from twinme_ops.defs.alerts.hooks import slack_on_failure
+from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS, backup_set
+from twinme_ops.defs.backups.checks import DRILL_CHECK, drill_metadata, drill_set
+from twinme_ops.lib.crypto import BackupEncryption
+from twinme_ops.lib.drill import newest_complete_set
+from twinme_ops.lib.postgres import PostgresResource
+from twinme_ops.lib.store import BackupStore
 
 nightly_backup_job = dg.define_asset_job(
     name="nightly_backup_job",
     selection=dg.AssetSelection.assets(*BACKUP_ASSET_KEYS),
     description=(
         "Nightly backup of PostgreSQL, Redis and file storage into one backup set per day "
-        "(Europe/Paris). The set's manifest.json is written last: a set without it is not a backup."
+        "(Europe/Paris), then the restore drill of that set. The set's manifest.json is written "
+        "last: a set without it is not a backup; a set whose drill failed makes the run fail."
     ),
-    hooks={slack_on_backup_failure},
+    hooks={slack_on_failure},
     tags={"twinme/operation": "backup"},
 )
+
+
+class RestoreDrillConfig(dg.Config):
+    """Which set to drill."""
+
+    set_id: str = Field(
+        default="", description="Backup set id (YYYY-MM-DD). Empty: the newest complete set."
+    )
+
+
+@dg.op(
+    description="Restore one backup set on scratch servers and verify it against its manifest.",
+)
+def restore_drill_op(
+    context: dg.OpExecutionContext,
+    config: RestoreDrillConfig,
+    backup_store: BackupStore,
+    backup_encryption: BackupEncryption,
+    postgres: PostgresResource,
+) -> Iterator[dg.AssetCheckEvaluation | dg.Output[None]]:
+    set_id = config.set_id or newest_complete_set(backup_store)
+    if not set_id:
+        raise dg.Failure(
+            description=f"no complete backup set in {backup_store.describe()}. "
+            "Fix: run nightly_backup_job first, or check TWINME_BACKUP_URL."
+        )
+    result = drill_set(context.log, set_id, backup_store, backup_encryption, postgres)
+    # yielded (not logged) so that it is recorded even when the op then fails: the verdict
+    # lands on backup_set's restore_drill check for that partition, as in the nightly job
+    yield dg.AssetCheckEvaluation(
+        asset_key=backup_set.key,
+        check_name=DRILL_CHECK,
+        passed=result.passed,
+        partition=set_id,
+        description=result.reason,
+        metadata=drill_metadata(result),
+    )
+    if not result.passed:
+        raise dg.Failure(
+            description=f"restore drill of set {set_id} FAILED: {result.reason}",
+            metadata=drill_metadata(result),
+        )
+    context.log.info(f"restore drill of set {set_id} passed: {result.reason}")
+    yield dg.Output(None)
+
+
+@dg.job(
+    description=(
+        "Restore drill on demand: restores the set given in config (or the newest complete set) "
+        "on scratch servers, verifies it, and records the result as the set's restore_drill "
+        "check. Fails (and alerts) when the set does not restore."
+    ),
+    hooks={slack_on_failure},
+    tags={"twinme/operation": "drill"},
+)
+def restore_drill_job() -> None:
+    restore_drill_op()

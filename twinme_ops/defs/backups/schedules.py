@@ -1,16 +1,23 @@
-"""Backup schedules."""
-
-from __future__ import annotations
+"""Backup schedules (Europe/Paris): backup at 02:00, drill of the newest set at 04:00."""
 
 import dagster as dg
 
-from twinme_ops.defs.backups.jobs import nightly_backup_job
+from twinme_ops.defs.backups.jobs import nightly_backup_job, restore_drill_job
 
 nightly_backup_schedule = dg.build_schedule_from_partitioned_job(
     nightly_backup_job,
     name="nightly_backup_schedule",
-    description="Every night at 02:00 Europe/Paris: back up today's set.",
+    description="Every night at 02:00 Europe/Paris: back up today's set, then drill it.",
     hour_of_day=2,
     minute_of_hour=0,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+restore_drill_schedule = dg.ScheduleDefinition(
+    name="restore_drill_schedule",
+    job=restore_drill_job,
+    cron_schedule="0 4 * * *",
+    execution_timezone="Europe/Paris",
+    description="Every night at 04:00 Europe/Paris, after the backup: drill the newest set again.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )

@@ -1,0 +1,161 @@
+"""Restore drills: a set counts only once it restores; a bad set fails the run and says why."""
+
+from __future__ import annotations
+
+import base64
+import glob
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tests.backup_helpers import PARTITION, read_manifest, run_backup, run_text, store_for
+from tests.slack_receiver import SlackReceiver
+from twinme_ops.definitions import build_definitions
+from twinme_ops.defs.resources import build_resources
+from twinme_ops.lib.drill import backup_freshness, same_database
+from twinme_ops.lib.manifest import DRILL
+
+
+def run_drill_job(
+    set_id: str = "", instance: dg.DagsterInstance | None = None
+) -> dg.ExecuteInProcessResult:
+    job = build_definitions().resolve_job_def("restore_drill_job")
+    config = {"ops": {"restore_drill_op": {"config": {"set_id": set_id}}}} if set_id else {}
+    return job.execute_in_process(
+        run_config=config, instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
+
+
+def _check_evaluations(result: dg.ExecuteInProcessResult) -> list:
+    return [
+        e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+
+
+def _drill_leftovers() -> set[str]:
+    return set(glob.glob("/tmp/twinme-drill-*"))
+
+
+def test_nightly_job_drills_its_set_and_records_rto_rpo(sandbox, backup_env) -> None:
+    before = _drill_leftovers()
+    result = run_backup()
+    assert result.success
+    (evaluation,) = _check_evaluations(result)
+    assert evaluation.check_name == "restore_drill" and evaluation.passed
+    meta = evaluation.metadata
+    assert meta["rto_total_s"].value > 0 and meta["rto_postgres_s"].value > 0
+    assert "rpo_hours" in meta and "all components restored" in meta["reason"].value
+    store = store_for(backup_env["TWINME_BACKUP_URL"])
+    record = json.loads(store.get_bytes(PARTITION, DRILL))
+    assert record["passed"] and set(record["rto_s"]) == {"postgres", "redis", "files"}
+    assert record["restored"]["postgres"]["knn_rows"] == 5
+    assert _drill_leftovers() == before  # scratch servers and directories removed
+
+
+def test_flipped_byte_fails_the_drill_and_the_run_naming_the_artifact(
+    sandbox, backup_env, slack_receiver: SlackReceiver
+) -> None:
+    assert run_backup().success
+    store = store_for(backup_env["TWINME_BACKUP_URL"])
+    path = Path(backup_env["TWINME_BACKUP_URL"].removeprefix("file://")) / PARTITION
+    artifact = path / "redis.rdb.zst"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    before = _drill_leftovers()
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_drill_job(PARTITION, instance)
+    assert not result.success
+    (evaluation,) = _check_evaluations(result)
+    assert not evaluation.passed
+    text = run_text(instance, result)
+    assert "redis.rdb.zst" in text and "checksum mismatch" in text
+    record = json.loads(store.get_bytes(PARTITION, DRILL))
+    assert not record["passed"] and "redis" in record["failures"]
+    assert "postgres" not in record["failures"] and "files" not in record["failures"]
+    assert any("restore drill" in m and "FAILED" in m for m in slack_receiver.messages)
+    assert _drill_leftovers() == before
+
+
+def test_wrong_encryption_key_fails_cleanly(
+    sandbox, backup_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TWINME_BACKUP_ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
+    assert run_backup().success
+    other = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv("TWINME_BACKUP_ENCRYPTION_KEY", other)
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_drill_job(PARTITION, instance)
+    assert not result.success
+    text = run_text(instance, result)
+    assert "decryption failed" in text and "postgres.dump.zst.enc" in text
+    assert other not in text
+
+
+def test_drill_job_without_config_drills_the_newest_set(sandbox, backup_env) -> None:
+    assert run_backup(partition="2026-11-22").success
+    assert run_backup(partition="2026-11-23").success
+    result = run_drill_job()
+    assert result.success
+    (evaluation,) = _check_evaluations(result)
+    assert evaluation.partition == "2026-11-23" and evaluation.passed
+
+
+def test_drill_never_targets_the_production_database() -> None:
+    assert same_database(
+        "postgresql://a@localhost:5432/twinme", "postgresql://b:pw@127.0.0.1/twinme"
+    )
+    assert not same_database(
+        "postgresql://a@127.0.0.1:5433/twinme", "postgresql://a@127.0.0.1/twinme"
+    )
+    assert not same_database(
+        "postgresql://a@127.0.0.1/twinme_drill", "postgresql://a@127.0.0.1/twinme"
+    )
+
+
+def test_freshness_sensor_alerts_once_then_clears(
+    sandbox, backup_env, slack_receiver: SlackReceiver
+) -> None:
+    defs = build_definitions()
+    sensor = defs.get_sensor_def("backup_freshness_sensor")
+    resources = {
+        "backup_store": store_for(backup_env["TWINME_BACKUP_URL"]),
+        "slack": build_resources()["slack"],
+    }
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor: str | None) -> tuple[dg.SkipReason, str | None]:
+            with dg.build_sensor_context(
+                instance=instance, resources=resources, cursor=cursor
+            ) as ctx:
+                reason = sensor(ctx)
+                assert isinstance(reason, dg.SkipReason)
+                return reason, ctx.cursor
+
+        first, cursor = tick(None)
+        assert "ever passed" in (first.skip_message or "")
+        assert len(slack_receiver.messages) == 1 and "stale" in slack_receiver.messages[0]
+        _, cursor = tick(cursor)
+        assert len(slack_receiver.messages) == 1  # no repeat within 6 h
+
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        assert run_backup(partition=today).success  # backed up and drilled
+        slack_receiver.messages.clear()
+        fresh, _ = tick(cursor)
+        assert "passed its drill" in (fresh.skip_message or "")
+        assert slack_receiver.messages and "fresh again" in slack_receiver.messages[0]
+
+
+def test_freshness_uses_the_age_of_the_verified_set(sandbox, backup_env) -> None:
+    assert run_backup().success
+    store = store_for(backup_env["TWINME_BACKUP_URL"])
+    created = datetime.fromisoformat(read_manifest(store)["created_at"])
+    assert backup_freshness(store, created + timedelta(hours=25), 26).fresh
+    stale = backup_freshness(store, created + timedelta(hours=27), 26)
+    assert not stale.fresh and PARTITION in stale.message

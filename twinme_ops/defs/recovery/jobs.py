@@ -1,0 +1,236 @@
+"""recover_job: the guarded production recovery (manual only, never scheduled)."""
+
+from urllib.parse import urlsplit
+
+import dagster as dg
+from pydantic import Field
+
+from twinme_ops.defs.resources import twinme_env
+from twinme_ops.lib.backup import Sources, backup_all
+from twinme_ops.lib.crypto import BackupEncryption
+from twinme_ops.lib.files import FileStorageResource
+from twinme_ops.lib.kube import KubernetesResource
+from twinme_ops.lib.postgres import PostgresResource
+from twinme_ops.lib.recovery import (
+    RecoveryError,
+    RecoveryState,
+    check_request,
+    resolve_set,
+    restore_files,
+    restore_postgres,
+    restore_redis,
+    verify_services,
+    verify_set,
+)
+from twinme_ops.lib.redact import redact
+from twinme_ops.lib.redis_snapshot import RedisResource
+from twinme_ops.lib.slack import SlackNotifier
+from twinme_ops.lib.store import BackupStore
+
+
+class RecoverConfig(dg.Config):
+    """What to restore, where, and the operator's confirmation."""
+
+    set_id: str = Field(description="Backup set id (YYYY-MM-DD), or latest-verified.")
+    components: list[str] = Field(
+        default=["postgres", "redis", "files"], description="Any of postgres, redis, files."
+    )
+    confirm: str = Field(
+        default="",
+        description="Must equal the target database name: the recovery refuses to start without.",
+    )
+    target_database_url: str = Field(
+        default="", description="Override DATABASE_URL (prefer the environment: no secrets here)."
+    )
+    target_redis_url: str = Field(default="", description="Override REDIS_URL.")
+    target_files_dir: str = Field(default="", description="Override TWINME_FILES_DIR.")
+    api_url: str = Field(
+        default="", description="API base URL to verify /health and /ready (TWINME_API_URL)."
+    )
+
+
+class _Targets:
+    """The servers being recovered: the configured ones unless the run config overrides them."""
+
+    def __init__(
+        self,
+        overrides: dict[str, str],
+        postgres: PostgresResource,
+        redis: RedisResource,
+        file_storage: FileStorageResource,
+    ) -> None:
+        db, rd, files = (overrides.get(k, "") for k in ("database_url", "redis_url", "files_dir"))
+        self.postgres = PostgresResource(url=db) if db else postgres
+        self.redis = RedisResource(url=rd) if rd else redis
+        self.files = FileStorageResource(path=files) if files else file_storage
+
+
+def _overrides(config: RecoverConfig) -> dict[str, str]:
+    """Target overrides from the run config, which the UI shows: passwords are refused."""
+    overrides = {
+        "database_url": config.target_database_url,
+        "redis_url": config.target_redis_url,
+        "files_dir": config.target_files_dir,
+    }
+    for name, url in overrides.items():
+        if url and urlsplit(url).password:
+            raise dg.Failure(
+                description=f"target_{name} contains a password, and run config is visible in the "
+                "UI. Fix: leave the password out (use PGPASSWORD / the environment), or set "
+                "DATABASE_URL / REDIS_URL in the code location's environment instead."
+            )
+    return overrides
+
+
+def _fail(state: RecoveryState, step: str, exc: BaseException) -> dg.Failure:
+    return dg.Failure(
+        description=f"recovery {step} failed: {redact(exc)}. State: {state.summary()}",
+        metadata={"restored": state.restored, "safety_set_id": state.safety_set_id},
+    )
+
+
+@dg.op(description="Check the confirmation and every selected artifact's sha256; touch nothing.")
+def recovery_preflight(
+    context: dg.OpExecutionContext,
+    config: RecoverConfig,
+    backup_store: BackupStore,
+    postgres: PostgresResource,
+    redis: RedisResource,
+    file_storage: FileStorageResource,
+) -> RecoveryState:
+    overrides = _overrides(config)
+    targets = _Targets(overrides, postgres, redis, file_storage)
+    target_db = targets.postgres.database_name
+    try:
+        check_request(config.components, config.confirm, target_db)
+        set_id = resolve_set(backup_store, config.set_id)
+        state = RecoveryState(set_id, list(config.components), target_db)
+        state.details["targets"] = overrides
+        state.details["api_url"] = config.api_url
+        verify_set(backup_store, state, context.log.info)
+    except RecoveryError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    context.log.info(
+        f"recovering {', '.join(state.components)} of set {set_id} "
+        f"into {targets.postgres.describe()}"
+    )
+    return state
+
+
+@dg.op(description="Back up the current production state first, so the recovery can be undone.")
+def recovery_safety_backup(
+    context: dg.OpExecutionContext,
+    state: RecoveryState,
+    backup_store: BackupStore,
+    backup_encryption: BackupEncryption,
+    postgres: PostgresResource,
+    redis: RedisResource,
+    file_storage: FileStorageResource,
+) -> RecoveryState:
+    targets = _Targets(state.details["targets"], postgres, redis, file_storage)
+    safety_id = f"safety-{state.stamp}"
+    try:
+        backup_all(
+            backup_store,
+            safety_id,
+            Sources(targets.postgres, targets.redis, targets.files),
+            key=backup_encryption.get_key(),
+            environment=twinme_env(),
+            run_id=context.run.run_id,
+            log=context.log.info,
+        )
+    except Exception as exc:
+        raise _fail(state, "safety backup", exc) from None
+    state.safety_set_id = safety_id
+    context.log.info(f"safety backup complete: set {safety_id}")
+    return state
+
+
+@dg.op(description="Scale the API Deployment to 0 (no cluster configured: logged and skipped).")
+def recovery_scale_down(
+    context: dg.OpExecutionContext, state: RecoveryState, kubernetes: KubernetesResource
+) -> RecoveryState:
+    if not kubernetes.is_configured():
+        context.log.info("no Kubernetes cluster configured: the API is not scaled (local run)")
+        return state
+    try:
+        state.replicas_found = kubernetes.replicas()
+        kubernetes.scale(0)
+        kubernetes.wait_for_rollout(log=context.log)
+    except Exception as exc:
+        raise _fail(state, "scale down", exc) from None
+    context.log.info(f"{kubernetes.describe()} scaled from {state.replicas_found} to 0")
+    return state
+
+
+@dg.op(description="Restore the selected components; PostgreSQL, then Redis, then files.")
+def recovery_restore(
+    context: dg.OpExecutionContext,
+    state: RecoveryState,
+    backup_store: BackupStore,
+    backup_encryption: BackupEncryption,
+    postgres: PostgresResource,
+    redis: RedisResource,
+    file_storage: FileStorageResource,
+) -> RecoveryState:
+    targets = _Targets(state.details["targets"], postgres, redis, file_storage)
+    key = backup_encryption.get_key()
+    log = context.log.info
+    for component in ("postgres", "redis", "files"):
+        if component not in state.components:
+            continue
+        try:
+            if component == "postgres":
+                restore_postgres(backup_store, state, targets.postgres, key, log)
+            elif component == "redis":
+                restore_redis(backup_store, state, targets.redis, key, log)
+            else:
+                restore_files(backup_store, state, targets.files, key, log)
+        except Exception as exc:
+            raise _fail(state, f"of {component}", exc) from None
+        state.restored.append(component)
+    return state
+
+
+@dg.op(description="Scale the API back to the replica count found, wait for the rollout, verify.")
+def recovery_scale_up_and_verify(
+    context: dg.OpExecutionContext,
+    state: RecoveryState,
+    kubernetes: KubernetesResource,
+    postgres: PostgresResource,
+    redis: RedisResource,
+    file_storage: FileStorageResource,
+    slack: SlackNotifier,
+) -> None:
+    targets = _Targets(state.details["targets"], postgres, redis, file_storage)
+    api_url = state.details["api_url"]
+    try:
+        if kubernetes.is_configured() and state.replicas_found is not None:
+            kubernetes.scale(state.replicas_found)
+            kubernetes.wait_for_rollout(log=context.log)
+        checks = verify_services(targets.postgres, targets.redis, api_url, context.log.info)
+    except Exception as exc:
+        raise _fail(state, "scale up / verification", exc) from None
+    slack.send(
+        f":arrows_counterclockwise: TwinMe recovery completed for backup: {state.set_id} "
+        f"(restored {', '.join(state.restored)}; safety backup {state.safety_set_id}; "
+        f"checks {checks})",
+        log=context.log,
+    )
+
+
+@dg.job(
+    description=(
+        "Guarded production recovery from a backup set: verifies checksums, takes a safety "
+        "backup, scales the API to 0, restores PostgreSQL (fresh database swapped in), Redis "
+        "(keys replayed) and files, scales back up and verifies. Refuses to start unless "
+        "config.confirm equals the target database name. Manual only."
+    ),
+    tags={"twinme/operation": "recovery"},
+)
+def recover_job() -> None:
+    state = recovery_preflight()
+    state = recovery_safety_backup(state)
+    state = recovery_scale_down(state)
+    state = recovery_restore(state)
+    recovery_scale_up_and_verify(state)

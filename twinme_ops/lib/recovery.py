@@ -1,0 +1,252 @@
+"""Production recovery, step by step (no Dagster): each function does one step and raises a
+:class:`RecoveryError` whose message says what was restored, what was not, and where to return.
+
+PostgreSQL is restored into a fresh database that then takes the live one's name, so the result
+equals the backup exactly; Redis keys are replayed with DUMP/RESTORE from a scratch server loaded
+with the RDB (no FLUSHALL or CONFIG needed); files are extracted safely, then swapped in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from twinme_ops.lib.artifacts import read_artifact, verify_artifact
+from twinme_ops.lib.files import FileStorageResource
+from twinme_ops.lib.manifest import COMPONENTS, DRILL, MANIFEST, parse_manifest
+from twinme_ops.lib.postgres import PostgresResource
+from twinme_ops.lib.redact import redact
+from twinme_ops.lib.redis_snapshot import RedisResource
+from twinme_ops.lib.restore import (
+    create_database,
+    drop_database,
+    pg_restore_stream,
+    replace_tree,
+    replay_redis,
+    safe_extract,
+    scratch_redis_from_rdb,
+    swap_databases,
+)
+from twinme_ops.lib.store import BackupStore
+
+Log = Callable[[str], None]
+LATEST_VERIFIED = "latest-verified"
+
+
+class RecoveryError(RuntimeError):
+    """A recovery step failed or was refused; the message says what state production is in."""
+
+
+@dataclass
+class RecoveryState:
+    """What the recovery has done so far; every step adds to it and reports it on failure."""
+
+    set_id: str
+    components: list[str]
+    target_database: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+    safety_set_id: str = ""
+    replicas_found: int | None = None
+    restored: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    stamp: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+
+    def summary(self) -> str:
+        """Restored / not restored / where to return: the line every failure message carries."""
+        pending = [c for c in self.components if c not in self.restored]
+        parts = [
+            f"restored: {', '.join(self.restored) or 'nothing'}",
+            f"not restored: {', '.join(pending) or 'nothing'}",
+        ]
+        if self.safety_set_id:
+            parts.append(
+                f"safety backup of the pre-recovery state: set {self.safety_set_id} "
+                f"(recover_job with set_id {self.safety_set_id} returns to it)"
+            )
+        else:
+            parts.append("no safety backup was taken yet: production was not modified")
+        return "; ".join(parts)
+
+
+def resolve_set(store: BackupStore, requested: str) -> str:
+    """The set to restore: an id with a manifest, or the newest set that passed its drill."""
+    if requested == LATEST_VERIFIED:
+        for set_id in sorted(store.list_sets(), reverse=True):
+            if store.exists(set_id, MANIFEST) and store.exists(set_id, DRILL):
+                try:
+                    if json.loads(store.get_bytes(set_id, DRILL)).get("passed"):
+                        return set_id
+                except ValueError:
+                    continue
+        raise RecoveryError(
+            f"no set in {store.describe()} has passed a restore drill. Fix: run "
+            "restore_drill_job, or name a set_id explicitly."
+        )
+    if not store.exists(requested, MANIFEST):
+        raise RecoveryError(
+            f"backup set {requested!r} has no manifest in {store.describe()}: it is not a "
+            "complete backup. Fix: pick a set listed by the backup_set asset, or latest-verified."
+        )
+    return requested
+
+
+def check_request(components: list[str], confirm: str, target_database: str) -> None:
+    """Refuse before touching anything unless the operator typed the target database's name."""
+    unknown = sorted(set(components) - set(COMPONENTS))
+    if unknown or not components:
+        raise RecoveryError(
+            f"components must be a non-empty subset of {', '.join(COMPONENTS)}; got {components}"
+        )
+    if confirm != target_database:
+        raise RecoveryError(
+            f"refusing to recover: confirm must equal the target database name "
+            f"({target_database!r}), got {confirm!r}. Nothing was touched. Fix: set "
+            f"confirm: {target_database} in the run config once you are sure."
+        )
+
+
+def verify_set(store: BackupStore, state: RecoveryState, log: Log) -> None:
+    """Load the manifest and check every selected artifact's sha256 before anything changes."""
+    state.manifest = parse_manifest(store.get_bytes(state.set_id, MANIFEST))
+    for component in state.components:
+        art = state.manifest["artifacts"][component]
+        try:
+            size = verify_artifact(store, state.set_id, art["name"], art["sha256"])
+        except Exception as exc:
+            raise RecoveryError(
+                f"set {state.set_id}: {art['name']} failed verification ({redact(exc)}); "
+                "nothing was touched. Fix: recover from another set (latest-verified)."
+            ) from None
+        log(f"{component}: {art['name']} verified ({size:,} bytes, sha256 ok)")
+
+
+def _admin_url(url: str) -> str:
+    """The same server's maintenance database, where databases are created and renamed."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
+
+
+def restore_postgres(
+    store: BackupStore, state: RecoveryState, pg: PostgresResource, key: bytes | None, log: Log
+) -> None:
+    """pg_restore into a fresh database, then swap it in under the live name (old one kept)."""
+    art = state.manifest["artifacts"]["postgres"]
+    live = pg.database_name
+    restored_db = f"{live}__restore_{state.stamp}"[:63]
+    keep_old = f"{live}__pre_recovery_{state.stamp}"[:63]
+    admin = _admin_url(pg.tool_dsn())
+    env = pg.tool_env()
+    create_database(admin, restored_db, env)
+    try:
+        chunks = read_artifact(
+            store,
+            state.set_id,
+            art["name"],
+            expected_sha256=art["sha256"],
+            key=key,
+            encrypted=art.get("encryption") is not None,
+        )
+        dsn = urlunsplit(urlsplit(pg.tool_dsn())._replace(path=f"/{restored_db}"))
+        pg_restore_stream(chunks, dsn, env, no_owner=True)
+    except Exception:
+        drop_database(admin, restored_db, env)
+        raise
+    swap_databases(admin, live, restored_db, keep_old, env)
+    state.details["postgres"] = {"previous_database_kept_as": keep_old}
+    log(f"postgres: {live} now holds set {state.set_id}; the previous one is kept as {keep_old}")
+
+
+def restore_redis(
+    store: BackupStore, state: RecoveryState, res: RedisResource, key: bytes | None, log: Log
+) -> None:
+    """Load the RDB into a scratch server and replay every key into the live Redis."""
+    art = state.manifest["artifacts"]["redis"]
+    workdir = Path(tempfile.mkdtemp(prefix="twinme-recover-redis-"))
+    try:
+        chunks = read_artifact(
+            store,
+            state.set_id,
+            art["name"],
+            expected_sha256=art["sha256"],
+            key=key,
+            encrypted=art.get("encryption") is not None,
+        )
+        scratch = scratch_redis_from_rdb(chunks, workdir)
+        try:
+            target = res.get_client()
+            counts = replay_redis(scratch.client(), target, delete_extra=True)
+        finally:
+            scratch.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    state.details["redis"] = counts
+    log(f"redis: replayed {counts}")
+
+
+def restore_files(
+    store: BackupStore,
+    state: RecoveryState,
+    storage: FileStorageResource,
+    key: bytes | None,
+    log: Log,
+) -> None:
+    """Extract safely next to the target (same file system), then make the target equal to it."""
+    art = state.manifest["artifacts"]["files"]
+    target = storage.resolved_path()
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".twinme-recover-", dir=target.parent))
+    try:
+        chunks = read_artifact(
+            store,
+            state.set_id,
+            art["name"],
+            expected_sha256=art["sha256"],
+            key=key,
+            encrypted=art.get("encryption") is not None,
+        )
+        counts = safe_extract(chunks, staging / "files")
+        replace_tree(staging / "files", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    state.details["files"] = counts
+    log(f"files: {target} now holds {counts['files']:,} files from set {state.set_id}")
+
+
+def verify_services(
+    pg: PostgresResource, res: RedisResource, api_url: str, log: Log, timeout_s: float = 120
+) -> dict[str, Any]:
+    """SELECT 1, PING and, when an API URL is configured, /health and /ready answering 200."""
+    with pg.get_connection() as conn:
+        conn.execute("SELECT 1")
+    client = res.get_client()
+    try:
+        client.ping()
+    finally:
+        client.close()
+    checks: dict[str, Any] = {"select_1": True, "ping": True}
+    for path in ("/health", "/ready") if api_url else ():
+        url = api_url.rstrip("/") + path
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (configured URL)
+                    checks[path] = resp.status
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError) as exc:
+                checks[path] = redact(exc)
+            if time.monotonic() > deadline:
+                raise RecoveryError(f"{redact(url)} did not answer 200 within {timeout_s:.0f} s")
+            time.sleep(2)
+    log(f"verification: {checks}")
+    return checks
