@@ -15,6 +15,7 @@ from tests.backup_helpers import PARTITION, run_backup, store_for
 from tests.compare import redis_snapshot_of, table_digest, tree_of
 from tests.slack_receiver import SlackReceiver
 from twinme_ops.definitions import build_definitions
+from twinme_ops.lib import recovery as recovery_lib
 from twinme_ops.lib.manifest import MANIFEST
 from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.lib.redis_server import RedisServer
@@ -169,3 +170,60 @@ def test_recovery_refuses_a_password_in_run_config(production: dict[str, Any], b
     )
     assert not result.success
     assert PROD_REDIS_PASSWORD not in "\n".join(str(e.message) for e in result.all_events)
+
+
+def test_recovery_scales_the_api_down_and_back_on_kubernetes(
+    production: dict[str, Any],
+    backup_env,
+    deployment_controller,
+    k8s_emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a cluster configured, the API is at 0 replicas while data is restored, then back
+    at the count it had, with the rollout waited for like `kubectl rollout status`."""
+    from tests.k8s_emulator import apps_api
+
+    kubeconfig, _ = k8s_emulator
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert run_backup().success
+    api = apps_api(kubeconfig)
+    assert api.read_namespaced_deployment("twinme-api", "twinme-prod").spec.replicas == 3
+
+    replicas_seen: list[int] = []
+    real_restore = recovery_lib.restore_postgres
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        dep = api.read_namespaced_deployment("twinme-api", "twinme-prod")
+        replicas_seen.append(dep.spec.replicas)
+        real_restore(*args, **kwargs)
+
+    monkeypatch.setattr("twinme_ops.defs.recovery.jobs.restore_postgres", spy)
+    result = _recover({"set_id": PARTITION, "confirm": DATABASE}, dg.DagsterInstance.ephemeral())
+    assert result.success
+    assert replicas_seen == [0]  # scaled down while PostgreSQL was restored
+    dep = api.read_namespaced_deployment("twinme-api", "twinme-prod")
+    assert dep.spec.replicas == 3 and dep.status.available_replicas == 3
+
+
+def test_a_failed_step_says_what_was_restored_and_where_to_return(
+    production: dict[str, Any],
+    backup_env,
+    monkeypatch: pytest.MonkeyPatch,
+    slack_receiver: SlackReceiver,
+) -> None:
+    assert run_backup().success
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("Redis went away during the replay")
+
+    monkeypatch.setattr("twinme_ops.defs.recovery.jobs.restore_redis", broken)
+    result = _recover({"set_id": PARTITION, "confirm": DATABASE}, dg.DagsterInstance.ephemeral())
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "recovery_restore"
+    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    assert "Redis went away" in message
+    assert "restored: postgres; not restored: redis, files" in message
+    assert "safety backup of the pre-recovery state: set safety-" in message
+    (alert,) = [m for m in slack_receiver.messages if "FAILED" in m]
+    assert "recovery restore" in alert and "restored: postgres" in alert

@@ -14,6 +14,11 @@ STEP_LABELS = {
     "backup_set": "backup set manifest",
     "backup_set_restore_drill": "restore drill",
     "restore_drill_op": "restore drill",
+    "recovery_preflight": "recovery preflight",
+    "recovery_safety_backup": "recovery safety backup",
+    "recovery_scale_down": "recovery: API scale down",
+    "recovery_restore": "recovery restore",
+    "recovery_scale_up_and_verify": "recovery: API scale up and verification",
 }
 
 
@@ -32,6 +37,11 @@ ADVICE = {
     "backup_set": _NO_MANIFEST,
     "backup_set_restore_drill": _DRILL_FAILED,
     "restore_drill_op": _DRILL_FAILED,
+    "recovery_preflight": "Nothing was touched.",
+    "recovery_restore": "Production may be partly restored and the API is scaled down: read the "
+    "state above, then re-run recover_job or return to the safety backup.",
+    "recovery_scale_up_and_verify": "Data is restored but the API is not confirmed healthy: "
+    "check the Deployment and the services.",
 }
 
 

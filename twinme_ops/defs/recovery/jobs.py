@@ -5,6 +5,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field
 
+from twinme_ops.defs.alerts.hooks import slack_on_failure
 from twinme_ops.defs.resources import twinme_env
 from twinme_ops.lib.backup import Sources, backup_all
 from twinme_ops.lib.crypto import BackupEncryption
@@ -227,6 +228,7 @@ def recovery_scale_up_and_verify(
         "config.confirm equals the target database name. Manual only."
     ),
     tags={"twinme/operation": "recovery"},
+    hooks={slack_on_failure},
 )
 def recover_job() -> None:
     state = recovery_preflight()
