@@ -1,6 +1,6 @@
 """Benchmark (not a test): nightly_backup_job against the raw pipeline, in one run.
 
-    python bench/backup.py --scale 10
+    python -m bench.backup --scale 10
 
 On the sandbox seeded at ``--scale`` (10 is about 1 GB of database), it times
 
@@ -30,6 +30,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
+from bench.results_io import report
 from twinme_ops.lib.pgtools import pg_bin
 from twinme_ops.sandbox.seed import SeedCounts, seed
 from twinme_ops.sandbox.servers import ensure_sandbox
@@ -120,17 +121,14 @@ def main() -> int:
         "peak_rss_mib": round(rss_mib, 1),
         "set_total_mib": round(manifest["total_bytes"] / MIB, 1),
     }
-    print(json.dumps(results, indent=2))
-    print(
-        f"\nwhole job: {results['job_vs_raw_throughput']}x the raw pipeline's throughput "
+    report(
+        "backup",
+        results,
+        f"whole job: {results['job_vs_raw_throughput']}x the raw pipeline's throughput "
         f"(goal >= 0.9); with CLI start-up: {results['cli_vs_raw_throughput']}x; "
         f"postgres step alone: {results['postgres_step_vs_raw_throughput']}x; "
-        f"peak RSS {results['peak_rss_mib']} MiB (goal < 300)"
+        f"peak RSS {results['peak_rss_mib']} MiB (goal < 300)",
     )
-    out_dir = Path(__file__).parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out_dir / f"backup-{stamp}.json").write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Benchmark (not a test): the restore drill against the raw restore, in one run.
 
-    python bench/restore.py --scale 10
+    python -m bench.restore --scale 10
 
 On the bench sandbox of ``bench/backup.py`` (seeded at ``--scale``), after one backup, it times
 
@@ -19,11 +19,11 @@ import json
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 
+from bench.results_io import report
 from twinme_ops.lib.drill import run_drill
 from twinme_ops.lib.pgtools import pg_bin
 from twinme_ops.lib.store import BackupStore
@@ -55,9 +55,10 @@ def main() -> int:
     store_dir = home / "bench-store"
     if not any(store_dir.glob("*/manifest.json")):
         subprocess.run(
-            [sys.executable, str(Path(__file__).parent / "backup.py"), "--scale", str(args.scale)]
+            [sys.executable, "-m", "bench.backup", "--scale", str(args.scale)]
             + ["--home", str(home)],
             check=True,
+            cwd=Path(__file__).parents[1],
         )
     info = ensure_sandbox(home)
     store = BackupStore(url=f"file://{store_dir}")
@@ -82,15 +83,12 @@ def main() -> int:
         "drill_total_vs_raw": round(drill_s / raw_s, 3),
         "rto_s": result.rto_s,
     }
-    print(json.dumps(results, indent=2))
-    print(
-        f"\ndrill PostgreSQL: {results['drill_postgres_vs_raw']}x the raw restore time (goal <= "
-        f"1.2); whole drill incl. Redis and files: {results['drill_total_vs_raw']}x"
+    report(
+        "restore",
+        results,
+        f"drill PostgreSQL: {results['drill_postgres_vs_raw']}x the raw restore time (goal <= "
+        f"1.2); whole drill incl. Redis and files: {results['drill_total_vs_raw']}x",
     )
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"restore-{stamp}.json").write_text(json.dumps(results, indent=2))
     return 0
 
 

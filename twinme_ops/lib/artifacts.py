@@ -313,3 +313,17 @@ def verify_artifact(store: BackupStore, set_id: str, name: str, expected_sha256:
     if actual != expected_sha256:
         raise _mismatch(set_id, name, expected_sha256, actual)
     return size
+
+
+def read_manifest_artifact(
+    store: BackupStore, set_id: str, entry: dict[str, Any], key: bytes | None
+) -> Iterator[bytes]:
+    """:func:`read_artifact` for a manifest entry (its name, sha256 and encryption)."""
+    return read_artifact(
+        store,
+        set_id,
+        entry["name"],
+        expected_sha256=entry["sha256"],
+        key=key,
+        encrypted=entry.get("encryption") is not None,
+    )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from twinme_ops.lib.artifacts import read_artifact
+from twinme_ops.lib.artifacts import read_manifest_artifact
 from twinme_ops.lib.manifest import COMPONENTS, DRILL, MANIFEST, parse_manifest
 from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.lib.redact import redact
@@ -117,14 +117,7 @@ def run_drill(
             art = manifest["artifacts"][component]
             t0 = time.monotonic()
             try:
-                chunks = read_artifact(
-                    store,
-                    set_id,
-                    art["name"],
-                    expected_sha256=art["sha256"],
-                    key=key,
-                    encrypted=art.get("encryption") is not None,
-                )
+                chunks = read_manifest_artifact(store, set_id, art, key)
                 verify = _VERIFIERS[component]
                 result.restored[component] = verify(
                     chunks, art["source"], workdir, production_database_url, log

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from twinme_ops.lib.artifacts import read_artifact, verify_artifact
+from twinme_ops.lib.artifacts import read_manifest_artifact, verify_artifact
 from twinme_ops.lib.files import FileStorageResource
 from twinme_ops.lib.manifest import COMPONENTS, DRILL, MANIFEST, parse_manifest
 from twinme_ops.lib.postgres import PostgresResource
@@ -148,14 +148,7 @@ def restore_postgres(
     env = pg.tool_env()
     create_database(admin, restored_db, env)
     try:
-        chunks = read_artifact(
-            store,
-            state.set_id,
-            art["name"],
-            expected_sha256=art["sha256"],
-            key=key,
-            encrypted=art.get("encryption") is not None,
-        )
+        chunks = read_manifest_artifact(store, state.set_id, art, key)
         dsn = urlunsplit(urlsplit(pg.tool_dsn())._replace(path=f"/{restored_db}"))
         pg_restore_stream(chunks, dsn, env, no_owner=True)
     except Exception:
@@ -173,14 +166,7 @@ def restore_redis(
     art = state.manifest["artifacts"]["redis"]
     workdir = Path(tempfile.mkdtemp(prefix="twinme-recover-redis-"))
     try:
-        chunks = read_artifact(
-            store,
-            state.set_id,
-            art["name"],
-            expected_sha256=art["sha256"],
-            key=key,
-            encrypted=art.get("encryption") is not None,
-        )
+        chunks = read_manifest_artifact(store, state.set_id, art, key)
         scratch = scratch_redis_from_rdb(chunks, workdir)
         try:
             target = res.get_client()
@@ -206,14 +192,7 @@ def restore_files(
     target.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".twinme-recover-", dir=target.parent))
     try:
-        chunks = read_artifact(
-            store,
-            state.set_id,
-            art["name"],
-            expected_sha256=art["sha256"],
-            key=key,
-            encrypted=art.get("encryption") is not None,
-        )
+        chunks = read_manifest_artifact(store, state.set_id, art, key)
         counts = safe_extract(chunks, staging / "files")
         replace_tree(staging / "files", target)
     finally:

@@ -1,0 +1,20 @@
+"""Shared by the benchmarks: print the figures and keep them in bench/results/."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def report(name: str, results: dict[str, Any], summary: str) -> Path:
+    """Print ``results`` and ``summary``; write them to ``bench/results/<name>-<stamp>.json``."""
+    print(json.dumps(results, indent=2))
+    print(f"\n{summary}")
+    out_dir = Path(__file__).parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = out_dir / f"{name}-{stamp}.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path
