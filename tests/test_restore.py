@@ -189,6 +189,19 @@ def test_restore_into_fresh_database_and_swap_equals_the_backup(
     )
 
 
+def test_parallel_restore_from_a_spool_file(
+    pg_server: PostgresServer, live_db: str, server_tmp: Path
+) -> None:
+    """``jobs=2`` spools the stream (pg_dump wrote it to a pipe: no data offsets) and removes it."""
+    copy = f"{live_db}_restored"
+    create_database(pg_server.url(), copy)
+    pg_restore_stream(
+        iter(_dump(pg_server, live_db)), pg_server.url(copy), jobs=2, spool_dir=server_tmp
+    )
+    assert _state(pg_server, copy) == _state(pg_server, live_db)
+    assert os.listdir(server_tmp) == []
+
+
 def _pg_restore_running(marker: str) -> bool:
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -236,6 +249,9 @@ def test_failing_stream_kills_pg_restore_and_nothing_is_swapped(
         ).fetchone() != (0,):
             assert time.monotonic() < deadline, "pg_restore's session is still running"
             time.sleep(0.05)
+    if where == "mid-way":  # one transaction (the default): a killed restore leaves nothing
+        with pg_server.connect(bad) as conn:
+            assert user_tables(conn) == []
     drop_database(admin, bad)
     assert not _db_exists(pg_server, bad)
     assert not _db_exists(pg_server, f"{live_db}_old")
@@ -556,7 +572,7 @@ def test_replay_into_production_like_redis(server_tmp: Path) -> None:
                 server.stop()
 
 
-def test_replay_refuses_a_target_older_than_the_payloads(server_tmp: Path) -> None:
+def _binaries() -> tuple[str, str]:
     versions = {}
     for binary in redis_server_candidates():
         out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
@@ -565,17 +581,38 @@ def test_replay_refuses_a_target_older_than_the_payloads(server_tmp: Path) -> No
     new = next((b for b, v in versions.items() if "v=7." in v), None)
     if old is None or new is None:
         pytest.skip("needs both a Redis 6 and a Redis 7 binary")
-    source = RedisServer.start(server_tmp / "source", binary=new)
-    target = RedisServer.start(server_tmp / "target", binary=old)
+    return old, new
+
+
+def test_redis_6_backup_replays_into_redis_7_and_the_reverse_is_refused(
+    server_tmp: Path,
+) -> None:
+    old, new = _binaries()
+    source6 = RedisServer.start(server_tmp / "source6", binary=old)
+    target7 = RedisServer.start(server_tmp / "target7", binary=new)
+    scratch: RedisServer | None = None
     try:
-        source.client().set("k", "v")
-        target.client().set("keep", "me")
-        with pytest.raises(RestoreError, match="cannot RESTORE its payloads. Fix: load"):
-            replay_redis(source.client(), target.client())
-        assert target.client().keys("*") == [b"keep"]  # nothing was touched
+        source6.client().hset("h", mapping={"a": "1"})
+        source6.client(3).set("k", "v", ex=900)
+        with rdb_snapshot(RedisResource(url=source6.url())) as (chunks, _facts):
+            scratch = scratch_redis_from_rdb(chunks, server_tmp / "scratch")
+        # the oldest binary that reads the RDB: its payloads suit the most targets
+        assert scratch.version.startswith("6.")
+        result = replay_redis(scratch.client(), target7.client())
+        assert result["restored"] == 2
+        for db in (0, 3):
+            assert redis_snapshot_of(target7.client(db)) == redis_snapshot_of(source6.client(db))
+
+        # Redis 7 payloads into a Redis 6 target: refused before anything is written.
+        source6.client().set("keep", "me")
+        with pytest.raises(RestoreError, match="cannot RESTORE its payloads. Fix: load") as info:
+            replay_redis(target7.client(), source6.client())
+        assert "Redis 7." in str(info.value) and "target is Redis 6." in str(info.value)
+        assert sorted(source6.client().scan_iter()) == [b"h", b"keep"]
     finally:
-        source.stop()
-        target.stop()
+        for server in (source6, target7, scratch):
+            if server is not None:
+                server.stop()
 
 
 def test_scratch_server_is_not_started_on_a_failed_stream(server_tmp: Path) -> None:

@@ -170,7 +170,8 @@ def _verify_postgres(
             )
         with server.connect() as conn:
             conn.execute(f'CREATE DATABASE "{DRILL_DB}"')
-        pg_restore_stream(chunks, target, no_owner=True)
+        # scratch servers lack production's roles: restore data and schema, not ownership/grants
+        pg_restore_stream(chunks, target, no_owner=True, no_privileges=True)
         mismatches: list[str] = []
         restored: dict[str, int] = {}
         with server.connect(DRILL_DB) as conn:

@@ -35,6 +35,7 @@ from twinme_ops.lib.restore import (
     replay_redis,
     safe_extract,
     scratch_redis_from_rdb,
+    staging_dir_for,
     swap_databases,
 )
 from twinme_ops.lib.store import BackupStore
@@ -190,7 +191,8 @@ def restore_files(
     art = state.manifest["artifacts"]["files"]
     target = storage.resolved_path()
     target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".twinme-recover-", dir=target.parent))
+    # inside the target's file system (even when it is a mount point), so the swap is renames
+    staging = staging_dir_for(target)
     try:
         chunks = read_manifest_artifact(store, state.set_id, art, key)
         counts = safe_extract(chunks, staging / "files")
