@@ -84,7 +84,7 @@ def test_backup_restores_with_raw_tools_local(
     names = sorted(p.name for p in set_dir.iterdir())
     assert names == sorted(
         ["manifest.json", "postgres.dump.zst", "redis.rdb.zst", "files.tar.zst"]
-        + ["postgres.json", "redis.json", "files.json"]
+        + ["postgres.json", "redis.json", "files.json", "drill.json"]
     )
     assert not [n for n in names if ".tmp" in n]
     for art in manifest["artifacts"].values():

@@ -29,6 +29,19 @@ from twinme_ops.lib.store import BackupStore
 
 Log = Callable[[str], None]
 DRILL_DB = "twinme_drill"
+# The scratch server is thrown away after the drill: durability buys nothing there. With
+# wal_level=minimal, pg_restore's single transaction writes table data without WAL.
+SCRATCH_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "30min",
+    "autovacuum": "off",
+    "maintenance_work_mem": "256MB",
+}
 
 
 class DrillRefused(RuntimeError):
@@ -160,7 +173,7 @@ def _verify_postgres(
     production_database_url: str | None,
     log: Log,
 ) -> dict[str, Any]:
-    server = PostgresServer.start(workdir / "postgres")
+    server = PostgresServer.start(workdir / "postgres", settings=SCRATCH_SETTINGS)
     try:
         target = server.url(DRILL_DB)
         if production_database_url and same_database(target, production_database_url):
