@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 import psycopg
 import pytest
 import redis
+from kubernetes.client import V1Deployment
 
 from tests.backup_helpers import PARTITION, run_backup, store_for
 from tests.compare import redis_snapshot_of, table_digest, tree_of
@@ -187,22 +188,25 @@ def test_recovery_scales_the_api_down_and_back_on_kubernetes(
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     assert run_backup().success
     api = apps_api(kubeconfig)
-    assert api.read_namespaced_deployment("twinme-api", "twinme-prod").spec.replicas == 3
+
+    def deployment() -> V1Deployment:
+        return cast(V1Deployment, api.read_namespaced_deployment("twinme-api", "twinme-prod"))
+
+    assert deployment().spec.replicas == 3  # type: ignore[union-attr]
 
     replicas_seen: list[int] = []
     real_restore = recovery_lib.restore_postgres
 
     def spy(*args: Any, **kwargs: Any) -> None:
-        dep = api.read_namespaced_deployment("twinme-api", "twinme-prod")
-        replicas_seen.append(dep.spec.replicas)
+        replicas_seen.append(deployment().spec.replicas)  # type: ignore[union-attr]
         real_restore(*args, **kwargs)
 
     monkeypatch.setattr("twinme_ops.defs.recovery.jobs.restore_postgres", spy)
     result = _recover({"set_id": PARTITION, "confirm": DATABASE}, dg.DagsterInstance.ephemeral())
     assert result.success
     assert replicas_seen == [0]  # scaled down while PostgreSQL was restored
-    dep = api.read_namespaced_deployment("twinme-api", "twinme-prod")
-    assert dep.spec.replicas == 3 and dep.status.available_replicas == 3
+    dep = deployment()
+    assert dep.spec.replicas == 3 and dep.status.available_replicas == 3  # type: ignore[union-attr]
 
 
 def test_a_failed_step_says_what_was_restored_and_where_to_return(
