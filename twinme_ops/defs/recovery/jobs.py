@@ -1,5 +1,6 @@
 """recover_job: the guarded production recovery (manual only, never scheduled)."""
 
+import os
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -46,7 +47,9 @@ class RecoverConfig(dg.Config):
     target_redis_url: str = Field(default="", description="Override REDIS_URL.")
     target_files_dir: str = Field(default="", description="Override TWINME_FILES_DIR.")
     api_url: str = Field(
-        default="", description="API base URL to verify /health and /ready (TWINME_API_URL)."
+        default="",
+        description="API base URL whose /health and /ready are checked. Empty: TWINME_API_URL "
+        "if set, else no HTTP check.",
     )
 
 
@@ -107,7 +110,7 @@ def recovery_preflight(
         set_id = resolve_set(backup_store, config.set_id)
         state = RecoveryState(set_id, list(config.components), target_db)
         state.details["targets"] = overrides
-        state.details["api_url"] = config.api_url
+        state.details["api_url"] = config.api_url or os.environ.get("TWINME_API_URL", "")
         verify_set(backup_store, state, context.log.info)
     except RecoveryError as exc:
         raise dg.Failure(description=str(exc)) from None
