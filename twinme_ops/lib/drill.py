@@ -24,7 +24,9 @@ from twinme_ops.lib.artifacts import read_manifest_artifact
 from twinme_ops.lib.manifest import COMPONENTS, DRILL, MANIFEST, parse_manifest
 from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.lib.redact import redact
-from twinme_ops.lib.restore import pg_restore_stream, safe_extract, scratch_redis_from_rdb
+from twinme_ops.lib.restore_files import safe_extract
+from twinme_ops.lib.restore_postgres import pg_restore_stream
+from twinme_ops.lib.restore_redis import scratch_redis_from_rdb
 from twinme_ops.lib.store import BackupStore
 
 Log = Callable[[str], None]

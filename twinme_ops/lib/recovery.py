@@ -27,17 +27,14 @@ from twinme_ops.lib.manifest import COMPONENTS, DRILL, MANIFEST, parse_manifest
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redact import redact
 from twinme_ops.lib.redis_snapshot import RedisResource
-from twinme_ops.lib.restore import (
+from twinme_ops.lib.restore_files import replace_tree, safe_extract, staging_dir_for
+from twinme_ops.lib.restore_postgres import (
     create_database,
     drop_database,
     pg_restore_stream,
-    replace_tree,
-    replay_redis,
-    safe_extract,
-    scratch_redis_from_rdb,
-    staging_dir_for,
     swap_databases,
 )
+from twinme_ops.lib.restore_redis import replay_redis, scratch_redis_from_rdb
 from twinme_ops.lib.store import BackupStore
 
 Log = Callable[[str], None]
