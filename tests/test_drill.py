@@ -159,3 +159,44 @@ def test_freshness_uses_the_age_of_the_verified_set(sandbox, backup_env) -> None
     assert backup_freshness(store, created + timedelta(hours=25), 26).fresh
     stale = backup_freshness(store, created + timedelta(hours=27), 26)
     assert not stale.fresh and PARTITION in stale.message
+
+
+def test_drill_restores_policies_that_name_production_roles(
+    pg_server, redis_server, tmp_path: Path
+) -> None:
+    """RLS policies name roles (e.g. authenticated_users) that only production has: the drill
+    creates them on its scratch server, so the restore of the policies does not fail."""
+    from twinme_ops.lib.backup import Sources, backup_all
+    from twinme_ops.lib.drill import run_drill
+    from twinme_ops.lib.files import FileStorageResource
+    from twinme_ops.lib.postgres import PostgresResource
+    from twinme_ops.lib.redis_snapshot import RedisResource
+    from twinme_ops.lib.store import BackupStore
+
+    with pg_server.connect() as conn:
+        conn.execute("DROP DATABASE IF EXISTS rls_src")
+        conn.execute("CREATE DATABASE rls_src")
+    with pg_server.connect("rls_src") as conn:
+        conn.execute(
+            "DO $$ BEGIN CREATE ROLE drill_app_users NOLOGIN; EXCEPTION WHEN "
+            "duplicate_object THEN NULL; END $$"
+        )
+        conn.execute("CREATE TABLE notes (id int, owner int)")
+        conn.execute("INSERT INTO notes SELECT g, g % 3 FROM generate_series(1, 10) g")
+        conn.execute("ALTER TABLE notes ENABLE ROW LEVEL SECURITY")
+        conn.execute("CREATE POLICY own ON notes FOR ALL TO drill_app_users USING (owner = 1)")
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "a.txt").write_text("a")
+    store = BackupStore(url=f"file://{tmp_path}/store")
+    sources = Sources(
+        PostgresResource(url=pg_server.url("rls_src")),
+        RedisResource(url=redis_server.url(with_password=True)),
+        FileStorageResource(path=str(files)),
+    )
+    manifest = backup_all(
+        store, "2026-11-20", sources, key=None, environment="test", run_id="r", log=print
+    )
+    assert manifest["artifacts"]["postgres"]["source"]["policy_roles"] == ["drill_app_users"]
+    result = run_drill(store, "2026-11-20", key=None, log=print)
+    assert result.passed, result.reason

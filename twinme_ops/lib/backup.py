@@ -80,6 +80,7 @@ def _describe(component: str, f: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             "database_size": f.database_size,
             "tables": f.tables,
             "total_rows": f.total_rows,
+            "policy_roles": f.policy_roles,
         }
         return source, {"pg_dump": pg_tool_version("pg_dump"), "format": "custom"}
     if component == "redis":

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from psycopg import sql
+
 from twinme_ops.lib.artifacts import read_manifest_artifact
 from twinme_ops.lib.manifest import COMPONENTS, DRILL, MANIFEST, parse_manifest
 from twinme_ops.lib.postgres_server import PostgresServer
@@ -184,7 +186,10 @@ def _verify_postgres(
                 "database. Fix: drills restore into scratch servers only."
             )
         with server.connect() as conn:
-            conn.execute(f'CREATE DATABASE "{DRILL_DB}"')
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DRILL_DB)))
+            # policies name roles that exist on production only: create them (no login) first
+            for role in source.get("policy_roles", []):
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
         # scratch servers lack production's roles: restore data and schema, not ownership/grants
         pg_restore_stream(chunks, target, no_owner=True, no_privileges=True)
         mismatches: list[str] = []
@@ -192,7 +197,10 @@ def _verify_postgres(
         with server.connect(DRILL_DB) as conn:
             for table, expected in sorted(source["tables"].items()):
                 schema, name = table.split(".", 1)
-                row = conn.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()
+                query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(name)
+                )
+                row = conn.execute(query).fetchone()
                 got = int(row[0]) if row else -1
                 restored[table] = got
                 if got != expected:

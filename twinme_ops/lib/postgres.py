@@ -41,6 +41,8 @@ class DumpFacts:
     snapshot: str
     tables: dict[str, int] = field(default_factory=dict)
     database_size: int = 0
+    # roles that row-level-security policies name: a restore elsewhere must create them first
+    policy_roles: list[str] = field(default_factory=list)
 
     @property
     def total_rows(self) -> int:
@@ -189,6 +191,13 @@ def snapshot_dump(
         facts = DumpFacts(
             database=row[1], server_version=row[2], snapshot=row[0], database_size=int(row[3])
         )
+        facts.policy_roles = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT rolname FROM pg_policy p "
+                "JOIN pg_roles r ON r.oid = ANY(p.polroles) ORDER BY 1"
+            ).fetchall()
+        ]
         count_error: list[BaseException] = []
 
         def count() -> None:
