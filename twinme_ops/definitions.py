@@ -10,6 +10,10 @@ from twinme_ops.defs.backups.checks import restore_drill
 from twinme_ops.defs.backups.jobs import nightly_backup_job, restore_drill_job
 from twinme_ops.defs.backups.retention import backup_retention, retention_job, retention_schedule
 from twinme_ops.defs.backups.schedules import nightly_backup_schedule, restore_drill_schedule
+from twinme_ops.defs.database.assets import database_assets
+from twinme_ops.defs.database.checks import database_checks
+from twinme_ops.defs.database.jobs import database_tuning_job
+from twinme_ops.defs.database.schedules import database_tuning_schedule
 from twinme_ops.defs.recovery.jobs import recover_job
 from twinme_ops.defs.resources import build_resources
 
@@ -17,10 +21,21 @@ from twinme_ops.defs.resources import build_resources
 def build_definitions() -> dg.Definitions:
     """Assemble every asset, job, schedule, sensor and resource from ``defs/``."""
     return dg.Definitions(
-        assets=[*backup_assets, backup_retention],
-        asset_checks=[restore_drill],
-        jobs=[nightly_backup_job, restore_drill_job, retention_job, recover_job],
-        schedules=[nightly_backup_schedule, restore_drill_schedule, retention_schedule],
+        assets=[*backup_assets, backup_retention, *database_assets],
+        asset_checks=[restore_drill, *database_checks],
+        jobs=[
+            nightly_backup_job,
+            restore_drill_job,
+            retention_job,
+            recover_job,
+            database_tuning_job,
+        ],
+        schedules=[
+            nightly_backup_schedule,
+            restore_drill_schedule,
+            retention_schedule,
+            database_tuning_schedule,
+        ],
         sensors=[backup_freshness_sensor],
         resources=build_resources(),
     )

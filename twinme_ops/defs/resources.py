@@ -16,6 +16,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from twinme_ops.lib.crypto import BackupEncryption
+from twinme_ops.lib.db_tuning import DatabaseTuning
 from twinme_ops.lib.files import FileStorageResource
 from twinme_ops.lib.kube import KubernetesResource
 from twinme_ops.lib.postgres import PostgresResource
@@ -44,6 +45,25 @@ def _env_or(name: str, default: Any) -> Any:
     return dg.EnvVar(name) if os.environ.get(name) else default
 
 
+def _tuning() -> DatabaseTuning:
+    """Declared instance resources: the spec's instance unless TWINME_PG_* say otherwise."""
+    declared: dict[str, Any] = {}
+    for field, var, kind in (
+        ("memory_mb", "TWINME_PG_MEMORY_MB", int),
+        ("cpus", "TWINME_PG_CPUS", int),
+        ("storage", "TWINME_PG_STORAGE", str),
+        ("max_connections", "TWINME_PG_MAX_CONNECTIONS", int),
+        ("redis_conf_path", "TWINME_REDIS_CONF", str),
+    ):
+        value = os.environ.get(var)
+        if value:
+            try:
+                declared[field] = kind(value)
+            except ValueError:
+                raise ValueError(f"{var}={value!r} is not a valid {kind.__name__}") from None
+    return DatabaseTuning(**declared)
+
+
 def build_resources() -> dict[str, Any]:
     """Resources for the current environment."""
     env = twinme_env()
@@ -69,6 +89,7 @@ def build_resources() -> dict[str, Any]:
         "backup_store": BackupStore(url=backup_url, s3=S3Resource()),
         "backup_encryption": BackupEncryption(key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", "")),
         "slack": SlackNotifier(webhook_url=_env_or("SLACK_WEBHOOK_URL", "")),
+        "database_tuning": _tuning(),
         # a cluster exists in production, or locally when the operator points KUBECONFIG at one
         "kubernetes": KubernetesResource(
             namespace=os.environ.get("TWINME_K8S_NAMESPACE") or "twinme-prod",

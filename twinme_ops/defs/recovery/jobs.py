@@ -121,7 +121,10 @@ def recovery_preflight(
     return state
 
 
-@dg.op(description="Back up the current production state first, so the recovery can be undone.")
+@dg.op(
+    description="Back up the current production state first, so the recovery can be undone.",
+    pool="twinme_database",
+)
 def recovery_safety_backup(
     context: dg.OpExecutionContext,
     state: RecoveryState,
@@ -167,7 +170,10 @@ def recovery_scale_down(
     return state
 
 
-@dg.op(description="Restore the selected components; PostgreSQL, then Redis, then files.")
+@dg.op(
+    description="Restore the selected components; PostgreSQL, then Redis, then files.",
+    pool="twinme_database",
+)
 def recovery_restore(
     context: dg.OpExecutionContext,
     state: RecoveryState,
