@@ -324,6 +324,7 @@ def test_cli_backup_with_the_example_run_config_prints_the_set(
     for name in ("postgres.dump.zst", "redis.rdb.zst", "files.tar.zst", "manifest.json"):
         assert name in out
     assert "rows in" in out and "keys" in out and "files," in out
+    assert "restore drill passed: all components restored and verified" in out
 
     assert cli.main(argv) == 1  # complete: refused without --force
     assert "already complete" in capsys.readouterr().err

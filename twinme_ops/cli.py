@@ -141,7 +141,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from twinme_ops.defs.backups.assets import backup_partitions
     from twinme_ops.defs.resources import build_resources
     from twinme_ops.lib.crypto import BackupEncryption
-    from twinme_ops.lib.manifest import COMPONENT_LABELS, MANIFEST
+    from twinme_ops.lib.manifest import COMPONENT_LABELS, DRILL, MANIFEST
 
     # a malformed key is refused before anything starts
     BackupEncryption(key=os.environ.get("TWINME_BACKUP_ENCRYPTION_KEY", "")).get_key()
@@ -186,6 +186,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
             f"sha256 {art['sha256'][:16]}…  {COMPONENT_LABELS[component]}: {facts}{enc}"
         )
     print(f"  total {manifest['total_bytes'] / 1048576:.2f} MiB")
+    if store.exists(partition, DRILL):
+        drill = json.loads(store.get_bytes(partition, DRILL))
+        verdict = "passed" if drill["passed"] else "FAILED"
+        print(f"restore drill {verdict}: {drill['reason']}")
     return 0
 
 
