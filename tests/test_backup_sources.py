@@ -148,8 +148,10 @@ def test_schedule_backs_up_today_at_two_in_paris() -> None:
     assert schedule.cron_schedule == "0 2 * * *"
     assert schedule.execution_timezone == "Europe/Paris"
     tick = datetime(2026, 11, 25, 2, 0, tzinfo=ZoneInfo("Europe/Paris"))
-    with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as ctx,
+    ):
         data = schedule.evaluate_tick(ctx)
     assert data.run_requests and data.run_requests[0].partition_key == "2026-11-25"
 

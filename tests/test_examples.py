@@ -15,7 +15,13 @@ EXAMPLES = sorted((Path(__file__).parents[1] / "examples" / "run_config").glob("
 
 def test_there_is_an_example_for_every_job_that_takes_config() -> None:
     names = {p.stem for p in EXAMPLES}
-    assert {"nightly_backup_job", "restore_drill_job", "retention_job", "recover_job"} <= names
+    assert {
+        "nightly_backup_job",
+        "restore_drill_job",
+        "retention_job",
+        "recover_job",
+        "release_job",
+    } <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

@@ -1,4 +1,4 @@
-"""PostgreSQL settings and extensions: the formulas, then converge/drift on a real PostgreSQL 18."""
+"""PostgreSQL settings: the formulas, then converge/drift on a real PostgreSQL 18."""
 
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ import pytest
 from twinme_ops.lib.pg_tuning import (
     SPEC_INSTANCE,
     InstanceResources,
-    MissingExtensionError,
     SettingsError,
     UnknownSettingError,
     converge_settings,
     desired_settings,
-    ensure_extensions,
-    extensions_drift,
-    missing_extension_message,
     normalize,
     settings_drift,
 )
@@ -155,18 +151,6 @@ def test_normalize(value: str, vartype: str, unit: str | None, expected: Any) ->
 def test_normalize_rejects_a_unit_of_the_wrong_kind() -> None:
     with pytest.raises(ValueError, match="does not apply"):
         normalize("5s", "integer", "8kB")
-
-
-def test_missing_extension_message_says_how_to_install() -> None:
-    message = missing_extension_message("vector", ["pg_trgm", "plpgsql", "vectorscale"], 18)
-    assert "pg_available_extensions" in message
-    assert "vectorscale" in message  # the similar names the server offers
-    assert "postgresql-18-pgvector" in message
-    assert "allow-list" in message
-    assert "shared_preload_libraries" in message  # ... is not needed
-    other = missing_extension_message("pg_trgm", ["plpgsql", "hstore"], 17)
-    assert "hstore" in other and "plpgsql" in other  # nothing similar: a short list
-    assert "contrib" in other
 
 
 # ------------------------------------------------------------------------------------------
@@ -414,68 +398,3 @@ def test_spec_preload_trap_is_noted(tuned_pg: PostgresServer) -> None:
         with tuned_pg.connect(DATABASE) as conn:
             conn.execute("ALTER SYSTEM RESET shared_preload_libraries")
         tuned_pg.restart()
-
-
-# ------------------------------------------------------------------------------------------
-# extensions
-
-
-@pytest.fixture
-def fresh_db(tuned_pg: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
-    """An empty database (no extensions), dropped afterwards."""
-    name = "ext_" + "".join(c for c in request.node.name if c.isalnum())[:40].lower()
-    with tuned_pg.connect() as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
-    yield name
-    with tuned_pg.connect() as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def test_extensions_converge_and_drift(tuned_pg: PostgresServer, fresh_db: str) -> None:
-    logged: list[str] = []
-    with tuned_pg.connect(fresh_db) as conn:
-        assert extensions_drift(conn) == [
-            f"extension vector is not installed in database {fresh_db}",
-            f"extension pg_trgm is not installed in database {fresh_db}",
-        ]
-        report = ensure_extensions(conn, ("vector", "pg_trgm"), logged.append)
-        assert report.statements() == [
-            'CREATE EXTENSION IF NOT EXISTS "vector"',
-            'CREATE EXTENSION IF NOT EXISTS "pg_trgm"',
-        ]
-        assert logged == [f"postgres_extensions: {s}" for s in report.statements()]
-        assert extensions_drift(conn) == []
-        assert ensure_extensions(conn).changes == []
-
-        conn.execute("DROP EXTENSION pg_trgm")
-        assert extensions_drift(conn) == [
-            f"extension pg_trgm is not installed in database {fresh_db}"
-        ]
-        assert ensure_extensions(conn).statements() == ['CREATE EXTENSION IF NOT EXISTS "pg_trgm"']
-        assert extensions_drift(conn) == []
-
-
-def test_the_twinme_database_already_has_its_extensions(tuned_pg: PostgresServer) -> None:
-    with tuned_pg.connect(DATABASE) as conn:
-        assert extensions_drift(conn) == []
-        assert ensure_extensions(conn).changes == []
-
-
-def test_missing_extension_lists_what_the_server_offers(
-    tuned_pg: PostgresServer, fresh_db: str
-) -> None:
-    with tuned_pg.connect(fresh_db) as conn:
-        with pytest.raises(MissingExtensionError) as caught:
-            ensure_extensions(conn, ("vector", "vectorx"))
-        message = str(caught.value)
-        assert "'vectorx' is not available on this server" in message
-        assert "similar names it offers: vector" in message
-        assert "allow-list" in message
-        # nothing created before the error
-        row = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").fetchone()
-        assert row is not None and row[0] == 0
-        assert extensions_drift(conn, ("vectorx",)) == [
-            f"extension vectorx is not installed in database {fresh_db}, and the server cannot "
-            "provide it (not in pg_available_extensions)"
-        ]

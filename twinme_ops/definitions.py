@@ -15,13 +15,16 @@ from twinme_ops.defs.database.checks import database_checks
 from twinme_ops.defs.database.jobs import database_tuning_job
 from twinme_ops.defs.database.schedules import database_tuning_schedule
 from twinme_ops.defs.recovery.jobs import recover_job
+from twinme_ops.defs.release.assets import release_assets
+from twinme_ops.defs.release.jobs import release_job
+from twinme_ops.defs.release.sensors import git_push_sensor
 from twinme_ops.defs.resources import build_resources
 
 
 def build_definitions() -> dg.Definitions:
     """Assemble every asset, job, schedule, sensor and resource from ``defs/``."""
     return dg.Definitions(
-        assets=[*backup_assets, backup_retention, *database_assets],
+        assets=[*backup_assets, backup_retention, *database_assets, *release_assets],
         asset_checks=[restore_drill, *database_checks],
         jobs=[
             nightly_backup_job,
@@ -29,6 +32,7 @@ def build_definitions() -> dg.Definitions:
             retention_job,
             recover_job,
             database_tuning_job,
+            release_job,
         ],
         schedules=[
             nightly_backup_schedule,
@@ -36,7 +40,7 @@ def build_definitions() -> dg.Definitions:
             retention_schedule,
             database_tuning_schedule,
         ],
-        sensors=[backup_freshness_sensor],
+        sensors=[backup_freshness_sensor, git_push_sensor],
         resources=build_resources(),
     )
 

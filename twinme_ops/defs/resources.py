@@ -18,6 +18,7 @@ from dagster_aws.s3 import S3Resource
 from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.db_tuning import DatabaseTuning
 from twinme_ops.lib.files import FileStorageResource
+from twinme_ops.lib.git import GitRepoResource
 from twinme_ops.lib.kube import KubernetesResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redis_snapshot import RedisResource
@@ -90,6 +91,11 @@ def build_resources() -> dict[str, Any]:
         "backup_encryption": BackupEncryption(key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", "")),
         "slack": SlackNotifier(webhook_url=_env_or("SLACK_WEBHOOK_URL", "")),
         "database_tuning": _tuning(),
+        "git": GitRepoResource(
+            remote=_env_or("TWINME_GIT_REMOTE", ""),
+            branch=os.environ.get("TWINME_GIT_BRANCH") or "main",
+            workdir_root=f"{home}/checkouts",
+        ),
         # a cluster exists in production, or locally when the operator points KUBECONFIG at one
         "kubernetes": KubernetesResource(
             namespace=os.environ.get("TWINME_K8S_NAMESPACE") or "twinme-prod",

@@ -14,6 +14,8 @@ STEP_LABELS = {
     "backup_set": "backup set manifest",
     "backup_set_restore_drill": "restore drill",
     "restore_drill_op": "restore drill",
+    "source_checkout": "release checkout",
+    "app_tests": "release app tests",
     "recovery_preflight": "recovery preflight",
     "recovery_safety_backup": "recovery safety backup",
     "recovery_scale_down": "recovery: API scale down",
@@ -37,6 +39,8 @@ ADVICE = {
     "backup_set": _NO_MANIFEST,
     "backup_set_restore_drill": _DRILL_FAILED,
     "restore_drill_op": _DRILL_FAILED,
+    "source_checkout": "Nothing was built or deployed.",
+    "app_tests": "The release stopped before any build: fix the tests and push again.",
     "recovery_preflight": "Nothing was touched.",
     "recovery_restore": "Production may be partly restored and the API is scaled down: read the "
     "state above, then re-run recover_job or return to the safety backup.",
@@ -58,13 +62,21 @@ def first_error_line(exc: BaseException | None) -> str:
 def slack_on_failure(context: dg.HookContext) -> None:
     """Alert Slack when a step fails, naming the component that failed."""
     run = context.instance.get_run_by_id(context.run_id)
-    partition = run.tags.get("dagster/partition", "unpartitioned") if run else "unknown"
+    tags = run.tags if run else {}
+    # what the run is about: a backup set (partition) or a release (commit)
+    subject = (
+        f"set {tags['dagster/partition']}"
+        if "dagster/partition" in tags
+        else f"commit {tags['twinme/sha'][:12]}"
+        if "twinme/sha" in tags
+        else f"run {context.run_id[:8]}"
+    )
     step = context.op.name
     label = STEP_LABELS.get(step, step)
     slack: SlackNotifier = context.resources.slack
     slack.send(
         f":red_circle: TwinMe {context.job_name} FAILED — component: {label} (step {step}), "
-        f"set {partition}, job {context.job_name}, run {context.run_id[:8]}.\n"
+        f"{subject}, job {context.job_name}, run {context.run_id[:8]}.\n"
         f"Error: {first_error_line(context.op_exception)}\n"
         + ADVICE.get(step, "Fix the cause, then re-run the job."),
         log=context.log,

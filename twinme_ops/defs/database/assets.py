@@ -14,24 +14,21 @@ import dagster as dg
 from twinme_ops.defs.resources import twinme_env, twinme_home
 from twinme_ops.lib.convergence import ConvergeReport
 from twinme_ops.lib.db_tuning import DatabaseTuning
-from twinme_ops.lib.pg_indexes import IndexBuildError, converge_indexes, indexes_drift
-from twinme_ops.lib.pg_objects import (
-    PgObjectsError,
-    converge_partitions,
-    converge_publication,
-    converge_rls,
-    partitions_drift,
-    publication_drift,
-    rls_drift,
+from twinme_ops.lib.pg_extensions import (
+    MissingExtensionError,
+    ensure_extensions,
+    extensions_drift,
 )
+from twinme_ops.lib.pg_indexes import IndexBuildError, converge_indexes, indexes_drift
+from twinme_ops.lib.pg_objects import PgObjectsError
+from twinme_ops.lib.pg_partitions import converge_partitions, partitions_drift
+from twinme_ops.lib.pg_publication import converge_publication, publication_drift
+from twinme_ops.lib.pg_rls import converge_rls, rls_drift
 from twinme_ops.lib.pg_tuning import (
     InstanceResources,
-    MissingExtensionError,
     SettingsError,
     converge_settings,
     desired_settings,
-    ensure_extensions,
-    extensions_drift,
     settings_drift,
 )
 from twinme_ops.lib.postgres import PostgresError, PostgresResource

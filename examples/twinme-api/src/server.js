@@ -1,0 +1,78 @@
+'use strict';
+// Minimal stand-in for the TwinMe IA API, used by the release pipeline's tests: the same probe
+// endpoints as the real service (/health, /ready, /metrics) and no dependencies, so `npm ci`
+// works without the network.
+const http = require('node:http');
+
+const startedAt = Date.now();
+
+function createMetrics() {
+  return { requests: new Map() };
+}
+
+function countRequest(metrics, route, status) {
+  const key = `${route}|${status}`;
+  metrics.requests.set(key, (metrics.requests.get(key) || 0) + 1);
+}
+
+// Prometheus text exposition format 0.0.4
+function renderMetrics(metrics) {
+  const lines = [
+    '# HELP twinme_http_requests_total HTTP requests served, by route and status.',
+    '# TYPE twinme_http_requests_total counter',
+  ];
+  for (const [key, count] of metrics.requests) {
+    const [route, status] = key.split('|');
+    lines.push(`twinme_http_requests_total{route="${route}",status="${status}"} ${count}`);
+  }
+  lines.push(
+    '# HELP twinme_process_uptime_seconds Seconds since the process started.',
+    '# TYPE twinme_process_uptime_seconds gauge',
+    `twinme_process_uptime_seconds ${((Date.now() - startedAt) / 1000).toFixed(3)}`,
+  );
+  return lines.join('\n') + '\n';
+}
+
+function createServer(options = {}) {
+  const metrics = createMetrics();
+  // ready() lets a caller (or a test) report dependencies that are not reachable yet
+  const ready = options.ready || (() => true);
+  const server = http.createServer((req, res) => {
+    const route = (req.url || '/').split('?')[0];
+    let status = 200;
+    let body;
+    let type = 'application/json';
+    if (req.method !== 'GET') {
+      status = 405;
+      body = JSON.stringify({ error: 'method not allowed' });
+    } else if (route === '/health') {
+      body = JSON.stringify({ status: 'ok', uptime_s: (Date.now() - startedAt) / 1000 });
+    } else if (route === '/ready') {
+      const ok = ready();
+      status = ok ? 200 : 503;
+      body = JSON.stringify({ status: ok ? 'ready' : 'not ready' });
+    } else if (route === '/metrics') {
+      type = 'text/plain; version=0.0.4; charset=utf-8';
+      countRequest(metrics, route, status);
+      body = renderMetrics(metrics);
+    } else {
+      status = 404;
+      body = JSON.stringify({ error: 'not found' });
+    }
+    if (route !== '/metrics') countRequest(metrics, route, status);
+    res.writeHead(status, { 'Content-Type': type, 'Content-Length': Buffer.byteLength(body) });
+    res.end(body);
+  });
+  return server;
+}
+
+module.exports = { createServer, renderMetrics, createMetrics, countRequest };
+
+if (require.main === module) {
+  const port = Number(process.env.PORT || 3000);
+  const server = createServer();
+  server.listen(port, () => console.log(`twinme-api listening on :${port}`));
+  const stop = () => server.close(() => process.exit(0));
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}

@@ -1,0 +1,268 @@
+"""Release trigger and first steps against real Git: a bare repository, a clone, real pushes.
+
+The release job runs the sample app's (examples/twinme-api) own tests with the real ``npm`` and
+``node`` (Node >= 18 must be on PATH); ``npm audit`` is left out because it needs the registry.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tests.slack_receiver import SlackReceiver
+from twinme_ops.defs.release.assets import app_tests, source_checkout
+from twinme_ops.defs.release.jobs import release_job
+from twinme_ops.defs.release.sensors import git_push_sensor
+from twinme_ops.lib.app_tests import OFFLINE_COMMANDS, AppTestsFailed, run_commands
+from twinme_ops.lib.git import GitError, GitRepoResource
+from twinme_ops.lib.slack import SlackNotifier
+
+SAMPLE_APP = Path(__file__).resolve().parents[1] / "examples" / "twinme-api"
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "TwinMe Test",
+    "GIT_AUTHOR_EMAIL": "test@twinme.invalid",
+    "GIT_COMMITTER_NAME": "TwinMe Test",
+    "GIT_COMMITTER_EMAIL": "test@twinme.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(*args: str, cwd: Path) -> str:
+    """Run git in ``cwd`` with a fixed identity; returns stdout."""
+    env = {**os.environ, **GIT_ENV, "HOME": str(cwd)}
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+class Repo:
+    """A bare repository (the remote) and a working clone that commits and pushes to it."""
+
+    def __init__(self, root: Path) -> None:
+        self.bare = root / "remote.git"
+        self.work = root / "work"
+        root.mkdir(parents=True, exist_ok=True)
+        git("init", "--quiet", "--bare", "--initial-branch=main", str(self.bare), cwd=root)
+        git("init", "--quiet", "--initial-branch=main", str(self.work), cwd=root)
+        git("remote", "add", "origin", str(self.bare), cwd=self.work)
+
+    def commit(self, message: str, files: dict[str, str] | None = None) -> str:
+        """Commit ``files`` (path -> content) or an empty commit; returns the sha."""
+        for name, content in (files or {}).items():
+            path = self.work / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+        git("add", "--all", cwd=self.work)
+        git("commit", "--quiet", "--allow-empty", "-m", message, cwd=self.work)
+        return git("rev-parse", "HEAD", cwd=self.work)
+
+    def push(self) -> None:
+        git("push", "--quiet", "origin", "HEAD:refs/heads/main", cwd=self.work)
+
+    def add_sample_app(self) -> str:
+        """Copy the sample app (without node_modules) into the clone, commit and push it."""
+        shutil.copytree(
+            SAMPLE_APP, self.work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("node_modules")
+        )
+        sha = self.commit("sample app")
+        self.push()
+        return sha
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    return Repo(tmp_path / "git")
+
+
+def resource(repo: Repo, tmp_path: Path) -> GitRepoResource:
+    return GitRepoResource(remote=str(repo.bare), workdir_root=str(tmp_path / "checkouts"))
+
+
+def tick(git_resource: GitRepoResource, cursor: str | None = None):
+    """One sensor evaluation; returns (result, cursor after the tick)."""
+    # a context manager: build_sensor_context enters an ephemeral instance, which must be exited
+    # or the instance's state storage stays current for the rest of the session
+    with dg.build_sensor_context(cursor=cursor, resources={"git": git_resource}) as context:
+        result = git_push_sensor(context)
+        return result, context.cursor
+
+
+def test_a_push_releases_once(repo: Repo, tmp_path: Path) -> None:
+    sha = repo.commit("first")
+    repo.push()
+    git_resource = resource(repo, tmp_path)
+    result, cursor = tick(git_resource)
+    assert isinstance(result, dg.RunRequest)
+    assert result.run_key == sha
+    assert result.tags["twinme/sha"] == sha
+    assert result.run_config == {"ops": {"source_checkout": {"config": {"sha": sha}}}}
+    assert cursor == sha
+    again, cursor_after = tick(git_resource, cursor)
+    assert isinstance(again, dg.SkipReason)
+    assert "no new commit" in (again.skip_message or "")
+    assert cursor_after == sha
+
+
+def test_a_burst_of_pushes_releases_the_newest(repo: Repo, tmp_path: Path) -> None:
+    repo.commit("first")
+    repo.push()
+    git_resource = resource(repo, tmp_path)
+    _, cursor = tick(git_resource)
+    shas = []
+    for i in range(3):
+        shas.append(repo.commit(f"burst {i}"))
+        repo.push()
+    result, cursor = tick(git_resource, cursor)
+    assert isinstance(result, dg.RunRequest)
+    assert result.run_key == shas[-1]
+    assert cursor == shas[-1]
+
+
+def test_unconfigured_remote_skips(tmp_path: Path) -> None:
+    result, cursor = tick(GitRepoResource(remote="", workdir_root=str(tmp_path)))
+    assert isinstance(result, dg.SkipReason)
+    assert "TWINME_GIT_REMOTE" in (result.skip_message or "")
+    assert cursor is None
+
+
+def test_missing_branch_skips(repo: Repo, tmp_path: Path) -> None:
+    result, _ = tick(resource(repo, tmp_path))  # nothing pushed yet
+    assert isinstance(result, dg.SkipReason)
+    assert "branch main not found" in (result.skip_message or "")
+
+
+def test_unreachable_remote_skips_with_a_redacted_reason(tmp_path: Path) -> None:
+    remote = "https://user:tok3n@127.0.0.1:1/x.git"
+    git_resource = GitRepoResource(remote=remote, workdir_root=str(tmp_path))
+    result, cursor = tick(git_resource, "0" * 40)
+    assert isinstance(result, dg.SkipReason)
+    message = result.skip_message or ""
+    assert "unreachable" in message and "127.0.0.1" in message
+    assert "TWINME_GIT_REMOTE" in message  # says what to fix
+    assert "tok3n" not in message
+    assert cursor == "0" * 40
+    with pytest.raises(GitError) as excinfo:
+        git_resource.checkout("a" * 40, tmp_path / "co")
+    assert "tok3n" not in str(excinfo.value)
+
+
+def test_checkout_is_exactly_the_sha_and_clean(repo: Repo, tmp_path: Path) -> None:
+    first = repo.commit("first", {"a.txt": "one"})
+    repo.commit("second", {"a.txt": "two"})
+    repo.push()
+    git_resource = resource(repo, tmp_path)
+    dest = tmp_path / "co"
+    dest.mkdir()
+    (dest / "stale.txt").write_text("left over")
+    path = git_resource.checkout(first, dest)  # not the branch head
+    assert git_resource.head(path) == first
+    assert (path / "a.txt").read_text() == "one"
+    assert not (path / "stale.txt").exists()
+    # the remote (which may carry a token) is not stored in the checkout
+    assert str(repo.bare) not in (path / ".git" / "config").read_text()
+    with pytest.raises(GitError, match="not a full commit id"):
+        git_resource.checkout("main", dest)
+
+
+def test_run_commands_streams_and_stops_at_the_first_failure(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    class Log:
+        def info(self, msg: str) -> None:
+            lines.append(msg)
+
+    with pytest.raises(AppTestsFailed) as excinfo:
+        run_commands(["echo hello", "sh -c 'echo boom; exit 3'", "echo never"], tmp_path, log=Log())
+    assert "hello" in lines and "boom" in lines and "never" not in lines
+    error = excinfo.value
+    assert error.failed.exit_code == 3
+    assert "sh -c 'echo boom; exit 3'" in str(error) and "code 3" in str(error)
+    assert "boom" in str(error)
+    assert [r.ok for r in error.results] == [True, False]
+    with pytest.raises(AppTestsFailed, match="timed out"):
+        run_commands(["sleep 30"], tmp_path, log=Log(), timeout=0.5)
+
+
+def release_defs(repo: Repo, tmp_path: Path, slack: SlackReceiver) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[source_checkout, app_tests],
+        jobs=[release_job],
+        resources={
+            "git": resource(repo, tmp_path),
+            "slack": SlackNotifier(webhook_url=slack.url, max_retries=0),
+        },
+    )
+
+
+def run_release(defs: dg.Definitions, sha: str) -> tuple[dg.ExecuteInProcessResult, list[str]]:
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def("release_job").execute_in_process(
+        run_config={
+            "ops": {
+                "source_checkout": {"config": {"sha": sha}},
+                "app_tests": {"config": {"commands": list(OFFLINE_COMMANDS)}},
+            }
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    return result, messages
+
+
+def test_release_job_checks_out_the_sha_and_runs_the_app_tests(
+    repo: Repo, tmp_path: Path, slack_receiver: SlackReceiver
+) -> None:
+    sha = repo.add_sample_app()
+    repo.commit("later commit, not released", {"NOTES.md": "x"})
+    repo.push()
+    result, messages = run_release(release_defs(repo, tmp_path, slack_receiver), sha)
+    assert result.success
+    checkout = result.asset_materializations_for_node("source_checkout")[0].metadata
+    assert checkout["sha"].value == sha
+    path = Path(str(checkout["checkout_path"].value))
+    assert path == tmp_path / "checkouts" / sha
+    assert not (path / "NOTES.md").exists()
+    tests = result.asset_materializations_for_node("app_tests")[0].metadata
+    assert tests["sha"].value == sha
+    for command in OFFLINE_COMMANDS:
+        assert f"duration_s: {command}" in tests
+    # node --test's TAP output reached the run's logs line by line
+    assert any(m.startswith("# pass 3") for m in messages)
+    assert any(m == "$ npm run test:integration" for m in messages)
+    assert slack_receiver.messages == []
+
+
+def test_failing_app_tests_stop_the_release_and_alert_slack(
+    repo: Repo, tmp_path: Path, slack_receiver: SlackReceiver
+) -> None:
+    repo.add_sample_app()
+    sha = repo.commit(
+        "break the unit tests",
+        {
+            "test/unit.test.js": (
+                "const test = require('node:test');\n"
+                "const assert = require('node:assert/strict');\n"
+                "test('broken on purpose', () => assert.equal(1, 2));\n"
+            )
+        },
+    )
+    repo.push()
+    result, messages = run_release(release_defs(repo, tmp_path, slack_receiver), sha)
+    assert not result.success
+    failed = [e for e in result.all_events if e.is_step_failure]
+    assert [e.step_key for e in failed] == ["app_tests"]
+    assert result.asset_materializations_for_node("app_tests") == []
+    error = failed[0].step_failure_data.error
+    assert error is not None and "`npm run test:ci` exited with code 1" in error.message
+    assert any("broken on purpose" in m for m in messages)
+    assert not any(m == "$ npm run test:integration" for m in messages)
+    assert len(slack_receiver.messages) == 1
+    alert = slack_receiver.messages[0]
+    assert "release_job FAILED" in alert and "app_tests" in alert
+    assert "npm run test:ci" in alert

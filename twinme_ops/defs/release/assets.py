@@ -1,0 +1,160 @@
+"""Release assets: the commit being released, then the application's own tests on it.
+
+``source_checkout`` records where the commit was checked out; ``app_tests`` (and later the image
+build) read that from its latest materialization, so materializing ``app_tests`` alone from the UI
+tests the last checkout.
+"""
+
+import time
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from twinme_ops.lib.app_tests import (
+    DEFAULT_COMMANDS,
+    AppTestsFailed,
+    CommandResult,
+    run_commands,
+)
+from twinme_ops.lib.git import GitError, GitRepoResource, is_sha
+from twinme_ops.lib.redact import redact
+
+RELEASE_GROUP = "release"
+SOURCE_CHECKOUT = dg.AssetKey("source_checkout")
+
+
+class SourceCheckoutConfig(dg.Config):
+    """Which commit to release."""
+
+    sha: str = Field(
+        default="",
+        description="Full commit id to release. Empty: the branch's current head on the remote.",
+    )
+
+
+class AppTestsConfig(dg.Config):
+    """The application's test commands."""
+
+    commands: list[str] = Field(
+        default=list(DEFAULT_COMMANDS),
+        description=(
+            "Commands run in order in the checkout; the first failure stops the release. "
+            "`npm audit` needs the npm registry: drop it where there is no network."
+        ),
+    )
+    timeout_s: float = Field(default=900, gt=0, description="Time limit of each command.")
+
+
+@dg.asset(
+    group_name=RELEASE_GROUP,
+    kinds={"git"},
+    description="Exactly one commit of the watched branch, checked out in a clean work directory.",
+)
+def source_checkout(
+    context: dg.AssetExecutionContext, config: SourceCheckoutConfig, git: GitRepoResource
+) -> dg.MaterializeResult:
+    """Check out the configured sha (or the branch head) and record where it is."""
+    start = time.monotonic()
+    try:
+        sha = config.sha.strip().lower()
+        if not sha:
+            head = git.ls_remote_head()
+            if head is None:
+                raise dg.Failure(
+                    description=(
+                        f"branch {git.branch} does not exist on {git.remote_display}. Fix: set "
+                        "TWINME_GIT_BRANCH, or give the sha in the run config."
+                    )
+                )
+            sha = head
+            context.log.info(f"no sha configured: releasing the head of {git.branch}, {sha}")
+        elif not is_sha(sha):
+            raise dg.Failure(
+                description=f"sha {config.sha!r} is not a full commit id (40 hex characters)."
+            )
+        path = git.checkout(sha, f"{git.workdir_root}/{sha}")
+        subject = git.commit_subject(path)
+    except GitError as exc:
+        raise dg.Failure(description=f"source checkout failed: {exc}") from None
+    duration = time.monotonic() - start
+    context.log.info(f"checked out {sha} ({subject}) into {path} in {duration:.1f} s")
+    return dg.MaterializeResult(
+        metadata={
+            "sha": sha,
+            "commit_subject": subject,
+            "remote": git.remote_display,
+            "branch": git.branch,
+            "checkout_path": dg.MetadataValue.path(str(path)),
+            "duration_s": round(duration, 3),
+        },
+        tags={"twinme/sha": sha},
+    )
+
+
+def checkout_of_latest(context: dg.AssetExecutionContext, git: GitRepoResource) -> tuple[str, str]:
+    """(sha, path) of the latest ``source_checkout``, verified to still hold that commit."""
+    event = context.instance.get_latest_materialization_event(SOURCE_CHECKOUT)
+    materialization = event.asset_materialization if event else None
+    if materialization is None:
+        raise dg.Failure(description="no source_checkout yet. Fix: run release_job.")
+    metadata = materialization.metadata
+    sha = str(metadata["sha"].value)
+    path = str(metadata["checkout_path"].value)
+    try:
+        head = git.head(path)
+    except GitError as exc:
+        raise dg.Failure(
+            description=f"the checkout of {sha} is gone ({exc}). Fix: re-run release_job."
+        ) from None
+    if head != sha:
+        raise dg.Failure(description=f"{path} holds {head}, not {sha}. Fix: re-run release_job.")
+    return sha, path
+
+
+def _results_metadata(results: list[CommandResult], failed_command: str | None) -> dict[str, Any]:
+    """Per-command duration (numeric, plotted by the UI) and a readable summary table."""
+    rows = ["| command | result | exit | duration (s) |", "|---|---|---|---|"]
+    metadata: dict[str, Any] = {}
+    for r in results:
+        status = "ok" if r.ok else ("timed out" if r.timed_out else "FAILED")
+        rows.append(f"| `{r.command}` | {status} | {r.exit_code} | {r.duration_s:.1f} |")
+        metadata[f"duration_s: {r.command}"] = round(r.duration_s, 3)
+    metadata["commands"] = dg.MetadataValue.md("\n".join(rows))
+    metadata["total_duration_s"] = round(sum(r.duration_s for r in results), 3)
+    if failed_command:
+        metadata["failed_command"] = failed_command
+    return metadata
+
+
+@dg.asset(
+    group_name=RELEASE_GROUP,
+    deps=[source_checkout],
+    kinds={"node"},
+    description=(
+        "The application's test commands (npm ci, test:ci, test:integration, audit) passed on "
+        "the checked-out commit. A failure stops the release before any image is built."
+    ),
+)
+def app_tests(
+    context: dg.AssetExecutionContext, config: AppTestsConfig, git: GitRepoResource
+) -> dg.MaterializeResult:
+    """Run the test commands in the checkout, streaming their output to the run's logs."""
+    sha, path = checkout_of_latest(context, git)
+    context.log.info(f"testing {sha} in {path}: {', '.join(config.commands)}")
+    try:
+        results = run_commands(config.commands, path, log=context.log, timeout=config.timeout_s)
+    except AppTestsFailed as exc:
+        metadata = _results_metadata(exc.results, exc.failed.command)
+        metadata["sha"] = sha
+        metadata["exit_code"] = exc.failed.exit_code
+        metadata["last_lines"] = dg.MetadataValue.md("```\n" + "\n".join(exc.failed.tail) + "\n```")
+        raise dg.Failure(description=f"{exc} (commit {sha})", metadata=metadata) from None
+    except OSError as exc:
+        raise dg.Failure(description=redact(f"cannot run the app tests in {path}: {exc}")) from None
+    metadata = _results_metadata(results, None)
+    metadata["sha"] = sha
+    return dg.MaterializeResult(metadata=metadata, tags={"twinme/sha": sha})
+
+
+release_assets = [source_checkout, app_tests]
