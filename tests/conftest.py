@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 # Fixtures defined next to the helpers they serve, registered here for every test module
+from tests.api_app import app  # noqa: F401
 from tests.backup_helpers import backup_env  # noqa: F401
 from tests.k8s_emulator import deployment_controller, k8s_emulator  # noqa: F401
 from tests.pg_fixtures import conn, db, pg  # noqa: F401

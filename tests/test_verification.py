@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.api_app import ControlledApp
 from twinme_ops.lib.verification import (
     LoadTestError,
     LoadTestSettings,
@@ -25,67 +24,6 @@ from twinme_ops.lib.verification import (
 
 # short but long enough for locust to collect a few hundred requests
 FAST = LoadTestSettings(users=3, spawn_rate=3, duration_s=3, wait_s=0.02, stop_timeout_s=2)
-
-
-class _App(ThreadingHTTPServer):
-    """The app under test: every knob is read per request, so a test can change it live."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.delay_s = 0.0
-        self.error_every_n = 0  # 0: never; n: every n-th request of the load paths answers 500
-        self.ready_status = 200
-        self._count = 0
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        """Base URL of the app."""
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def next_is_error(self) -> bool:
-        """Whether this request should fail, counting requests across threads."""
-        with self._lock:
-            self._count += 1
-            return bool(self.error_every_n) and self._count % self.error_every_n == 0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        app = self.server
-        assert isinstance(app, _App)
-        if app.delay_s:
-            time.sleep(app.delay_s)
-        if self.path == "/ready":
-            status = app.ready_status
-        elif self.path == "/health":
-            status = 500 if app.next_is_error() else 200
-        else:
-            status = 404
-        body = b'{"status":"ok"}' if status == 200 else b'{"status":"error"}'
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass  # keep pytest output readable
-
-
-@pytest.fixture
-def app() -> Iterator[_App]:
-    """A fresh app served from a thread; shut down after the test."""
-    server = _App()
-    thread = threading.Thread(target=server.serve_forever, name="verification-app", daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
 
 
 class _Recorder(logging.Handler):
@@ -114,7 +52,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_probe_reports_status_and_latency(app: _App) -> None:
+def test_probe_reports_status_and_latency(app: ControlledApp) -> None:
     ok = probe(app.url, "/health", retries=0)
     assert ok.ok and ok.status == 200 and ok.latency_ms is not None and ok.attempts == 1
     app.ready_status = 503
@@ -123,14 +61,16 @@ def test_probe_reports_status_and_latency(app: _App) -> None:
     assert "/ready answered HTTP 503" in bad.reason()
 
 
-def test_probe_redacts_credentials(app: _App) -> None:
+def test_probe_redacts_credentials(app: ControlledApp) -> None:
     url = app.url.replace("http://", "http://ops:hunter2secret@")
     result = probe(url + "/?token=abc123", "/nope", retries=0)
     assert "hunter2secret" not in result.url and "abc123" not in result.url
     assert "hunter2secret" not in result.reason()
 
 
-def test_healthy_app_passes_with_numbers(app: _App, log: tuple[logging.Logger, _Recorder]) -> None:
+def test_healthy_app_passes_with_numbers(
+    app: ControlledApp, log: tuple[logging.Logger, _Recorder]
+) -> None:
     logger, rec = log
     calls: list[str] = []
     result = verify_deployment(
@@ -163,7 +103,7 @@ def test_healthy_app_passes_with_numbers(app: _App, log: tuple[logging.Logger, _
     assert any(line.startswith("locust: ") for line in rec.lines)
 
 
-def test_slow_app_fails_on_p95(app: _App) -> None:
+def test_slow_app_fails_on_p95(app: ControlledApp) -> None:
     app.delay_s = 0.3
     settings = LoadTestSettings(users=2, spawn_rate=2, duration_s=3, wait_s=0.0, stop_timeout_s=2)
     result = run_load_test(app.url, settings)
@@ -175,7 +115,7 @@ def test_slow_app_fails_on_p95(app: _App) -> None:
     assert result.failures == 0
 
 
-def test_failing_app_fails_on_error_rate(app: _App) -> None:
+def test_failing_app_fails_on_error_rate(app: ControlledApp) -> None:
     app.error_every_n = 10
     # /health probes are fine most of the time: retries absorb the odd 500
     result = verify_deployment(app.url, settings=FAST, probe_retry_delay_s=0.05)
@@ -188,7 +128,7 @@ def test_failing_app_fails_on_error_rate(app: _App) -> None:
     assert not any(r.startswith("load test: p95") for r in result.reasons)
 
 
-def test_ready_503_fails_naming_ready(app: _App) -> None:
+def test_ready_503_fails_naming_ready(app: ControlledApp) -> None:
     app.ready_status = 503
     result = verify_deployment(
         app.url,
@@ -223,7 +163,7 @@ def test_unreachable_url_fails_clearly() -> None:
     assert load.outcome == "skipped" and "does not answer HTTP" in load.reason
 
 
-def test_locust_missing_is_a_clear_error(app: _App) -> None:
+def test_locust_missing_is_a_clear_error(app: ControlledApp) -> None:
     missing = LoadTestSettings(duration_s=1, locust_executable="/nonexistent/bin/locust")
     with pytest.raises(LoadTestError, match=r"cannot start locust \(/nonexistent/bin/locust\)"):
         run_load_test(app.url, missing)
@@ -234,7 +174,7 @@ def test_locust_missing_is_a_clear_error(app: _App) -> None:
     ]
 
 
-def test_locust_crash_is_a_clear_error(app: _App, tmp_path) -> None:
+def test_locust_crash_is_a_clear_error(app: ControlledApp, tmp_path) -> None:
     fake = tmp_path / "locust"
     fake.write_text("#!/bin/sh\necho 'boom: bad option' >&2\nexit 2\n")
     fake.chmod(0o755)

@@ -18,7 +18,18 @@ from twinme_ops.lib.app_tests import (
     run_commands,
 )
 from twinme_ops.lib.git import GitError, GitRepoResource, is_sha
+from twinme_ops.lib.kube import KubernetesResource, RolloutFailed
+from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redact import redact
+from twinme_ops.lib.redis_snapshot import RedisResource
+from twinme_ops.lib.release import (
+    ReleaseSettings,
+    latest_metadata,
+    rollback,
+    service_checks,
+    verification_for,
+)
+from twinme_ops.lib.slack import SlackNotifier
 
 RELEASE_GROUP = "release"
 SOURCE_CHECKOUT = dg.AssetKey("source_checkout")
@@ -158,3 +169,66 @@ def app_tests(
 
 
 release_assets = [source_checkout, app_tests]
+
+
+CONTAINER_IMAGE = dg.AssetKey("container_image")
+API_DEPLOYMENT = dg.AssetKey("api_deployment")
+
+
+@dg.asset(
+    key=API_DEPLOYMENT,
+    group_name="release",
+    deps=[CONTAINER_IMAGE],
+    kinds={"kubernetes"},
+    description=(
+        "The API Deployment runs the image just built, pinned by digest (never :latest), with "
+        "the commit as change cause; waits like kubectl rollout status. A failed rollout is "
+        "rolled back to the previous image, verified again, and reported to Slack."
+    ),
+)
+def api_deployment(
+    context: dg.AssetExecutionContext,
+    kubernetes: KubernetesResource,
+    release_settings: ReleaseSettings,
+    postgres: PostgresResource,
+    redis: RedisResource,
+    slack: SlackNotifier,
+) -> dg.MaterializeResult:
+    image = latest_metadata(context.instance, CONTAINER_IMAGE)
+    image_ref, sha = str(image.get("image_ref", "")), str(image.get("sha", ""))
+    if "@sha256:" not in image_ref:
+        raise dg.Failure(
+            description=f"no digest-pinned image to deploy (got {image_ref or 'nothing'}). "
+            "Fix: run container_image first; :latest or a bare tag cannot be rolled back."
+        )
+    container = release_settings.container
+    previous = kubernetes.current_image(container)
+    started = time.monotonic()
+    kubernetes.set_image(container, image_ref, change_cause=f"twinme release {sha}")
+    try:
+        status = kubernetes.wait_for_rollout(log=context.log)
+    except RolloutFailed as exc:
+        reason = f"rollout of {sha[:12]} failed: {redact(exc).splitlines()[0]}"
+        check_db, check_redis = service_checks(postgres, redis)
+        outcome = rollback(
+            kubernetes,
+            container,
+            previous,
+            reason,
+            verification_for(release_settings, check_db, check_redis, context.log),
+            context.log,
+        )
+        slack.send(
+            f":rotating_light: TwinMe release {sha[:12]} FAILED — {reason}. {outcome.sentence()}.",
+            log=context.log,
+        )
+        raise dg.Failure(description=f"{reason}; {outcome.sentence()}") from None
+    return dg.MaterializeResult(
+        metadata={
+            "sha": sha,
+            "image": image_ref,
+            "previous_image": previous,
+            "rollout_s": round(time.monotonic() - started, 2),
+            **{f"rollout_{k}": v for k, v in status.to_metadata().items()},
+        }
+    )
