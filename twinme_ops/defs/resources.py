@@ -22,6 +22,7 @@ from twinme_ops.lib.git import GitRepoResource
 from twinme_ops.lib.kube import KubernetesResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redis_snapshot import RedisResource
+from twinme_ops.lib.release import ReleaseSettings
 from twinme_ops.lib.slack import SlackNotifier
 from twinme_ops.lib.store import BackupStore
 
@@ -91,6 +92,10 @@ def build_resources() -> dict[str, Any]:
         "backup_encryption": BackupEncryption(key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", "")),
         "slack": SlackNotifier(webhook_url=_env_or("SLACK_WEBHOOK_URL", "")),
         "database_tuning": _tuning(),
+        "release_settings": ReleaseSettings(
+            api_url=os.environ.get("TWINME_API_URL")
+            or ("https://api.twinme.ai" if env == "production" else "")
+        ),
         "git": GitRepoResource(
             remote=_env_or("TWINME_GIT_REMOTE", ""),
             branch=os.environ.get("TWINME_GIT_BRANCH") or "main",

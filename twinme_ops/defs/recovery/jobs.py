@@ -236,7 +236,7 @@ def recovery_scale_up_and_verify(
         "(keys replayed) and files, scales back up and verifies. Refuses to start unless "
         "config.confirm equals the target database name. Manual only."
     ),
-    tags={"twinme/operation": "recovery"},
+    tags={"twinme/operation": "recovery", "twinme/api-change": "recovery"},
     hooks={slack_on_failure},
 )
 def recover_job() -> None:

@@ -7,7 +7,7 @@ from twinme_ops.defs.alerts.hooks import slack_on_failure
 release_job = dg.define_asset_job(
     "release_job",
     selection=dg.AssetSelection.groups("release"),
-    tags={"twinme/operation": "release"},
+    tags={"twinme/operation": "release", "twinme/api-change": "release"},
     hooks={slack_on_failure},
     description=(
         "Release one commit: check it out, run the application's tests, then (as the release "
