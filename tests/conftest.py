@@ -19,6 +19,7 @@ from tests.api_app import app  # noqa: F401
 from tests.backup_helpers import backup_env  # noqa: F401
 from tests.k8s_emulator import deployment_controller, k8s_emulator  # noqa: F401
 from tests.pg_fixtures import conn, db, pg  # noqa: F401
+from tests.registry_fixtures import image_registry, node_base_image  # noqa: F401
 from tests.s3_fixtures import s3_bucket, s3_server, store  # noqa: F401
 from tests.slack_receiver import slack_receiver  # noqa: F401
 from twinme_ops.lib.postgres_server import PostgresServer

@@ -16,6 +16,7 @@ from twinme_ops.defs.database.jobs import database_tuning_job
 from twinme_ops.defs.database.schedules import database_tuning_schedule
 from twinme_ops.defs.recovery.jobs import recover_job
 from twinme_ops.defs.release.assets import release_assets
+from twinme_ops.defs.release.checks import deployment_verification
 from twinme_ops.defs.release.jobs import release_job
 from twinme_ops.defs.release.sensors import git_push_sensor
 from twinme_ops.defs.resources import build_resources
@@ -25,7 +26,7 @@ def build_definitions() -> dg.Definitions:
     """Assemble every asset, job, schedule, sensor and resource from ``defs/``."""
     return dg.Definitions(
         assets=[*backup_assets, backup_retention, *database_assets, *release_assets],
-        asset_checks=[restore_drill, *database_checks],
+        asset_checks=[restore_drill, *database_checks, deployment_verification],
         jobs=[
             nightly_backup_job,
             restore_drill_job,

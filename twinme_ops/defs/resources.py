@@ -19,6 +19,7 @@ from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.db_tuning import DatabaseTuning
 from twinme_ops.lib.files import FileStorageResource
 from twinme_ops.lib.git import GitRepoResource
+from twinme_ops.lib.image import ImageBuilderResource
 from twinme_ops.lib.kube import KubernetesResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redis_snapshot import RedisResource
@@ -95,6 +96,11 @@ def build_resources() -> dict[str, Any]:
         "release_settings": ReleaseSettings(
             api_url=os.environ.get("TWINME_API_URL")
             or ("https://api.twinme.ai" if env == "production" else "")
+        ),
+        # where release images go; unset locally until a registry is configured
+        "image_builder": ImageBuilderResource(
+            registry=os.environ.get("TWINME_REGISTRY", ""),
+            repository=os.environ.get("TWINME_IMAGE_REPOSITORY") or "twinme-api",
         ),
         "git": GitRepoResource(
             remote=_env_or("TWINME_GIT_REMOTE", ""),

@@ -6,6 +6,7 @@ tests the last checkout.
 """
 
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -18,6 +19,7 @@ from twinme_ops.lib.app_tests import (
     run_commands,
 )
 from twinme_ops.lib.git import GitError, GitRepoResource, is_sha
+from twinme_ops.lib.image import ImageBuilderResource, ImageBuildError
 from twinme_ops.lib.kube import KubernetesResource, RolloutFailed
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redact import redact
@@ -168,11 +170,58 @@ def app_tests(
     return dg.MaterializeResult(metadata=metadata, tags={"twinme/sha": sha})
 
 
-release_assets = [source_checkout, app_tests]
-
-
 CONTAINER_IMAGE = dg.AssetKey("container_image")
 API_DEPLOYMENT = dg.AssetKey("api_deployment")
+
+
+class ContainerImageConfig(dg.Config):
+    """Which Dockerfile of the checkout to build."""
+
+    dockerfile: str = Field(
+        default="Dockerfile.production", description="Path of the Dockerfile in the checkout."
+    )
+
+
+@dg.asset(
+    key=CONTAINER_IMAGE,
+    group_name=RELEASE_GROUP,
+    deps=[app_tests],
+    kinds={"docker"},
+    description=(
+        "The application image built from the tested commit with buildah (daemonless) or "
+        "docker, tagged with the commit sha (never :latest) and pushed; the digest recorded "
+        "here is what api_deployment deploys."
+    ),
+)
+def container_image(
+    context: dg.AssetExecutionContext,
+    config: ContainerImageConfig,
+    git: GitRepoResource,
+    image_builder: ImageBuilderResource,
+) -> dg.MaterializeResult:
+    if not image_builder.registry:
+        raise dg.Failure(
+            description="no image registry configured. Fix: set TWINME_REGISTRY (host[:port]) "
+            "to the registry the cluster pulls from."
+        )
+    sha, path = checkout_of_latest(context, git)
+    try:
+        built = image_builder.build_and_push(
+            Path(path), Path(path) / config.dockerfile, tag=sha, log=context.log
+        )
+    except ImageBuildError as exc:
+        raise dg.Failure(description=f"image build of {sha[:12]} failed: {redact(exc)}") from None
+    context.log.info(f"pushed {built.image_ref} in {built.duration_s:.1f} s")
+    return dg.MaterializeResult(
+        metadata={
+            "sha": sha,
+            "image_ref": built.image_ref,
+            "tag_ref": built.tag_ref,
+            "digest": built.digest,
+            "build_s": round(built.duration_s, 2),
+            "size_bytes": dg.MetadataValue.int(built.size_bytes or 0),
+        }
+    )
 
 
 @dg.asset(
@@ -232,3 +281,6 @@ def api_deployment(
             **{f"rollout_{k}": v for k, v in status.to_metadata().items()},
         }
     )
+
+
+release_assets = [source_checkout, app_tests, container_image, api_deployment]
