@@ -26,6 +26,27 @@ SHA = "a" * 40
 NEW_IMAGE = "127.0.0.1:5000/twinme-api@sha256:" + "2" * 64
 
 
+def deploy_resources(
+    kubeconfig: Path,
+    app: ControlledApp,
+    slack: SlackReceiver,
+    pg: PostgresServer,
+    redis_server: RedisServer,
+) -> dict[str, Any]:
+    """The resources the deploy and verify steps use, pointed at the test's servers."""
+    return {
+        "kubernetes": KubernetesResource(
+            kubeconfig=str(kubeconfig), rollout_timeout_s=30, poll_interval_s=0.2
+        ),
+        "release_settings": ReleaseSettings(
+            api_url=app.url, load_users=4, load_spawn_rate=4, load_duration_s=3
+        ),
+        "postgres": PostgresResource(url=pg.url("postgres")),
+        "redis": RedisResource(url=redis_server.url(with_password=True)),
+        "slack": SlackNotifier(webhook_url=slack.url, max_retries=0),
+    }
+
+
 def _deploy(
     kubeconfig: Path,
     app: ControlledApp,
@@ -33,20 +54,13 @@ def _deploy(
     pg: PostgresServer,
     redis_server: RedisServer,
 ) -> tuple[dg.ExecuteInProcessResult, KubernetesResource]:
-    kube = KubernetesResource(kubeconfig=str(kubeconfig), rollout_timeout_s=20, poll_interval_s=0.2)
+    resources = deploy_resources(kubeconfig, app, slack, pg, redis_server)
+    kube = resources["kubernetes"]
     defs = dg.Definitions(
         assets=[api_deployment],
         asset_checks=[deployment_verification],
         jobs=[dg.define_asset_job("deploy", selection=[api_deployment])],
-        resources={
-            "kubernetes": kube,
-            "release_settings": ReleaseSettings(
-                api_url=app.url, load_users=4, load_spawn_rate=4, load_duration_s=3
-            ),
-            "postgres": PostgresResource(url=pg.url("postgres")),
-            "redis": RedisResource(url=redis_server.url(with_password=True)),
-            "slack": SlackNotifier(webhook_url=slack.url, max_retries=0),
-        },
+        resources=resources,
     )
     instance = dg.DagsterInstance.ephemeral()
     instance.report_runless_asset_event(

@@ -11,6 +11,7 @@ from tests.api_app import ControlledApp
 from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController
 from tests.registry_fixtures import RegistryServer
 from tests.slack_receiver import SlackReceiver
+from tests.test_release_deploy import deploy_resources
 from tests.test_release_trigger import Repo, tick
 from twinme_ops.defs.release.assets import release_assets
 from twinme_ops.defs.release.checks import deployment_verification
@@ -18,13 +19,8 @@ from twinme_ops.defs.release.jobs import release_job
 from twinme_ops.lib.app_tests import OFFLINE_COMMANDS
 from twinme_ops.lib.git import GitRepoResource
 from twinme_ops.lib.image import ImageBuilderResource
-from twinme_ops.lib.kube import KubernetesResource
-from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.lib.redis_server import RedisServer
-from twinme_ops.lib.redis_snapshot import RedisResource
-from twinme_ops.lib.release import ReleaseSettings
-from twinme_ops.lib.slack import SlackNotifier
 
 
 def test_a_push_is_tested_built_deployed_by_digest_and_verified(
@@ -44,27 +40,20 @@ def test_a_push_is_tested_built_deployed_by_digest_and_verified(
     request, _ = tick(git)
     assert isinstance(request, dg.RunRequest) and request.run_key == sha
 
-    kube = KubernetesResource(
-        kubeconfig=str(k8s_emulator[0]), rollout_timeout_s=30, poll_interval_s=0.2
-    )
+    resources = deploy_resources(k8s_emulator[0], app, slack_receiver, pg_server, redis_server)
+    kube = resources["kubernetes"]
     defs = dg.Definitions(
         assets=release_assets,
         asset_checks=[deployment_verification],
         jobs=[release_job],
         resources={
+            **resources,
             "git": git,
             "image_builder": ImageBuilderResource(
                 registry=image_registry.host_port,
                 tls_verify=False,
                 build_args={"BASE_IMAGE": node_base_image},
             ),
-            "kubernetes": kube,
-            "release_settings": ReleaseSettings(
-                api_url=app.url, load_users=4, load_spawn_rate=4, load_duration_s=3
-            ),
-            "postgres": PostgresResource(url=pg_server.url("postgres")),
-            "redis": RedisResource(url=redis_server.url(with_password=True)),
-            "slack": SlackNotifier(webhook_url=slack_receiver.url, max_retries=0),
         },
     )
     config = dict(request.run_config)
