@@ -202,11 +202,3 @@ def check_traversable(path: Path, user: str) -> None:
                 f"a parent of {path}. Fix: put the data directory somewhere traversable "
                 f"(e.g. under /tmp or the working directory), or run: chmod o+x {parent}"
             )
-
-
-def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    os.chown(path, uid, gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            with contextlib.suppress(FileNotFoundError):
-                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
