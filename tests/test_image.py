@@ -18,7 +18,7 @@ from tests.registry_fixtures import RegistryServer
 from twinme_ops.lib.image import BuiltImage, ImageBuilderResource, ImageBuildError, validate_tag
 
 APP_DIR = Path(__file__).resolve().parent.parent / "examples" / "twinme-api"
-DOCKERFILE = APP_DIR / "Dockerfile.production"
+DOCKERFILE = APP_DIR.parents[1] / "deploy" / "app" / "Dockerfile.production"
 SHA = "3f2a9c1d0e8b7a6f5c4d3e2f1a0b9c8d7e6f5a4b"
 MANIFEST_TYPES = ", ".join(
     (
@@ -217,3 +217,11 @@ def test_failing_dockerfile_names_the_step(
     assert "process.exit(3)" in message
     assert "about to fail" in message  # the last lines of output
     assert "about to fail" in log.text  # streamed as it ran
+
+
+def test_packaged_dockerfile_is_identical_to_deploy_app() -> None:
+    """A wheel builds with the packaged copy: it must be the Dockerfile in deploy/app/."""
+    packaged = APP_DIR.parents[1] / "twinme_ops/lib/templates/Dockerfile.production"
+    assert packaged.read_text() == DOCKERFILE.read_text(), (
+        "copy deploy/app/Dockerfile.production to twinme_ops/lib/templates/Dockerfile.production"
+    )

@@ -18,7 +18,6 @@ No Dagster in this module: it is plain library code.
 from __future__ import annotations
 
 import contextlib
-import importlib.resources
 import os
 import re
 import tempfile
@@ -31,14 +30,12 @@ import redis
 from redis.exceptions import NoPermissionError
 
 from twinme_ops.lib.convergence import ConvergeReport, Log
+from twinme_ops.lib.deploy_files import REPO_DEPLOY, deploy_file
 from twinme_ops.lib.redact import redact
 
 PASSWORD_PLACEHOLDER = "${REDIS_PASSWORD}"
 
-# deploy/ sits next to the package in the repository (and in an editable install); a wheel only
-# has the copy shipped inside the package, which a test keeps identical.
-REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "production.conf"
-PACKAGED_TEMPLATE = ("templates", "redis-production.conf")
+REPO_TEMPLATE = REPO_DEPLOY / "redis" / "production.conf"
 
 METHOD_CONFIG = "CONFIG GET"
 METHOD_INFO = "INFO"
@@ -120,17 +117,9 @@ def load_template(path: Path | None = None) -> str:
     Without a repository next to the package (a non-editable install), the copy shipped as
     ``twinme_ops/lib/templates/redis-production.conf`` is used.
     """
-    if path is not None:
-        return Path(path).read_text(encoding="utf-8")
-    if REPO_TEMPLATE.is_file():
-        return REPO_TEMPLATE.read_text(encoding="utf-8")
-    packaged = importlib.resources.files("twinme_ops.lib").joinpath(*PACKAGED_TEMPLATE)
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    raise FileNotFoundError(
-        f"no Redis config template: neither {REPO_TEMPLATE} nor the packaged copy "
-        f"twinme_ops/lib/{'/'.join(PACKAGED_TEMPLATE)} exists; pass a path"
-    )
+    if path is None:
+        path = deploy_file("redis/production.conf", "redis-production.conf")
+    return Path(path).read_text(encoding="utf-8")
 
 
 def check_password(password: str) -> None:

@@ -18,6 +18,7 @@ from twinme_ops.lib.app_tests import (
     CommandResult,
     run_commands,
 )
+from twinme_ops.lib.deploy_files import deploy_file
 from twinme_ops.lib.git import GitError, GitRepoResource, is_sha
 from twinme_ops.lib.image import ImageBuilderResource, ImageBuildError
 from twinme_ops.lib.kube import KubernetesResource, RolloutFailed
@@ -175,10 +176,12 @@ API_DEPLOYMENT = dg.AssetKey("api_deployment")
 
 
 class ContainerImageConfig(dg.Config):
-    """Which Dockerfile of the checkout to build."""
+    """Which Dockerfile to build the checkout with."""
 
     dockerfile: str = Field(
-        default="Dockerfile.production", description="Path of the Dockerfile in the checkout."
+        default="",
+        description="Path of a Dockerfile inside the checkout. Empty: twinme_ops's own "
+        "deploy/app/Dockerfile.production (the spec's, fixed), with the checkout as context.",
     )
 
 
@@ -205,10 +208,13 @@ def container_image(
             "to the registry the cluster pulls from."
         )
     sha, path = checkout_of_latest(context, git)
+    dockerfile = (
+        Path(path) / config.dockerfile
+        if config.dockerfile
+        else deploy_file("app/Dockerfile.production", "Dockerfile.production")
+    )
     try:
-        built = image_builder.build_and_push(
-            Path(path), Path(path) / config.dockerfile, tag=sha, log=context.log
-        )
+        built = image_builder.build_and_push(Path(path), dockerfile, tag=sha, log=context.log)
     except ImageBuildError as exc:
         raise dg.Failure(description=f"image build of {sha[:12]} failed: {redact(exc)}") from None
     context.log.info(f"pushed {built.image_ref} in {built.duration_s:.1f} s")
