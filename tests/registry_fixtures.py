@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def image_registry() -> Iterator[RegistryServer]:
     """``docker-registry serve`` on 127.0.0.1 (plain HTTP, deletes enabled), always stopped."""
+    with start_registry() as server:
+        yield server
+
+
+@contextmanager
+def start_registry() -> Iterator[RegistryServer]:
+    """Serve a fresh ``docker-registry`` on a free port for the ``with`` block (tests, bench)."""
     _require("docker-registry")
     root = Path(tempfile.mkdtemp(prefix="twinme-registry-"))
     port = _free_port()
@@ -170,6 +178,11 @@ def assemble_node_rootfs(rootfs: Path) -> None:
 @pytest.fixture(scope="session")
 def node_base_image(image_registry: RegistryServer) -> str:
     """``127.0.0.1:PORT/twinme-base:node20`` in ``image_registry``, built once per session."""
+    return build_node_base_image(image_registry)
+
+
+def build_node_base_image(image_registry: RegistryServer) -> str:
+    """Build the offline Node base image from this machine's node and push it; returns its ref."""
     _require("buildah")
     ref = f"{image_registry.host_port}/{BASE_REPOSITORY}:{BASE_TAG}"
     work = Path(tempfile.mkdtemp(prefix="twinme-base-"))

@@ -21,6 +21,7 @@ def test_there_is_an_example_for_every_job_that_takes_config() -> None:
         "retention_job",
         "recover_job",
         "release_job",
+        "deployment_tests_job",
     } <= names
 
 

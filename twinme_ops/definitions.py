@@ -14,7 +14,7 @@ from twinme_ops.defs.database.assets import database_assets
 from twinme_ops.defs.database.checks import database_checks
 from twinme_ops.defs.database.jobs import database_tuning_job
 from twinme_ops.defs.database.schedules import database_tuning_schedule
-from twinme_ops.defs.recovery.jobs import recover_job
+from twinme_ops.defs.recovery.jobs import deployment_tests_job, recover_job
 from twinme_ops.defs.release.assets import release_assets
 from twinme_ops.defs.release.checks import deployment_verification
 from twinme_ops.defs.release.jobs import release_job
@@ -34,6 +34,7 @@ def build_definitions() -> dg.Definitions:
             recover_job,
             database_tuning_job,
             release_job,
+            deployment_tests_job,
         ],
         schedules=[
             nightly_backup_schedule,

@@ -1,0 +1,341 @@
+"""Release pipeline benchmark: push-to-run latency, and release_job against the same steps run
+directly, in one run.
+
+Everything is real except the Kubernetes API (kmock plus the tests' deployment controller, as in
+the test suite): a bare Git repository and real pushes, the sample app's npm tests, buildah
+building ``deploy/app/Dockerfile.production`` and pushing to a local ``docker-registry``, a
+rollout through the official client, and the verification (probes, SELECT 1, PING, locust).
+
+- **Sensor detection:** after each push, one ``git_push_sensor`` tick (``git ls-remote``) is timed.
+  Push-to-run latency is at most the sensor interval (30 s) plus that tick.
+- **Pipeline overhead:** ``release_job`` run in-process against the direct steps: ``git clone`` +
+  checkout, the test commands, ``buildah bud`` + ``buildah push``, patch + wait through the
+  official client, then the same verification. Rounds alternate direct, pipeline, direct, ...
+  so that warm caches favour neither. Goal: at most 1.1x.
+
+Run: ``python -m bench.release [--rounds 2]`` (root, with the tools of ``.ci/deps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from kubernetes import client, config
+
+from bench.results_io import report
+from tests.api_app import ControlledApp
+from tests.k8s_emulator import (
+    CONTAINER,
+    DEPLOYMENT,
+    NAMESPACE,
+    DeploymentController,
+    EmulatorHandle,
+    create_deployment,
+    write_kubeconfig,
+)
+from tests.registry_fixtures import build_node_base_image, start_registry
+from tests.slack_receiver import SlackReceiver
+from tests.test_release_trigger import Repo
+from twinme_ops.defs.release.assets import release_assets
+from twinme_ops.defs.release.checks import deployment_verification
+from twinme_ops.defs.release.jobs import release_job
+from twinme_ops.defs.release.sensors import git_push_sensor
+from twinme_ops.lib.app_tests import OFFLINE_COMMANDS
+from twinme_ops.lib.deploy_files import deploy_file
+from twinme_ops.lib.git import GitRepoResource
+from twinme_ops.lib.image import ImageBuilderResource
+from twinme_ops.lib.kube import KubernetesResource
+from twinme_ops.lib.postgres import PostgresResource
+from twinme_ops.lib.postgres_server import PostgresServer
+from twinme_ops.lib.redis_server import RedisServer
+from twinme_ops.lib.redis_snapshot import RedisResource
+from twinme_ops.lib.release import ReleaseSettings, service_checks, verification_for
+from twinme_ops.lib.slack import SlackNotifier
+
+SENSOR_INTERVAL_S = 30
+_log = logging.getLogger("bench.release")
+
+
+def sh(cmd: list[str] | str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run a command, fail loudly; returns stdout."""
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, shell=isinstance(cmd, str), capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - started, value
+
+
+class Bench:
+    """The servers of one benchmark run, and the two ways of releasing a commit."""
+
+    def __init__(self, root: Path, registry: str, base_image: str, kubeconfig: Path) -> None:
+        self.root = root
+        self.registry = registry
+        self.base_image = base_image
+        self.kubeconfig = kubeconfig
+        self.repo = Repo(root / "git")
+        self.repo.add_sample_app()
+        self.app = ControlledApp()
+        threading.Thread(target=self.app.serve_forever, daemon=True).start()
+        server_dir = root / "servers"
+        server_dir.mkdir()
+        server_dir.chmod(0o755)  # the PostgreSQL system user must traverse it
+        self.pg = PostgresServer.start(server_dir / "pg")
+        self.redis = RedisServer.start(server_dir / "redis")
+        self.slack = SlackReceiver()
+        self.settings = ReleaseSettings(
+            api_url=self.app.url, load_users=10, load_spawn_rate=10, load_duration_s=5
+        )
+        self.kube = KubernetesResource(
+            kubeconfig=str(kubeconfig), rollout_timeout_s=120, poll_interval_s=0.2
+        )
+        self.git = GitRepoResource(remote=str(self.repo.bare), workdir_root=str(root / "checkouts"))
+        self.builder = ImageBuilderResource(
+            registry=registry, tls_verify=False, build_args={"BASE_IMAGE": base_image}
+        )
+        self.postgres = PostgresResource(url=self.pg.url("postgres"))
+        self.redis_resource = RedisResource(url=self.redis.url())
+        self.rounds: list[dict[str, Any]] = []
+
+    def close(self) -> None:
+        self.app.shutdown()
+        self.slack.close()
+        self.pg.stop()
+        self.redis.stop()
+
+    def push(self, n: int) -> str:
+        sha = self.repo.commit(f"release {n}", {"RELEASE": f"{n}\n"})
+        self.repo.push()
+        return sha
+
+    # --- direct: the same steps with the raw tools --------------------------------------------
+
+    def direct(self, sha: str) -> dict[str, float]:
+        work = self.root / f"direct-{sha[:12]}"
+        steps: dict[str, float] = {}
+        steps["checkout"], _ = timed(
+            lambda: (
+                sh(["git", "clone", "--quiet", "--no-checkout", str(self.repo.bare), str(work)]),
+                sh(["git", "checkout", "--quiet", "--detach", sha], cwd=work),
+            )
+        )
+        steps["tests"], _ = timed(lambda: [sh(c, cwd=work) for c in OFFLINE_COMMANDS])
+        steps["image"], ref = timed(lambda: self._buildah(work, sha))
+        steps["deploy"], _ = timed(lambda: self._patch_and_wait(ref, sha))
+        check_db, check_redis = service_checks(self.postgres, self.redis_resource)
+        verify = verification_for(self.settings, check_db, check_redis, _log)
+        steps["verification"], result = timed(verify)
+        if result is None or not result.passed:
+            raise RuntimeError(f"direct verification failed: {result}")
+        shutil.rmtree(work, ignore_errors=True)
+        return steps
+
+    def _buildah(self, work: Path, sha: str) -> str:
+        storage = self.root / f"buildah-{sha[:12]}"
+        env = {**os.environ, "STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
+        base = ["buildah", f"--root={storage}/s", f"--runroot={storage}/r", "--storage-driver=vfs"]
+        ref = f"{self.registry}/twinme-api:{sha}"
+        dockerfile = deploy_file("app/Dockerfile.production", "Dockerfile.production")
+        sh(
+            [*base, "bud", "--isolation=chroot", "--format=docker", "--tls-verify=false"]
+            + ["--pull=missing", "--build-arg", f"BASE_IMAGE={self.base_image}"]
+            + ["-f", str(dockerfile), "-t", ref, str(work)],
+            env=env,
+        )
+        digestfile = storage / "digest"
+        sh([*base, "push", "--tls-verify=false", f"--digestfile={digestfile}", ref], env=env)
+        digest = digestfile.read_text().strip()
+        shutil.rmtree(storage, ignore_errors=True)
+        return f"{self.registry}/twinme-api@{digest}"
+
+    def _patch_and_wait(self, image: str, sha: str) -> None:
+        api = client.AppsV1Api(
+            config.new_client_from_config(config_file=str(self.kubeconfig), persist_config=False)
+        )
+        # what `kubectl set image` + `kubectl annotate` send: a JSON patch on the container's index
+        current = api.read_namespaced_deployment(DEPLOYMENT, NAMESPACE)
+        names = [c.name for c in current.spec.template.spec.containers]  # type: ignore[union-attr]
+        patch = [
+            {
+                "op": "replace",
+                "path": f"/spec/template/spec/containers/{names.index(CONTAINER)}/image",
+                "value": image,
+            },
+            {
+                "op": "add",
+                "path": "/metadata/annotations",
+                "value": {"kubernetes.io/change-cause": f"bench {sha}"},
+            },
+        ]
+        api.patch_namespaced_deployment(DEPLOYMENT, NAMESPACE, patch)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            d = api.read_namespaced_deployment(DEPLOYMENT, NAMESPACE)
+            s, want = d.status, d.spec.replicas  # type: ignore[union-attr]
+            if (
+                s is not None
+                and (s.observed_generation or 0) >= (d.metadata.generation or 0)  # type: ignore[union-attr]
+                and s.updated_replicas == want
+                and s.available_replicas == want
+                and (s.replicas or 0) == want
+            ):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("direct rollout did not finish in 120 s")
+
+    # --- pipeline: release_job ----------------------------------------------------------------
+
+    def pipeline(self, sha: str) -> dict[str, float]:
+        defs = dg.Definitions(
+            assets=release_assets,
+            asset_checks=[deployment_verification],
+            jobs=[release_job],
+            resources={
+                "git": self.git,
+                "image_builder": self.builder,
+                "kubernetes": self.kube,
+                "release_settings": self.settings,
+                "postgres": self.postgres,
+                "redis": self.redis_resource,
+                "slack": SlackNotifier(webhook_url=self.slack.url, max_retries=0),
+            },
+        )
+        run_config = {
+            "ops": {
+                "source_checkout": {"config": {"sha": sha}},
+                "app_tests": {"config": {"commands": list(OFFLINE_COMMANDS)}},
+            }
+        }
+        with dg.DagsterInstance.ephemeral() as instance:
+            wall, result = timed(
+                lambda: defs.resolve_job_def("release_job").execute_in_process(
+                    run_config=run_config,
+                    tags={"twinme/sha": sha},
+                    instance=instance,
+                    raise_on_error=False,
+                )
+            )
+            if not result.success:
+                raise RuntimeError(
+                    f"release_job failed: {[e.message for e in result.all_events if e.is_failure]}"
+                )
+            steps = _step_durations(instance, result.run_id)
+        steps["total"] = wall
+        return steps
+
+    def sensor_tick(self) -> tuple[float, str | None]:
+        with dg.build_sensor_context(cursor=None, resources={"git": self.git}) as context:
+            seconds, request = timed(lambda: git_push_sensor(context))
+        return seconds, getattr(request, "run_key", None)
+
+
+def _step_durations(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    """Seconds from STEP_START to STEP_SUCCESS of each step of the run."""
+    starts: dict[str, float] = {}
+    durations: dict[str, float] = {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[event.step_key] = record.timestamp
+        elif event.event_type_value == "STEP_SUCCESS" and event.step_key in starts:
+            durations[event.step_key] = round(record.timestamp - starts[event.step_key], 3)
+    return durations
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="direct/pipeline pairs")
+    parser.add_argument("--ticks", type=int, default=5, help="timed sensor ticks")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="twinme-bench-release-"))
+    root.chmod(0o755)
+    emulator = EmulatorHandle().start()
+    kubeconfig = write_kubeconfig(root / "kubeconfig.yaml", emulator.url, "bench-token")
+    create_deployment(kubeconfig)
+    controller = DeploymentController(kubeconfig).start()
+    try:
+        with start_registry() as registry:
+            print("building the offline Node base image ...", flush=True)
+            base = build_node_base_image(registry)
+            bench = Bench(root, registry.host_port, base, kubeconfig)
+            try:
+                results = run(bench, args.rounds, args.ticks)
+            finally:
+                bench.close()
+    finally:
+        controller.stop()
+        emulator.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    ratio = results["ratio_total"]
+    report(
+        "release",
+        results,
+        f"release_job {results['pipeline_total_s']:.1f} s vs direct steps "
+        f"{results['direct_total_s']:.1f} s: {ratio:.2f}x (goal <= 1.1x); sensor tick "
+        f"{results['sensor_tick_median_s'] * 1000:.0f} ms, so push-to-run <= "
+        f"{SENSOR_INTERVAL_S} s + {results['sensor_tick_median_s']:.2f} s",
+    )
+
+
+def run(bench: Bench, rounds: int, ticks: int) -> dict[str, Any]:
+    """Time the sensor ticks, then alternate direct and pipeline releases of fresh pushes."""
+    tick_s = []
+    for n in range(ticks):
+        sha = bench.push(n)
+        seconds, run_key = bench.sensor_tick()
+        if run_key != sha:
+            raise RuntimeError(f"the sensor did not request {sha} (got {run_key})")
+        tick_s.append(seconds)
+    direct: list[dict[str, float]] = []
+    pipeline: list[dict[str, float]] = []
+    for r in range(rounds):
+        for kind in ("direct", "pipeline") if r % 2 == 0 else ("pipeline", "direct"):
+            sha = bench.push(100 + 2 * r + (kind == "pipeline"))
+            print(f"round {r + 1}: {kind} release of {sha[:12]} ...", flush=True)
+            if kind == "direct":
+                steps = bench.direct(sha)
+                steps["total"] = sum(steps.values())
+                direct.append(steps)
+            else:
+                steps = bench.pipeline(sha)
+                pipeline.append(steps)
+            print(f"  {kind}: " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
+    direct_total = statistics.mean(d["total"] for d in direct)
+    pipeline_total = statistics.mean(p["total"] for p in pipeline)
+    return {
+        "rounds": rounds,
+        "sensor_interval_s": SENSOR_INTERVAL_S,
+        "sensor_tick_s": [round(t, 4) for t in tick_s],
+        "sensor_tick_median_s": round(statistics.median(tick_s), 4),
+        "direct": direct,
+        "pipeline": pipeline,
+        "direct_total_s": round(direct_total, 2),
+        "pipeline_total_s": round(pipeline_total, 2),
+        "ratio_total": round(pipeline_total / direct_total, 3),
+    }
+
+
+if __name__ == "__main__":
+    main()
