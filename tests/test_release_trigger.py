@@ -169,6 +169,30 @@ def test_checkout_is_exactly_the_sha_and_clean(repo: Repo, tmp_path: Path) -> No
         git_resource.checkout("main", dest)
 
 
+def test_old_checkouts_are_pruned_but_never_the_current_one(repo: Repo, tmp_path: Path) -> None:
+    shas = []
+    for n in range(4):
+        shas.append(repo.commit(f"c{n}", {"n.txt": str(n)}))
+    repo.push()
+    git_resource = GitRepoResource(
+        remote=str(repo.bare), workdir_root=str(tmp_path / "checkouts"), keep_checkouts=2
+    )
+    for n, sha in enumerate(shas):
+        path = git_resource.checkout(sha, tmp_path / "checkouts" / sha)
+        os.utime(path, (1_000_000 + n, 1_000_000 + n))  # mtime order = release order
+    (tmp_path / "checkouts" / "notes").mkdir()  # not a checkout: never touched
+    removed = git_resource.prune_checkouts(tmp_path / "checkouts" / shas[-1])
+    assert sorted(p.name for p in removed) == sorted(shas[:2])
+    left = {p.name for p in (tmp_path / "checkouts").iterdir()}
+    assert left == {shas[2], shas[3], "notes"}
+    # the current checkout survives even when it is the oldest
+    os.utime(tmp_path / "checkouts" / shas[3], (1, 1))
+    git_resource.model_copy(update={"keep_checkouts": 1}).prune_checkouts(
+        tmp_path / "checkouts" / shas[3]
+    )
+    assert (tmp_path / "checkouts" / shas[3]).is_dir()
+
+
 def test_run_commands_streams_and_stops_at_the_first_failure(tmp_path: Path) -> None:
     lines: list[str] = []
 

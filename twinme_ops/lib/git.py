@@ -58,6 +58,11 @@ class GitRepoResource(dg.ConfigurableResource):
     workdir_root: str = Field(
         description="Directory under which each release's checkout is made (one per sha)."
     )
+    keep_checkouts: int = Field(
+        default=5,
+        ge=1,
+        description="Checkouts kept under workdir_root (newest first); older ones are deleted.",
+    )
 
     @property
     def remote_display(self) -> str:
@@ -178,6 +183,23 @@ class GitRepoResource(dg.ConfigurableResource):
         if head != sha:
             raise GitError(f"checkout of {sha} in {path} produced HEAD {head}")
         return path
+
+    def prune_checkouts(self, current: str | Path) -> list[Path]:
+        """Delete all but the ``keep_checkouts`` newest checkouts (never ``current``)."""
+        root, current = Path(self.workdir_root), Path(current).resolve()
+        if not root.is_dir():
+            return []
+        checkouts = sorted(
+            (p for p in root.iterdir() if p.is_dir() and is_sha(p.name)),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        removed = []
+        for old in checkouts[self.keep_checkouts :]:
+            if old.resolve() != current:
+                shutil.rmtree(old, ignore_errors=True)
+                removed.append(old)
+        return removed
 
     def head(self, path: str | Path) -> str:
         """The commit checked out in the work directory ``path``."""

@@ -89,6 +89,8 @@ def source_checkout(
             )
         path = git.checkout(sha, f"{git.workdir_root}/{sha}")
         subject = git.commit_subject(path)
+        for removed in git.prune_checkouts(path):
+            context.log.info(f"removed the old checkout {removed}")
     except GitError as exc:
         raise dg.Failure(description=f"source checkout failed: {exc}") from None
     duration = time.monotonic() - start
