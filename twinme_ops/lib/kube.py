@@ -34,6 +34,8 @@ from pydantic import Field, PrivateAttr
 from twinme_ops.lib.redact import redact, redact_url
 
 CHANGE_CAUSE_ANNOTATION = "kubernetes.io/change-cause"
+# what set_image replaced: where a rollback by hand goes back to
+PREVIOUS_IMAGE_ANNOTATION = "twinme.ai/previous-image"
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 PAUSED = "the deployment is paused"
 MERGE_PATCH = "application/merge-patch+json"
@@ -375,8 +377,16 @@ class KubernetesResource(dg.ConfigurableResource):
             f"its containers are {names}"
         )
 
+    def previous_image(self) -> str:
+        """The image the last :meth:`set_image` replaced (empty when none was recorded)."""
+        annotations = self.read_deployment().metadata.annotations or {}
+        return str(annotations.get(PREVIOUS_IMAGE_ANNOTATION, ""))
+
     def set_image(self, container: str, image: str, change_cause: str) -> None:
         """Point ``container`` at ``image`` and record ``change_cause`` (one JSON patch).
+
+        The image being replaced is kept in the ``twinme.ai/previous-image`` annotation, so a
+        rollback by hand (``twinme-ops rollback``) knows where to go back to.
 
         The patch tests the container's name at the index it replaces, so a concurrent reorder
         of the containers fails the call (HTTP 422) instead of changing the wrong one.
@@ -384,26 +394,24 @@ class KubernetesResource(dg.ConfigurableResource):
         if not image.strip():
             raise ValueError("image must not be empty")
         deployment = self.read_deployment()
-        index = self._container_index(self._containers(deployment), container)
+        containers = self._containers(deployment)
+        index = self._container_index(containers, container)
         base = f"/spec/template/spec/containers/{index}"
         ops: list[dict[str, Any]] = [
             {"op": "test", "path": f"{base}/name", "value": container},
             {"op": "replace", "path": f"{base}/image", "value": image},
         ]
+        annotations = {PREVIOUS_IMAGE_ANNOTATION: str(containers[index].image or "")}
         if change_cause:
-            if deployment.metadata.annotations is None:
-                ops.append(
-                    {
-                        "op": "add",
-                        "path": "/metadata/annotations",
-                        "value": {CHANGE_CAUSE_ANNOTATION: change_cause},
-                    }
-                )
-            else:
+            annotations[CHANGE_CAUSE_ANNOTATION] = change_cause
+        if deployment.metadata.annotations is None:
+            ops.append({"op": "add", "path": "/metadata/annotations", "value": annotations})
+        else:
+            for key, value in annotations.items():
                 # "~1" escapes the "/" of the annotation key in a JSON pointer
-                key = CHANGE_CAUSE_ANNOTATION.replace("~", "~0").replace("/", "~1")
+                pointer = key.replace("~", "~0").replace("/", "~1")
                 ops.append(
-                    {"op": "add", "path": f"/metadata/annotations/{key}", "value": change_cause}
+                    {"op": "add", "path": f"/metadata/annotations/{pointer}", "value": value}
                 )
         self._call(
             f"setting image {image} on container {container} of",
