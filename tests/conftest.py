@@ -17,6 +17,7 @@ import pytest
 # Fixtures defined next to the helpers they serve, registered here for every test module
 from tests.api_app import app  # noqa: F401
 from tests.backup_helpers import backup_env  # noqa: F401
+from tests.dagster_dev import dagster_dev  # noqa: F401
 from tests.k8s_emulator import deployment_controller, k8s_emulator  # noqa: F401
 from tests.pg_fixtures import conn, db, pg  # noqa: F401
 from tests.registry_fixtures import image_registry, node_base_image  # noqa: F401

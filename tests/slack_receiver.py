@@ -11,12 +11,19 @@ import pytest
 
 
 class SlackReceiver:
-    """Records every message posted; can answer the first N posts with an error status."""
+    """Records every message posted; can answer the next posts with error statuses.
+
+    ``fail_next`` lists the statuses of the next answers (e.g. ``[429, 500, 500]``); a 429 carries
+    ``Retry-After: retry_after``. ``messages`` holds the accepted texts, ``payloads`` the accepted
+    JSON bodies (text and blocks), ``raw`` every body received, accepted or not.
+    """
 
     def __init__(self) -> None:
         self.messages: list[str] = []
+        self.payloads: list[dict] = []
         self.raw: list[bytes] = []
         self.fail_next: list[int] = []
+        self.retry_after = "0"
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -27,11 +34,13 @@ class SlackReceiver:
                     status = receiver.fail_next.pop(0)
                     self.send_response(status)
                     if status == 429:
-                        self.send_header("Retry-After", "0")
+                        self.send_header("Retry-After", receiver.retry_after)
                     self.end_headers()
                     self.wfile.write(b"rate_limited" if status == 429 else b"error")
                     return
-                receiver.messages.append(json.loads(body).get("text", ""))
+                payload = json.loads(body)
+                receiver.payloads.append(payload)
+                receiver.messages.append(payload.get("text", ""))
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(b"ok")

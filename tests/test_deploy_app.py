@@ -28,6 +28,7 @@ from packaging.version import Version
 from tests.k8s_emulator import DeploymentController, EmulatorHandle, apps_api
 from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
 from twinme_ops.lib.kube import KubernetesResource
+from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redis_snapshot import RedisResource
 from twinme_ops.lib.release import ReleaseSettings
@@ -458,6 +459,7 @@ def test_the_release_step_deploys_a_digest_onto_this_deployment(
             "postgres": PostgresResource(url="postgresql://unused@127.0.0.1:9/unused"),
             "redis": RedisResource(url="redis://127.0.0.1:9/0"),
             "slack": SlackNotifier(),
+            "metrics": MetricsResource(),  # no gateway: logged only
         }
         defs = dg.Definitions(
             assets=[api_deployment],

@@ -230,4 +230,5 @@ def test_a_failed_step_says_what_was_restored_and_where_to_return(
     assert "restored: postgres; not restored: redis, files" in message
     assert "safety backup of the pre-recovery state: set safety-" in message
     (alert,) = [m for m in slack_receiver.messages if "FAILED" in m]
-    assert "recovery restore" in alert and "restored: postgres" in alert
+    assert "recovery restore" in alert and "Restored: postgres\n" in alert
+    assert "Not restored: redis, files\n" in alert and "Safety backup: set safety-" in alert

@@ -12,9 +12,11 @@ import pytest
 from tests.api_app import ControlledApp
 from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController
 from tests.slack_receiver import SlackReceiver
+from twinme_ops.defs.alerts.hooks import slack_on_failure
 from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
 from twinme_ops.defs.release.checks import deployment_verification
 from twinme_ops.lib.kube import KubernetesResource
+from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.lib.redis_server import RedisServer
@@ -44,6 +46,7 @@ def deploy_resources(
         "postgres": PostgresResource(url=pg.url("postgres")),
         "redis": RedisResource(url=redis_server.url(with_password=True)),
         "slack": SlackNotifier(webhook_url=slack.url, max_retries=0),
+        "metrics": MetricsResource(),  # no gateway: logged only
     }
 
 
@@ -59,7 +62,8 @@ def _deploy(
     defs = dg.Definitions(
         assets=[api_deployment],
         asset_checks=[deployment_verification],
-        jobs=[dg.define_asset_job("deploy", selection=[api_deployment])],
+        # with release_job's failure hook: a step that alerted itself must not alert twice
+        jobs=[dg.define_asset_job("deploy", selection=[api_deployment], hooks={slack_on_failure})],
         resources=resources,
     )
     instance = dg.DagsterInstance.ephemeral()
@@ -126,9 +130,10 @@ def test_rollout_past_its_deadline_rolls_back(
         watcher.join(5)
     assert not result.success
     assert kube.current_image("api") == INITIAL_IMAGE
-    alert = next(m for m in slack_receiver.messages if "FAILED" in m)
-    assert "ProgressDeadlineExceeded" in alert
-    assert f"rolled back to {INITIAL_IMAGE}: healthy" in alert
+    (alert,) = [m for m in slack_receiver.messages if "FAILED" in m]
+    assert "ProgressDeadlineExceeded" in alert and "rollback healthy" in alert.splitlines()[0]
+    assert f"Rollback: rolled back to {INITIAL_IMAGE}: healthy" in alert
+    assert f"Commit: {SHA}" in alert and f"Image: {NEW_IMAGE}" in alert
 
 
 @pytest.mark.parametrize("fault", ["slow", "failing"])
@@ -151,8 +156,9 @@ def test_a_slow_or_failing_app_is_rolled_back(
     assert not evaluation.passed
     assert evaluation.metadata["rolled_back_to"].value == INITIAL_IMAGE
     assert kube.current_image("api") == INITIAL_IMAGE
-    alert = next(m for m in slack_receiver.messages if "FAILED" in m)
+    (alert,) = [m for m in slack_receiver.messages if "FAILED" in m]
     expected = "p95" if fault == "slow" else "error rate"
     assert expected in alert and "rolled back to" in alert
     # the previous version is verified against the same (still faulty) app: honestly unhealthy
-    assert "NOT healthy" in alert
+    assert "rollback NOT healthy" in alert.splitlines()[0]
+    assert f"Rollback: rolled back to {INITIAL_IMAGE}: NOT healthy" in alert

@@ -103,7 +103,9 @@ def test_recover_runbook_restores_the_backup(
     _ok(run_block("backup", {**env, "SET_ID": today_partition()}, info.home))
     with psycopg.connect(info.database_url, autocommit=True) as conn:
         before = conn.execute("SELECT count(*) FROM document_chunks").fetchone()
-        conn.execute("DELETE FROM document_chunks WHERE id IN (SELECT id FROM document_chunks LIMIT 5)")
+        conn.execute(
+            "DELETE FROM document_chunks WHERE id IN (SELECT id FROM document_chunks LIMIT 5)"
+        )
     # the wrong confirmation touches nothing
     proc = run_block("recover", {**env, "CONFIRM_DB": "not-the-db"}, info.home)
     assert proc.returncode != 0

@@ -214,6 +214,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from twinme_ops.defs.resources import build_resources
+    from twinme_ops.lib.alerts import Alert, Fact
     from twinme_ops.lib.release import rollback, service_checks, verification_for
 
     log = logging.getLogger("twinme_ops.rollback")
@@ -252,7 +253,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         reason = f"manual rollback by {getpass.getuser()} from {current}"
         outcome = rollback(kube, container, target, reason, verify, log)
         res.slack.send(
-            f":leftwards_arrow_with_hook: TwinMe API {reason}: {outcome.sentence()}.", log=log
+            Alert(
+                headline=f"TwinMe API rolled back by hand ({getpass.getuser()})",
+                severity="success" if outcome.healthy else "failure",
+                emoji=":leftwards_arrow_with_hook:",
+                facts=[
+                    Fact("Deployment", kube.describe()),
+                    Fact("Was running", current),
+                    Fact("Rollback", outcome.sentence()),
+                ],
+                advice=""
+                if outcome.healthy
+                else "The API is NOT healthy on this image either: "
+                "check the Deployment and /health now, or roll back to another known-good digest.",
+            ),
+            log=log,
         )
         print(outcome.sentence())
         return 0 if outcome.healthy else 1

@@ -20,7 +20,9 @@ from twinme_ops.lib.db_tuning import DatabaseTuning
 from twinme_ops.lib.files import FileStorageResource
 from twinme_ops.lib.git import GitRepoResource
 from twinme_ops.lib.image import ImageBuilderResource
+from twinme_ops.lib.kaniko import KanikoImageBuilder
 from twinme_ops.lib.kube import KubernetesResource
+from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redis_snapshot import RedisResource
 from twinme_ops.lib.release import ReleaseSettings
@@ -67,6 +69,45 @@ def _tuning() -> DatabaseTuning:
     return DatabaseTuning(**declared)
 
 
+IMAGE_BUILDERS = ("buildah", "docker", "kaniko")
+
+
+def _image_builder() -> ImageBuilderResource:
+    """buildah (default) or docker here, or a kaniko Job in the cluster (TWINME_IMAGE_BUILDER)."""
+    tool = (os.environ.get("TWINME_IMAGE_BUILDER") or "buildah").strip()
+    if tool not in IMAGE_BUILDERS:
+        raise ValueError(f"TWINME_IMAGE_BUILDER={tool!r} is not one of {', '.join(IMAGE_BUILDERS)}")
+    common: dict[str, Any] = {
+        "registry": os.environ.get("TWINME_REGISTRY", ""),
+        "repository": os.environ.get("TWINME_IMAGE_REPOSITORY") or "twinme-api",
+    }
+    if tool != "kaniko":
+        return ImageBuilderResource(tool=tool, **common)
+    # names of Secrets, not their values: the kubelet mounts them into the build pod
+    kaniko: dict[str, Any] = {
+        field: os.environ[var]
+        for field, var in (
+            ("namespace", "TWINME_KANIKO_NAMESPACE"),
+            ("kaniko_image", "TWINME_KANIKO_IMAGE"),
+            ("service_account", "TWINME_KANIKO_SERVICE_ACCOUNT"),
+            ("push_secret", "TWINME_KANIKO_PUSH_SECRET"),
+            ("git_secret", "TWINME_KANIKO_GIT_SECRET"),
+            ("git_url", "TWINME_KANIKO_GIT_URL"),
+        )
+        if os.environ.get(var)
+    }
+    kaniko["cache"] = os.environ.get("TWINME_KANIKO_CACHE", "").lower() in ("1", "true", "yes")
+    if os.environ.get("TWINME_KANIKO_TIMEOUT_S"):
+        try:
+            kaniko["timeout_s"] = float(os.environ["TWINME_KANIKO_TIMEOUT_S"])
+        except ValueError:
+            raise ValueError(
+                f"TWINME_KANIKO_TIMEOUT_S={os.environ['TWINME_KANIKO_TIMEOUT_S']!r} is not a "
+                "number of seconds"
+            ) from None
+    return KanikoImageBuilder(**common, **kaniko)
+
+
 def build_resources() -> dict[str, Any]:
     """Resources for the current environment."""
     env = twinme_env()
@@ -91,17 +132,18 @@ def build_resources() -> dict[str, Any]:
         ),
         "backup_store": BackupStore(url=backup_url, s3=S3Resource()),
         "backup_encryption": BackupEncryption(key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", "")),
-        "slack": SlackNotifier(webhook_url=_env_or("SLACK_WEBHOOK_URL", "")),
+        # alerts link to <TWINME_DAGSTER_URL>/runs/<run_id> (not a secret: plain value)
+        "slack": SlackNotifier(
+            webhook_url=_env_or("SLACK_WEBHOOK_URL", ""),
+            dagster_url=os.environ.get("TWINME_DAGSTER_URL", "").strip(),
+        ),
         "database_tuning": _tuning(),
         "release_settings": ReleaseSettings(
             api_url=os.environ.get("TWINME_API_URL")
             or ("https://api.twinme.ai" if env == "production" else "")
         ),
         # where release images go; unset locally until a registry is configured
-        "image_builder": ImageBuilderResource(
-            registry=os.environ.get("TWINME_REGISTRY", ""),
-            repository=os.environ.get("TWINME_IMAGE_REPOSITORY") or "twinme-api",
-        ),
+        "image_builder": _image_builder(),
         "git": GitRepoResource(
             remote=_env_or("TWINME_GIT_REMOTE", ""),
             branch=os.environ.get("TWINME_GIT_BRANCH") or "main",
@@ -111,5 +153,9 @@ def build_resources() -> dict[str, Any]:
         "kubernetes": KubernetesResource(
             namespace=os.environ.get("TWINME_K8S_NAMESPACE") or "twinme-prod",
             enabled=env == "production" or bool(os.environ.get("KUBECONFIG")),
+        ),
+        # the URL may carry basic-auth userinfo: EnvVar keeps it out of the UI
+        "metrics": MetricsResource(
+            pushgateway_url=_env_or("TWINME_PUSHGATEWAY_URL", ""), environment=env
         ),
     }

@@ -107,7 +107,7 @@ class ImageBuilderResource(dg.ConfigurableResource):
 
     registry: str  # host:port (or host) of the registry
     repository: str = "twinme-api"
-    tool: str = "buildah"  # "buildah" (daemonless) or "docker"
+    tool: str = "buildah"  # "buildah" (daemonless) or "docker"; "kaniko": lib/kaniko.py
     storage_driver: str = "vfs"
     isolation: str = "chroot"
     tls_verify: bool = True
@@ -128,7 +128,8 @@ class ImageBuilderResource(dg.ConfigurableResource):
         ref = self.tag_ref(tag)
         if self.tool not in ("buildah", "docker"):
             raise ImageBuildError(
-                f"unknown image build tool {self.tool!r}: use 'buildah' or 'docker'"
+                f"unknown image build tool {self.tool!r}: use 'buildah' or 'docker' here, or "
+                "KanikoImageBuilder (TWINME_IMAGE_BUILDER=kaniko) to build in the cluster"
             )
         if shutil.which(self.tool) is None:
             hint = "apt-get install buildah" if self.tool == "buildah" else "install Docker"

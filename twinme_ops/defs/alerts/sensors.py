@@ -1,15 +1,31 @@
-"""Alert sensors: things no step failure reports, such as backups that silently stopped."""
+"""Alert sensors: what no step failure reports, such as backups that silently stopped or a run
+that failed before (or outside) its steps."""
 
 import json
+import re
 from datetime import UTC, datetime
 
 import dagster as dg
 
+from twinme_ops.defs.alerts.hooks import alerted_steps
+from twinme_ops.lib.alerts import (
+    BACKUP_JOBS,
+    FRESHNESS_MAX_AGE_HOURS,
+    Alert,
+    Fact,
+    Where,
+    backups_fresh_again,
+    backups_stale,
+    first_line,
+    last_good_set,
+    run_failure,
+    step_failure,
+)
 from twinme_ops.lib.drill import backup_freshness
+from twinme_ops.lib.redact import redact
 from twinme_ops.lib.slack import SlackNotifier
 from twinme_ops.lib.store import BackupStore
 
-FRESHNESS_MAX_AGE_HOURS = 26.0
 # while backups stay stale, remind at most this often instead of on every tick
 REALERT_AFTER_HOURS = 6.0
 
@@ -32,16 +48,72 @@ def backup_freshness_sensor(
     status = backup_freshness(backup_store, now, FRESHNESS_MAX_AGE_HOURS)
     if status.fresh:
         if state.get("alerted_at"):
-            slack.send(f":large_green_circle: TwinMe backups are fresh again: {status.message}")
+            slack.send(backups_fresh_again(status.message), log=context.log)
         context.update_cursor(json.dumps({}))
         return dg.SkipReason(status.message)
     last = state.get("alerted_at")
     hours_since = (now.timestamp() - last) / 3600 if last else None
     if hours_since is not None and hours_since < REALERT_AFTER_HOURS:
         return dg.SkipReason(f"stale, alerted {hours_since:.1f} h ago: {status.message}")
-    slack.send(
-        f":warning: TwinMe backups are stale: {status.message}. Check the last runs of "
-        "nightly_backup_job and restore_drill_job."
-    )
+    alert = backups_stale(status.message, last_good_set(backup_store, now), backup_store.describe())
+    slack.send(alert, log=context.log)
     context.update_cursor(json.dumps({"alerted_at": now.timestamp()}))
     return dg.SkipReason(f"alerted: {status.message}")
+
+
+def _run_failure_alert(context: dg.RunFailureSensorContext, backup_store: BackupStore) -> Alert:
+    run = context.dagster_run
+    facts: list[Fact] = [last_good_set(backup_store)] if run.job_name in BACKUP_JOBS else []
+    step_failures = context.get_step_failure_events()
+    if step_failures:
+        # a step failed in a job without the failure hook, or whose hook could not deliver
+        event = step_failures[0]
+        data = event.step_failure_data
+        user = data.user_failure_data
+        error = first_line(user.description) if user and user.description else ""
+        if not error and data.error:
+            # "package.module.SomeError: text" -> "SomeError: text"
+            error = first_line(re.sub(r"^[\w.]*\.(\w+: )", r"\1", data.error.message))
+        where = Where.from_tags(run.job_name, run.run_id, run.tags, step=event.step_key or "")
+        metadata = user.metadata if user else None
+        return step_failure(where, error or "step failed", facts, metadata=metadata)
+    event = context.failure_event
+    job_failure = event.job_failure_data if event.is_run_failure else None
+    error = ""
+    if job_failure is not None and job_failure.error is not None:
+        error = first_line(job_failure.error.message)
+    where = Where.from_tags(run.job_name, run.run_id, run.tags)
+    reason = run.tags.get("dagster/failure_reason") or (
+        job_failure.failure_reason.value if job_failure and job_failure.failure_reason else None
+    )
+    record = context.instance.get_run_record_by_id(run.run_id)
+    if not reason and record is not None and record.start_time is None:
+        reason = "NEVER_STARTED"
+    return run_failure(where, reason, error or first_line(event.message or "run failed"), facts)
+
+
+@dg.run_failure_sensor(
+    name="slack_on_run_failure_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Alerts Slack for every failed run of this code location whose failure no step alert "
+        "reported: runs that never started or failed before any step (launcher, pod, resources), "
+        "crashed run workers, steps of jobs without the failure hook, and step alerts Slack "
+        "refused (a second chance). Runs tagged twinme/slack-alerted were already reported."
+    ),
+)
+def slack_on_run_failure_sensor(
+    context: dg.RunFailureSensorContext, slack: SlackNotifier, backup_store: BackupStore
+) -> dg.SkipReason:
+    run = context.dagster_run
+    already = alerted_steps(context.instance, run.run_id)
+    if already:
+        return dg.SkipReason(f"run {run.run_id[:8]} already alerted for {', '.join(already)}")
+    try:
+        alert = _run_failure_alert(context, backup_store)
+    except Exception as exc:  # still tell someone, with what is known for sure
+        context.log.warning(f"run failure alert built without details: {redact(exc)}")
+        alert = run_failure(Where.from_tags(run.job_name, run.run_id, run.tags), None, "")
+    delivered = slack.send(alert, log=context.log)
+    verb = "alerted" if delivered else "alert not delivered (see the log)"
+    return dg.SkipReason(f"run {run.run_id[:8]} of {run.job_name}: {verb}")

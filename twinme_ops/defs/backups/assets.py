@@ -7,7 +7,9 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from twinme_ops.defs.alerts.hooks import step_where
 from twinme_ops.defs.resources import twinme_env
+from twinme_ops.lib.alerts import backup_success
 from twinme_ops.lib.artifacts import ArtifactResult
 from twinme_ops.lib.backup import Sources, backup_component, clear_component, write_manifest
 from twinme_ops.lib.crypto import BackupEncryption
@@ -18,6 +20,7 @@ from twinme_ops.lib.manifest import (
     ManifestError,
     set_id_for_partition,
 )
+from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresError, PostgresResource
 from twinme_ops.lib.redact import redact
 from twinme_ops.lib.redis_snapshot import RedisResource, RedisSnapshotError
@@ -242,6 +245,7 @@ def backup_set(
     context: dg.AssetExecutionContext,
     backup_store: BackupStore,
     slack: SlackNotifier,
+    metrics: MetricsResource,
 ) -> dg.MaterializeResult:
     started = time.monotonic()
     set_id = set_id_for_partition(context.partition_key)
@@ -255,11 +259,8 @@ def backup_set(
     arts = manifest["artifacts"]
     sizes = ", ".join(f"{COMPONENT_LABELS[c]} {arts[c]['bytes_out'] / MIB:,.1f} MB" for c in arts)
     context.log.info(f"backup set {set_id} complete at {manifest['location']}: {sizes}")
-    slack.send(
-        f":white_check_mark: TwinMe backup completed successfully — set {set_id}, "
-        f"{total / MIB:,.1f} MB ({sizes}) at {manifest['location']}",
-        log=context.log,
-    )
+    slack.send(backup_success(step_where(context), manifest), log=context.log)
+    metrics.push_backup(manifest, log=context.log)
     return dg.MaterializeResult(
         metadata={
             "set_id": set_id,

@@ -6,6 +6,7 @@ from twinme_ops.defs.backups.assets import backup_partitions, backup_set
 from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.drill import DrillResult, run_drill
 from twinme_ops.lib.manifest import set_id_for_partition
+from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.store import BackupStore
 
@@ -35,16 +36,21 @@ def drill_set(
     backup_store: BackupStore,
     backup_encryption: BackupEncryption,
     postgres: PostgresResource,
+    metrics: MetricsResource | None = None,
 ) -> DrillResult:
-    """Run the drill for one set with the configured store, key and production database."""
+    """Run the drill for one set with the configured store, key and production database;
+    push its verdict, RTO and RPO (passed or not) when ``metrics`` is given."""
     production = postgres.url or None  # empty: the sandbox, which drills never touch either
-    return run_drill(
+    result = run_drill(
         backup_store,
         set_id,
         key=backup_encryption.get_key(),
         production_database_url=production,
         log=log.info,
     )
+    if metrics is not None:
+        metrics.push_drill(result, log=log)
+    return result
 
 
 @dg.asset_check(
@@ -65,9 +71,10 @@ def restore_drill(
     backup_store: BackupStore,
     backup_encryption: BackupEncryption,
     postgres: PostgresResource,
+    metrics: MetricsResource,
 ) -> dg.AssetCheckResult:
     set_id = set_id_for_partition(context.op_execution_context.partition_key)
-    result = drill_set(context.log, set_id, backup_store, backup_encryption, postgres)
+    result = drill_set(context.log, set_id, backup_store, backup_encryption, postgres, metrics)
     return dg.AssetCheckResult(
         passed=result.passed,
         description=result.reason,

@@ -5,13 +5,26 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.defs.alerts.hooks import slack_on_failure
+from twinme_ops.defs.alerts.hooks import slack_on_backup_failure
 from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS, backup_set
 from twinme_ops.defs.backups.checks import DRILL_CHECK, drill_metadata, drill_set
+from twinme_ops.defs.executors import PodResources, step_pod_executor
 from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.drill import newest_complete_set
+from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.store import BackupStore
+
+# dumps stream through zstd (all cores), then the drill runs scratch PostgreSQL and Redis on disk
+BACKUP_POD = PodResources(
+    requests={"cpu": "1", "memory": "2Gi", "ephemeral-storage": "20Gi"},
+    limits={"cpu": "2", "memory": "4Gi", "ephemeral-storage": "50Gi"},
+)
+# one scratch PostgreSQL and Redis holding a whole restored set
+DRILL_POD = PodResources(
+    requests={"cpu": "1", "memory": "2Gi", "ephemeral-storage": "20Gi"},
+    limits={"cpu": "2", "memory": "6Gi", "ephemeral-storage": "60Gi"},
+)
 
 nightly_backup_job = dg.define_asset_job(
     name="nightly_backup_job",
@@ -21,8 +34,10 @@ nightly_backup_job = dg.define_asset_job(
         "(Europe/Paris), then the restore drill of that set. The set's manifest.json is written "
         "last: a set without it is not a backup; a set whose drill failed makes the run fail."
     ),
-    hooks={slack_on_failure},
-    tags={"twinme/operation": "backup"},
+    hooks={slack_on_backup_failure},
+    tags={"twinme/operation": "backup", **BACKUP_POD.tags()},
+    # the steps share only the backup store: each may run in its own pod
+    executor_def=step_pod_executor(BACKUP_POD),
 )
 
 
@@ -43,6 +58,7 @@ def restore_drill_op(
     backup_store: BackupStore,
     backup_encryption: BackupEncryption,
     postgres: PostgresResource,
+    metrics: MetricsResource,
 ) -> Iterator[dg.AssetCheckEvaluation | dg.Output[None]]:
     set_id = config.set_id or newest_complete_set(backup_store)
     if not set_id:
@@ -50,7 +66,7 @@ def restore_drill_op(
             description=f"no complete backup set in {backup_store.describe()}. "
             "Fix: run nightly_backup_job first, or check TWINME_BACKUP_URL."
         )
-    result = drill_set(context.log, set_id, backup_store, backup_encryption, postgres)
+    result = drill_set(context.log, set_id, backup_store, backup_encryption, postgres, metrics)
     # yielded (not logged) so that it is recorded even when the op then fails: the verdict
     # lands on backup_set's restore_drill check for that partition, as in the nightly job
     yield dg.AssetCheckEvaluation(
@@ -76,8 +92,9 @@ def restore_drill_op(
         "on scratch servers, verifies it, and records the result as the set's restore_drill "
         "check. Fails (and alerts) when the set does not restore."
     ),
-    hooks={slack_on_failure},
-    tags={"twinme/operation": "drill"},
+    hooks={slack_on_backup_failure},
+    tags={"twinme/operation": "drill", **DRILL_POD.tags()},
+    executor_def=step_pod_executor(DRILL_POD),
 )
 def restore_drill_job() -> None:
     restore_drill_op()

@@ -156,6 +156,10 @@ retention_schedule = dg.ScheduleDefinition(
     job=retention_job,
     cron_schedule="0 5 * * *",
     execution_timezone="Europe/Paris",
-    description="Every day at 05:00 Europe/Paris, after the 02:00 backup: apply retention.",
+    description=(
+        "Every day at 05:00 Europe/Paris, after the 02:00 backup: runs retention_job, which "
+        "deletes the backup sets the retention policy no longer keeps (never the newest "
+        "verified one)."
+    ),
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )

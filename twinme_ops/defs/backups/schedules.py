@@ -7,7 +7,10 @@ from twinme_ops.defs.backups.jobs import nightly_backup_job, restore_drill_job
 nightly_backup_schedule = dg.build_schedule_from_partitioned_job(
     nightly_backup_job,
     name="nightly_backup_schedule",
-    description="Every night at 02:00 Europe/Paris: back up today's set, then drill it.",
+    description=(
+        "Every night at 02:00 Europe/Paris: runs nightly_backup_job for that day's partition "
+        "(PostgreSQL, Redis and files into one backup set), then its restore drill."
+    ),
     hour_of_day=2,
     minute_of_hour=0,
     default_status=dg.DefaultScheduleStatus.RUNNING,

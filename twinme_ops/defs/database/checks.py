@@ -38,7 +38,12 @@ def _pg_check(step: PgStep, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinit
     @dg.asset_check(
         asset=asset,
         name="drift",
-        description=f"Compares the declared state of {step.name} with what PostgreSQL reports.",
+        description=(
+            f"Compares the declared state of {step.name} with what PostgreSQL reports now, "
+            "changing nothing. Fails listing each difference (e.g. a change made by hand); "
+            "only warns when all that differs is a setting waiting for a server restart. "
+            "database_tuning_job converges it again."
+        ),
     )
     def _drift(postgres: PostgresResource, database_tuning: DatabaseTuning) -> dg.AssetCheckResult:
         try:
@@ -60,8 +65,9 @@ pg_drift_checks = [
     asset=redis_configuration,
     name="drift",
     description=(
-        "Reads the live Redis with CONFIG GET where available and INFO where CONFIG is renamed "
-        "away, and says which it used."
+        "Compares the rendered production.conf with the live Redis, changing nothing: reads "
+        "CONFIG GET where available and INFO where CONFIG is renamed away, and says which it "
+        "used. Fails listing each difference."
     ),
 )
 def redis_configuration_drift(

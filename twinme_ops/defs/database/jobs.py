@@ -3,6 +3,13 @@
 import dagster as dg
 
 from twinme_ops.defs.alerts.hooks import slack_on_failure
+from twinme_ops.defs.executors import PodResources, step_pod_executor
+
+# SQL and Redis commands only: the servers do the work
+TUNING_POD = PodResources(
+    requests={"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "1Gi"},
+    limits={"cpu": "1", "memory": "1Gi", "ephemeral-storage": "2Gi"},
+)
 
 database_tuning_job = dg.define_asset_job(
     name="database_tuning_job",
@@ -14,5 +21,7 @@ database_tuning_job = dg.define_asset_job(
         "affected assets."
     ),
     hooks={slack_on_failure},
-    tags={"twinme/operation": "tuning"},
+    tags={"twinme/operation": "tuning", **TUNING_POD.tags()},
+    # the steps share only the servers they tune: each may run in its own pod
+    executor_def=step_pod_executor(TUNING_POD),
 )

@@ -7,8 +7,10 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.defs.alerts.hooks import slack_on_failure
+from twinme_ops.defs.alerts.hooks import slack_on_failure, step_where
+from twinme_ops.defs.executors import PodResources
 from twinme_ops.defs.resources import twinme_env
+from twinme_ops.lib.alerts import recovery_success
 from twinme_ops.lib.backup import Sources, backup_all
 from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.files import FileStorageResource
@@ -91,7 +93,12 @@ def _overrides(config: RecoverConfig) -> dict[str, str]:
 def _fail(state: RecoveryState, step: str, exc: BaseException) -> dg.Failure:
     return dg.Failure(
         description=f"recovery {step} failed: {redact(exc)}. State: {state.summary()}",
-        metadata={"restored": state.restored, "safety_set_id": state.safety_set_id},
+        metadata={
+            "set_id": state.set_id,
+            "restored": state.restored,
+            "components": state.components,
+            "safety_set_id": state.safety_set_id,
+        },
     )
 
 
@@ -223,12 +230,17 @@ def recovery_scale_up_and_verify(
         checks = verify_services(targets.postgres, targets.redis, api_url, context.log.info)
     except Exception as exc:
         raise _fail(state, "scale up / verification", exc) from None
-    slack.send(
-        f":arrows_counterclockwise: TwinMe recovery completed for backup: {state.set_id} "
-        f"(restored {', '.join(state.restored)}; safety backup {state.safety_set_id}; "
-        f"checks {checks})",
-        log=context.log,
+    alert = recovery_success(
+        step_where(context), state.set_id, state.restored, state.safety_set_id, checks
     )
+    slack.send(alert, log=context.log)
+
+
+# a safety backup then a restore of every component: dumps, scratch files and the new database
+RECOVERY_POD = PodResources(
+    requests={"cpu": "1", "memory": "2Gi", "ephemeral-storage": "20Gi"},
+    limits={"cpu": "2", "memory": "4Gi", "ephemeral-storage": "50Gi"},
+)
 
 
 @dg.job(
@@ -238,7 +250,14 @@ def recovery_scale_up_and_verify(
         "(keys replayed) and files, scales back up and verifies. Refuses to start unless "
         "config.confirm equals the target database name. Manual only."
     ),
-    tags={"twinme/operation": "recovery", "twinme/api-change": "recovery"},
+    # one pod for the whole run (no step pods): the ops hand RecoveryState to each other
+    tags={
+        "twinme/operation": "recovery",
+        "twinme/api-change": "recovery",
+        # a recovery whose pod died is resumed by a person who has looked, never retried alone
+        "dagster/max_retries": "0",
+        **RECOVERY_POD.tags(),
+    },
     hooks={slack_on_failure},
 )
 def recover_job() -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from twinme_ops.defs.alerts.hooks import send_step_alert, step_where
+from twinme_ops.lib.alerts import release_failure
 from twinme_ops.lib.app_tests import (
     DEFAULT_COMMANDS,
     AppTestsFailed,
@@ -21,7 +23,9 @@ from twinme_ops.lib.app_tests import (
 from twinme_ops.lib.deploy_files import deploy_file
 from twinme_ops.lib.git import GitError, GitRepoResource, is_sha
 from twinme_ops.lib.image import ImageBuilderResource, ImageBuildError
+from twinme_ops.lib.kaniko import KanikoImageBuilder
 from twinme_ops.lib.kube import KubernetesResource, RolloutFailed
+from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redact import redact
 from twinme_ops.lib.redis_snapshot import RedisResource
@@ -193,9 +197,9 @@ class ContainerImageConfig(dg.Config):
     deps=[app_tests],
     kinds={"docker"},
     description=(
-        "The application image built from the tested commit with buildah (daemonless) or "
-        "docker, tagged with the commit sha (never :latest) and pushed; the digest recorded "
-        "here is what api_deployment deploys."
+        "The application image built from the tested commit with buildah (daemonless), "
+        "docker, or a kaniko Job in the cluster, tagged with the commit sha (never :latest) "
+        "and pushed; the digest recorded here is what api_deployment deploys."
     ),
 )
 def container_image(
@@ -216,20 +220,33 @@ def container_image(
         else deploy_file("app/Dockerfile.production", "Dockerfile.production")
     )
     try:
-        built = image_builder.build_and_push(Path(path), dockerfile, tag=sha, log=context.log)
+        if isinstance(image_builder, KanikoImageBuilder):
+            # the cluster clones the commit itself: the checkout only locates the Dockerfile
+            built = image_builder.build_from_git(
+                remote=git.remote,
+                branch=git.branch,
+                commit=sha,
+                dockerfile=dockerfile,
+                checkout=Path(path),
+                log=context.log,
+                run_id=context.run.run_id,
+            )
+        else:
+            built = image_builder.build_and_push(Path(path), dockerfile, tag=sha, log=context.log)
     except ImageBuildError as exc:
         raise dg.Failure(description=f"image build of {sha[:12]} failed: {redact(exc)}") from None
     context.log.info(f"pushed {built.image_ref} in {built.duration_s:.1f} s")
-    return dg.MaterializeResult(
-        metadata={
-            "sha": sha,
-            "image_ref": built.image_ref,
-            "tag_ref": built.tag_ref,
-            "digest": built.digest,
-            "build_s": round(built.duration_s, 2),
-            "size_bytes": dg.MetadataValue.int(built.size_bytes or 0),
-        }
-    )
+    metadata: dict[str, Any] = {
+        "sha": sha,
+        "image_ref": built.image_ref,
+        "tag_ref": built.tag_ref,
+        "digest": built.digest,
+        "builder": image_builder.tool,
+        "build_s": round(built.duration_s, 2),
+    }
+    if built.size_bytes is not None:  # kaniko reports none: no made-up 0 on the size plot
+        metadata["size_bytes"] = dg.MetadataValue.int(built.size_bytes)
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset(
@@ -250,6 +267,7 @@ def api_deployment(
     postgres: PostgresResource,
     redis: RedisResource,
     slack: SlackNotifier,
+    metrics: MetricsResource,
 ) -> dg.MaterializeResult:
     image = latest_metadata(context.instance, CONTAINER_IMAGE)
     image_ref, sha = str(image.get("image_ref", "")), str(image.get("sha", ""))
@@ -265,6 +283,7 @@ def api_deployment(
     try:
         status = kubernetes.wait_for_rollout(log=context.log)
     except RolloutFailed as exc:
+        rollout_s = time.monotonic() - started
         reason = f"rollout of {sha[:12]} failed: {redact(exc).splitlines()[0]}"
         check_db, check_redis = service_checks(postgres, redis)
         outcome = rollback(
@@ -275,8 +294,14 @@ def api_deployment(
             verification_for(release_settings, check_db, check_redis, context.log),
             context.log,
         )
-        slack.send(
-            f":rotating_light: TwinMe release {sha[:12]} FAILED — {reason}. {outcome.sentence()}.",
+        alert = release_failure(step_where(context, sha), reason, image_ref, outcome, previous)
+        send_step_alert(context, slack, alert)
+        metrics.push_deploy(
+            sha=sha,
+            success=False,
+            rolled_back=True,
+            rollback_healthy=outcome.healthy,
+            rollout_s=rollout_s,
             log=context.log,
         )
         raise dg.Failure(description=f"{reason}; {outcome.sentence()}") from None

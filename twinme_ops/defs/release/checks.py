@@ -1,11 +1,15 @@
 """The release's proof: the new version meets the spec's targets, or it is rolled back."""
 
+import time
 from typing import Any
 
 import dagster as dg
 
-from twinme_ops.defs.release.assets import API_DEPLOYMENT
+from twinme_ops.defs.alerts.hooks import send_step_alert, step_where
+from twinme_ops.defs.release.assets import API_DEPLOYMENT, CONTAINER_IMAGE
+from twinme_ops.lib.alerts import release_failure, release_success
 from twinme_ops.lib.kube import KubernetesResource
+from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redis_snapshot import RedisResource
 from twinme_ops.lib.release import (
@@ -35,6 +39,7 @@ def deployment_verification(
     postgres: PostgresResource,
     redis: RedisResource,
     slack: SlackNotifier,
+    metrics: MetricsResource,
 ) -> dg.AssetCheckResult:
     deployed = latest_metadata(context.instance, API_DEPLOYMENT)
     sha, image_ref = str(deployed.get("sha", "")), str(deployed.get("image", ""))
@@ -42,17 +47,26 @@ def deployment_verification(
     verify = verification_for(release_settings, check_db, check_redis, context.log)
     result = verify()
     if result is None:
+        metrics.push_deploy(sha=sha, success=False, rolled_back=False, log=context.log)
         return dg.AssetCheckResult(
             passed=False,
             description="no API URL to verify (TWINME_API_URL unset): the release is unproven",
         )
     metadata: dict[str, Any] = {**result.to_metadata(), "sha": sha, "image": image_ref}
     if result.passed:
-        slack.send(
-            f":rocket: TwinMe release {sha[:12]} deployed and verified — image {image_ref}, "
-            f"rollout {deployed.get('rollout_s', '?')} s, p95 "
-            f"{metadata.get('load_p95_ms', '?')} ms, error rate "
-            f"{metadata.get('load_error_rate_pct', '?')} %.",
+        started = context.instance.get_run_stats(context.run.run_id).start_time
+        built = latest_metadata(context.instance, CONTAINER_IMAGE)
+        total_s = time.time() - started if started else None
+        alert = release_success(
+            step_where(context, sha), image_ref, deployed, built, metadata, total_s
+        )
+        slack.send(alert, log=context.log)
+        metrics.push_deploy(
+            sha=sha,
+            success=True,
+            rolled_back=False,
+            rollout_s=deployed.get("rollout_s"),
+            verification=result,
             log=context.log,
         )
         return dg.AssetCheckResult(passed=True, description="verified", metadata=metadata)
@@ -65,8 +79,16 @@ def deployment_verification(
         verify,
         context.log,
     )
-    slack.send(
-        f":rotating_light: TwinMe release {sha[:12]} FAILED — {reason}. {outcome.sentence()}.",
+    previous = str(deployed.get("previous_image", ""))
+    alert = release_failure(step_where(context, sha), reason, image_ref, outcome, previous)
+    send_step_alert(context, slack, alert)
+    metrics.push_deploy(
+        sha=sha,
+        success=False,
+        rolled_back=True,
+        rollback_healthy=outcome.healthy,
+        rollout_s=deployed.get("rollout_s"),
+        verification=result,
         log=context.log,
     )
     metadata["rolled_back_to"] = outcome.rolled_back_to

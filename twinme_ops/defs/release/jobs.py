@@ -3,11 +3,19 @@
 import dagster as dg
 
 from twinme_ops.defs.alerts.hooks import slack_on_failure
+from twinme_ops.defs.executors import PodResources
+
+# npm ci and the app's tests, a buildah build, then a locust load test
+RELEASE_POD = PodResources(
+    requests={"cpu": "1", "memory": "2Gi", "ephemeral-storage": "10Gi"},
+    limits={"cpu": "4", "memory": "6Gi", "ephemeral-storage": "30Gi"},
+)
 
 release_job = dg.define_asset_job(
     "release_job",
     selection=dg.AssetSelection.groups("release"),
-    tags={"twinme/operation": "release", "twinme/api-change": "release"},
+    # one pod for the whole run (no step pods): the steps share the checkout on its disk
+    tags={"twinme/operation": "release", "twinme/api-change": "release", **RELEASE_POD.tags()},
     hooks={slack_on_failure},
     description=(
         "Release one commit: check it out, run the application's tests, then (as the release "

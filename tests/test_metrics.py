@@ -1,0 +1,518 @@
+"""Operation metrics on a real Prometheus Pushgateway: what the alerts and the dashboard read.
+
+``prometheus-pushgateway`` runs on a free 127.0.0.1 port with a temporary persistence file (and,
+for the basic-auth tests, a web config with a bcrypt user), and is stopped by a finalizer. What
+the code pushed is read back from the gateway's own ``/metrics``, as Prometheus scrapes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from base64 import b64encode
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.api_app import ControlledApp
+from tests.backup_helpers import read_manifest, run_backup, run_text, store_for
+from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController
+from tests.slack_receiver import SlackReceiver
+from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
+from twinme_ops.defs.release.checks import deployment_verification
+from twinme_ops.defs.resources import build_resources
+from twinme_ops.lib.drill import DrillResult
+from twinme_ops.lib.kube import KubernetesResource
+from twinme_ops.lib.local_servers import free_port
+from twinme_ops.lib.metrics import (
+    METRICS,
+    MetricSpec,
+    MetricsResource,
+    build_registry,
+)
+from twinme_ops.lib.postgres import PostgresResource
+from twinme_ops.lib.postgres_server import PostgresServer
+from twinme_ops.lib.redis_server import RedisServer
+from twinme_ops.lib.redis_snapshot import RedisResource
+from twinme_ops.lib.release import ReleaseSettings
+from twinme_ops.lib.slack import SlackNotifier
+
+PUSHGATEWAY = "prometheus-pushgateway"
+USER = "twinme"
+PASSWORD = "push-Secret-pw9"
+# bcrypt of PASSWORD (cost 10), as exporter-toolkit's basic_auth_users wants it
+PASSWORD_HASH = "$2b$10$kWEL4fNYW04Smm3KbBybfuwOHyJRfa1sJvv2FgM3C0SjCwrxTn/pq"
+GROUP = {"job": "twinme_ops", "environment": "production"}
+SHA = "c" * 40
+NEW_IMAGE = "127.0.0.1:5000/twinme-api@sha256:" + "2" * 64
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@dataclass
+class Gateway:
+    """A running Pushgateway: its base URL and how to read what it holds."""
+
+    port: int
+    auth: tuple[str, str] | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url_with_auth(self, password: str = PASSWORD) -> str:
+        return f"http://{USER}:{password}@127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> bytes:
+        request = urllib.request.Request(self.url + path)
+        if self.auth:
+            token = b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.read()
+
+    def samples(self) -> Samples:
+        """Every twinme_* sample the gateway exposes, keyed by name and label set."""
+        out: Samples = {}
+        for family in text_string_to_metric_families(self.get("/metrics").decode()):
+            for s in family.samples:
+                if s.name.startswith("twinme_"):
+                    out[(s.name, frozenset(s.labels.items()))] = s.value
+        return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The one sample of ``name`` whose labels include ``labels``; fails if none or several."""
+    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
+    assert len(found) == 1, f"{name}{labels}: {len(found)} samples in {sorted(samples)}"
+    return found[0]
+
+
+def names(samples: Samples) -> set[str]:
+    return {n for n, _ in samples}
+
+
+def _start_gateway(tmp: Path, auth: bool) -> tuple[subprocess.Popen[bytes], Gateway]:
+    if shutil.which(PUSHGATEWAY) is None:
+        pytest.fail(f"{PUSHGATEWAY} is missing: apt-get install prometheus-pushgateway")
+    args = [PUSHGATEWAY, f"--persistence.file={tmp / 'pushgateway.data'}"]
+    if auth:
+        web = tmp / "web.yml"
+        web.write_text(f"basic_auth_users:\n  {USER}: {PASSWORD_HASH}\n")
+        args.append(f"--web.config.file={web}")
+    log = tmp / "pushgateway.log"
+    for _ in range(3):
+        port = free_port()
+        gateway = Gateway(port, (USER, PASSWORD) if auth else None)
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [*args, f"--web.listen-address=127.0.0.1:{port}"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                gateway.get("/-/ready")
+                return proc, gateway
+            except OSError:
+                time.sleep(0.05)
+        proc.kill()
+        proc.wait(10)
+    pytest.fail(f"the Pushgateway did not start:\n{log.read_text()[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A Pushgateway without authentication."""
+    proc, gw = _start_gateway(tmp_path, auth=False)
+    try:
+        yield gw
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def auth_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A Pushgateway that wants basic auth (USER / PASSWORD) on every endpoint."""
+    proc, gw = _start_gateway(tmp_path, auth=True)
+    try:
+        yield gw
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """Log records of the metrics logger passed to the resource, whatever pytest's log level."""
+    logger = logging.getLogger("tests.metrics")
+    logger.setLevel(logging.DEBUG)
+    caught: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            caught.append(record)
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        yield caught
+    finally:
+        logger.removeHandler(handler)
+
+
+def _messages(records: list[logging.LogRecord], level: int) -> list[str]:
+    return [r.getMessage() for r in records if r.levelno == level]
+
+
+MANIFEST: dict[str, Any] = {
+    "set_id": "2026-11-24",
+    "created_at": "2026-11-24T01:00:05+00:00",
+    "total_bytes": 7000,
+    "durations_s": {"postgres": 12.5, "redis": 1.25, "files": 3.0},
+    "artifacts": {
+        "postgres": {"bytes_out": 5000},
+        "redis": {"bytes_out": 500},
+        "files": {"bytes_out": 1500},
+    },
+}
+CREATED = datetime.fromisoformat(MANIFEST["created_at"]).timestamp()
+
+
+def _drill(passed: bool, rto: dict[str, float]) -> DrillResult:
+    started = datetime(2026, 11, 24, 1, 30, 5, tzinfo=UTC)
+    return DrillResult(
+        set_id="2026-11-24",
+        passed=passed,
+        reason="verified" if passed else "postgres: row count mismatch",
+        checked_at=started.isoformat(),
+        rto_s=rto,
+        rpo_s=started.timestamp() - CREATED,
+    )
+
+
+# ------------------------------------------------------------------------------- the resource
+
+
+def test_backup_drill_and_release_metrics_reach_the_gateway(
+    gateway: Gateway, records: list[logging.LogRecord]
+) -> None:
+    log = logging.getLogger("tests.metrics")
+    metrics = MetricsResource(pushgateway_url=gateway.url, environment="production")
+    before = time.time()
+    assert metrics.push_backup(MANIFEST, log=log)
+    assert metrics.push_drill(_drill(True, {"postgres": 40.0, "redis": 2.5, "files": 7.5}), log=log)
+    assert metrics.push_deploy(sha=SHA, success=True, rolled_back=False, rollout_s=42.0, log=log)
+
+    got = gateway.samples()
+    backup = {**GROUP, "operation": "backup"}
+    assert value(got, "twinme_backup_last_success_timestamp_seconds", **backup) == CREATED
+    assert value(got, "twinme_backup_size_bytes", **backup) == 7000
+    for component, size in (("postgres", 5000), ("redis", 500), ("files", 1500)):
+        assert value(got, "twinme_backup_component_size_bytes", component=component) == size
+    assert value(got, "twinme_backup_component_duration_seconds", component="redis") == 1.25
+    assert value(got, "twinme_backup_duration_seconds") == 12.5  # the slowest component
+
+    drill = {**GROUP, "operation": "restore_drill"}
+    assert value(got, "twinme_restore_drill_success", **drill) == 1
+    assert value(got, "twinme_restore_drill_rto_seconds", **drill) == 50.0
+    assert value(got, "twinme_restore_drill_component_rto_seconds", component="files") == 7.5
+    assert value(got, "twinme_restore_drill_rpo_seconds") == 1800
+    # the verified set's creation time, which the backup-age alert compares with now
+    assert value(got, "twinme_backup_last_verified_timestamp_seconds", **drill) == CREATED
+    assert value(got, "twinme_restore_drill_last_run_timestamp_seconds") >= before
+
+    release = {**GROUP, "operation": "release"}
+    assert value(got, "twinme_deploy_success", sha=SHA, **release) == 1
+    assert value(got, "twinme_deploy_rolled_back", sha=SHA, **release) == 0
+    assert value(got, "twinme_deploy_rollout_duration_seconds") == 42.0
+    assert value(got, "twinme_deploy_last_timestamp_seconds") >= before
+    assert "twinme_deploy_rollback_healthy" not in names(got)  # no rollback happened
+    assert names(got) <= set(METRICS)
+    assert any(f"pushed 9 backup metrics to {gateway.url}" in m for m in _messages(records, 20))
+
+
+def test_a_failed_drill_keeps_the_time_of_the_last_verified_set(gateway: Gateway) -> None:
+    metrics = MetricsResource(pushgateway_url=gateway.url, environment="production")
+    assert metrics.push_drill(_drill(True, {"postgres": 40.0, "redis": 2.5, "files": 7.5}))
+    assert metrics.push_drill(_drill(False, {"postgres": 31.0}))
+    got = gateway.samples()
+    assert value(got, "twinme_restore_drill_success") == 0  # TwinmeRestoreDrillFailed fires
+    assert value(got, "twinme_restore_drill_rto_seconds") == 31.0
+    # the failed drill replaced the per-component RTOs, the verified time is the passed one's
+    rto = [ls for n, ls in got if n == "twinme_restore_drill_component_rto_seconds"]
+    assert [dict(ls)["component"] for ls in rto] == ["postgres"]
+    assert value(got, "twinme_backup_last_verified_timestamp_seconds") == CREATED
+
+
+def test_a_release_replaces_the_previous_rollback(gateway: Gateway) -> None:
+    metrics = MetricsResource(pushgateway_url=gateway.url, environment="production")
+    old = "d" * 40
+    assert metrics.push_deploy(sha=old, success=False, rolled_back=True, rollback_healthy=False)
+    got = gateway.samples()
+    assert value(got, "twinme_deploy_rolled_back", sha=old) == 1
+    assert value(got, "twinme_deploy_rollback_healthy", sha=old) == 0
+    assert value(got, "twinme_deploy_success", sha=old) == 0
+
+    assert metrics.push_deploy(sha=SHA, success=True, rolled_back=False)
+    got = gateway.samples()
+    # the rollback alerts resolve: nothing of the rolled back release is left on the gateway
+    assert not [ls for _, ls in got if ("sha", old) in ls]
+    assert "twinme_deploy_rollback_healthy" not in names(got)
+    assert value(got, "twinme_deploy_success", sha=SHA) == 1
+
+
+def test_basic_auth_in_the_url_is_sent_and_never_logged(
+    auth_gateway: Gateway, records: list[logging.LogRecord]
+) -> None:
+    log = logging.getLogger("tests.metrics")
+    metrics = MetricsResource(
+        pushgateway_url=auth_gateway.url_with_auth(), environment="production"
+    )
+    assert metrics.push_backup(MANIFEST, log=log)
+    assert value(auth_gateway.samples(), "twinme_backup_size_bytes") == 7000
+
+    wrong = MetricsResource(pushgateway_url=auth_gateway.url_with_auth("not-the-Pw-42"))
+    assert not wrong.push_backup(MANIFEST, log=log)
+    (warning,) = _messages(records, logging.WARNING)
+    assert "401" in warning and f"{USER}:***@127.0.0.1:{auth_gateway.port}" in warning
+    text = "\n".join(r.getMessage() for r in records)
+    assert PASSWORD not in text and "not-the-Pw-42" not in text
+
+
+def test_an_unreachable_gateway_is_a_warning_not_an_error(
+    records: list[logging.LogRecord],
+) -> None:
+    log = logging.getLogger("tests.metrics")
+    port = free_port()  # nothing listens there
+    metrics = MetricsResource(pushgateway_url=f"http://{USER}:{PASSWORD}@127.0.0.1:{port}")
+    started = time.monotonic()
+    assert metrics.push_deploy(sha=SHA, success=True, rolled_back=False, log=log) is False
+    assert time.monotonic() - started < 5
+    (warning,) = _messages(records, logging.WARNING)
+    assert "release metrics not pushed" in warning and "Connection refused" in warning
+    assert "TWINME_PUSHGATEWAY_URL" in warning  # says what to fix
+    assert PASSWORD not in warning and f"{USER}:***@" in warning
+
+
+def test_without_a_gateway_the_metrics_are_logged(records: list[logging.LogRecord]) -> None:
+    metrics = MetricsResource()
+    assert metrics.push_backup(MANIFEST, log=logging.getLogger("tests.metrics")) is False
+    (info,) = _messages(records, logging.INFO)
+    assert "TWINME_PUSHGATEWAY_URL unset" in info
+    assert "twinme_backup_size_bytes=7000" in info
+    assert not _messages(records, logging.WARNING)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://user:s3cret-Value@gw:9091", "http://user:s3cret-Value@gw:port", "http://"]
+)
+def test_a_malformed_url_is_a_warning_naming_the_fix(
+    url: str, records: list[logging.LogRecord]
+) -> None:
+    metrics = MetricsResource(pushgateway_url=url)
+    assert metrics.push_backup(MANIFEST, log=logging.getLogger("tests.metrics")) is False
+    (warning,) = _messages(records, logging.WARNING)
+    assert "is not an http(s) URL" in warning and "Fix: set it like http://" in warning
+    assert "s3cret-Value" not in warning
+
+
+def test_a_malformed_record_is_a_warning_not_an_error(
+    gateway: Gateway, records: list[logging.LogRecord]
+) -> None:
+    metrics = MetricsResource(pushgateway_url=gateway.url)
+    broken = {**MANIFEST, "artifacts": {"postgres": {"size": 1}}}  # no bytes_out
+    assert metrics.push_backup(broken, log=logging.getLogger("tests.metrics")) is False
+    (warning,) = _messages(records, logging.WARNING)
+    assert "backup metrics not pushed: they could not be built" in warning
+    assert not gateway.samples()
+
+
+def test_only_declared_metrics_can_be_pushed() -> None:
+    with pytest.raises(ValueError, match="not declared"):
+        build_registry([(MetricSpec("twinme_made_up", "?"), {}, 1.0)])
+
+
+def test_build_resources_reads_the_gateway_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TWINME_PUSHGATEWAY_URL", raising=False)
+    monkeypatch.setenv("TWINME_ENV", "local")
+    assert build_resources()["metrics"].pushgateway_url == ""
+    monkeypatch.setenv("TWINME_PUSHGATEWAY_URL", f"http://{USER}:{PASSWORD}@gw:9091")
+    configured = build_resources()["metrics"]
+    # an EnvVar: Dagster's UI shows the variable's name, never the URL and its password
+    assert isinstance(configured.pushgateway_url, dg.EnvVar)
+    assert configured.environment == "local"
+
+
+# ----------------------------------------------------------------------------- wired into jobs
+
+
+def test_nightly_backup_pushes_backup_and_drill_metrics(
+    sandbox, backup_env: dict[str, str], auth_gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TWINME_PUSHGATEWAY_URL", auth_gateway.url_with_auth())
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_backup(instance=instance)
+    assert result.success
+    manifest = read_manifest(store_for(backup_env["TWINME_BACKUP_URL"]))
+
+    got = auth_gateway.samples()
+    backup = {"job": "twinme_ops", "operation": "backup", "environment": "local"}
+    created = datetime.fromisoformat(manifest["created_at"]).timestamp()
+    assert value(got, "twinme_backup_last_success_timestamp_seconds", **backup) == created
+    assert value(got, "twinme_backup_size_bytes", **backup) == manifest["total_bytes"]
+    for component, art in manifest["artifacts"].items():
+        assert (
+            value(got, "twinme_backup_component_size_bytes", component=component)
+            == (art["bytes_out"])
+        )
+    drill = {"job": "twinme_ops", "operation": "restore_drill", "environment": "local"}
+    assert value(got, "twinme_restore_drill_success", **drill) == 1
+    rto = value(got, "twinme_restore_drill_rto_seconds", **drill)
+    check = result.get_asset_check_evaluations()[0]
+    assert rto == pytest.approx(check.metadata["rto_total_s"].value, abs=0.01) and rto > 0
+    # the drill verified this very set: its creation time (to the RPO's 0.1 s rounding)
+    verified = value(got, "twinme_backup_last_verified_timestamp_seconds", **drill)
+    assert verified == pytest.approx(created, abs=0.1)
+    assert PASSWORD not in run_text(instance, result)
+
+
+def test_a_backup_succeeds_when_the_gateway_is_down(
+    sandbox, backup_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "TWINME_PUSHGATEWAY_URL", f"http://{USER}:{PASSWORD}@127.0.0.1:{free_port()}"
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_backup(instance=instance)
+    assert result.success  # the set is complete and drilled all the same
+    assert result.get_asset_check_evaluations()[0].passed
+    text = run_text(instance, result)
+    assert "backup metrics not pushed to the Pushgateway" in text
+    assert "restore_drill metrics not pushed to the Pushgateway" in text
+    assert PASSWORD not in text
+
+
+def _release(
+    kubeconfig: Path,
+    app: ControlledApp,
+    slack: SlackReceiver,
+    pg: PostgresServer,
+    redis_server: RedisServer,
+    gateway: Gateway,
+) -> dg.ExecuteInProcessResult:
+    """api_deployment then its deployment_verification check, against the emulator and app."""
+    defs = dg.Definitions(
+        assets=[api_deployment],
+        asset_checks=[deployment_verification],
+        jobs=[dg.define_asset_job("deploy", selection=[api_deployment])],
+        resources={
+            "kubernetes": KubernetesResource(
+                kubeconfig=str(kubeconfig), rollout_timeout_s=30, poll_interval_s=0.2
+            ),
+            "release_settings": ReleaseSettings(
+                api_url=app.url, load_users=4, load_spawn_rate=4, load_duration_s=3
+            ),
+            "postgres": PostgresResource(url=pg.url("postgres")),
+            "redis": RedisResource(url=redis_server.url(with_password=True)),
+            "slack": SlackNotifier(webhook_url=slack.url, max_retries=0),
+            "metrics": MetricsResource(pushgateway_url=gateway.url, environment="production"),
+        },
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(CONTAINER_IMAGE, metadata={"image_ref": NEW_IMAGE, "sha": SHA})
+    )
+    return defs.resolve_job_def("deploy").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+
+
+def test_release_outcomes_are_pushed(
+    k8s_emulator,
+    deployment_controller: DeploymentController,
+    app: ControlledApp,
+    slack_receiver: SlackReceiver,
+    pg_server: PostgresServer,
+    redis_server: RedisServer,
+    gateway: Gateway,
+) -> None:
+    kubeconfig = k8s_emulator[0]
+    # a healthy release: deployed, verified
+    assert _release(kubeconfig, app, slack_receiver, pg_server, redis_server, gateway).success
+    got = gateway.samples()
+    release = {"operation": "release", "environment": "production", "sha": SHA}
+    assert value(got, "twinme_deploy_success", **release) == 1
+    assert value(got, "twinme_deploy_rolled_back", **release) == 0
+    assert value(got, "twinme_deploy_rollout_duration_seconds") > 0
+    assert value(got, "twinme_deploy_verification_duration_seconds") > 0
+    assert 0 < value(got, "twinme_deploy_load_test_p95_seconds") < 0.2
+    assert value(got, "twinme_deploy_load_test_error_ratio") == 0
+
+    # the same release on an app answering 500 to every 5th request: verification fails, it is
+    # rolled back, and the previous version, verified on the same faulty app, is not healthy
+    app.error_every_n = 5
+    assert not _release(kubeconfig, app, slack_receiver, pg_server, redis_server, gateway).success
+    got = gateway.samples()
+    assert value(got, "twinme_deploy_success", **release) == 0
+    assert value(got, "twinme_deploy_rolled_back", **release) == 1
+    assert value(got, "twinme_deploy_rollback_healthy", **release) == 0
+    assert value(got, "twinme_deploy_load_test_error_ratio") > 0.001
+
+
+def test_a_stuck_rollout_pushes_its_rollback(
+    k8s_emulator,
+    deployment_controller: DeploymentController,
+    app: ControlledApp,
+    slack_receiver: SlackReceiver,
+    pg_server: PostgresServer,
+    redis_server: RedisServer,
+    gateway: Gateway,
+) -> None:
+    deployment_controller.mode = "stuck"
+    stop = threading.Event()
+
+    def heal_once_the_new_rollout_is_stuck() -> None:
+        # the new version's rollout fails its deadline, then the previous image rolls out fine
+        while not stop.wait(0.05):
+            if any(mode == "stuck" for _, mode in deployment_controller.seen):
+                deployment_controller.mode = "healthy"
+                return
+
+    watcher = threading.Thread(target=heal_once_the_new_rollout_is_stuck, daemon=True)
+    watcher.start()
+    try:
+        result = _release(k8s_emulator[0], app, slack_receiver, pg_server, redis_server, gateway)
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert not result.success
+    assert KubernetesResource(kubeconfig=str(k8s_emulator[0])).current_image("api") == (
+        INITIAL_IMAGE
+    )
+    got = gateway.samples()
+    assert value(got, "twinme_deploy_rolled_back", sha=SHA) == 1
+    assert value(got, "twinme_deploy_rollback_healthy", sha=SHA) == 1
+    assert value(got, "twinme_deploy_success", sha=SHA) == 0
+    assert value(got, "twinme_deploy_rollout_duration_seconds") > 0
