@@ -38,12 +38,14 @@ def runbook(name: str) -> str:
     return match.group(1)
 
 
-def run_block(name: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run a runbook block as an operator would paste it, with the venv's tools on PATH."""
+def run_block(
+    name: str, env: dict[str, str], cwd: Path, script: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a runbook block (or ``script``) as an operator would paste it, venv tools on PATH."""
     bin_dir = str(Path(sys.executable).parent)
     full_env = {**env, "PATH": f"{bin_dir}:{env.get('PATH', os.environ['PATH'])}"}
     return subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", runbook(name)],
+        ["bash", "-euo", "pipefail", "-c", script or runbook(name)],
         env=full_env,
         cwd=cwd,
         capture_output=True,
@@ -154,22 +156,9 @@ def test_deployment_tests_runbook(
     cfg.write_text("ops:\n  deployment_tests:\n    config:\n      load_duration_s: 3\n")
     block = runbook("deployment-tests")
     assert block.strip() == "dagster job execute -m twinme_ops.definitions -j deployment_tests_job"
-    proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block.strip() + f" -c {cfg}"],
-        env={**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert "RUN_SUCCESS" in _ok(proc)
+    # the block as written, plus the shortened config
+    command = block.strip() + f" -c {cfg}"
+    assert "RUN_SUCCESS" in _ok(run_block("deployment-tests", env, tmp_path, command))
     app.delay_s = 0.3  # a slow API fails the job
-    proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block.strip() + f" -c {cfg}"],
-        env={**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_block("deployment-tests", env, tmp_path, command)
     assert proc.returncode != 0 and "p95" in proc.stdout + proc.stderr

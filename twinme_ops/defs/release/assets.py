@@ -6,13 +6,14 @@ tests the last checkout.
 """
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.defs.alerts.hooks import send_step_alert, step_where
+from twinme_ops.defs.alerts.hooks import StepContext, send_step_alert, step_where
 from twinme_ops.lib.alerts import release_failure
 from twinme_ops.lib.app_tests import (
     DEFAULT_COMMANDS,
@@ -31,12 +32,14 @@ from twinme_ops.lib.redact import redact
 from twinme_ops.lib.redis_snapshot import RedisResource
 from twinme_ops.lib.release import (
     ReleaseSettings,
+    RollbackOutcome,
     latest_metadata,
     rollback,
     service_checks,
     verification_for,
 )
 from twinme_ops.lib.slack import SlackNotifier
+from twinme_ops.lib.verification import VerificationResult
 
 RELEASE_GROUP = "release"
 SOURCE_CHECKOUT = dg.AssetKey("source_checkout")
@@ -110,6 +113,37 @@ def source_checkout(
         },
         tags={"twinme/sha": sha},
     )
+
+
+def roll_back_and_report(
+    context: StepContext,
+    kubernetes: KubernetesResource,
+    slack: SlackNotifier,
+    metrics: MetricsResource,
+    *,
+    sha: str,
+    image: str,
+    container: str,
+    previous: str,
+    reason: str,
+    verify: Callable[[], VerificationResult | None],
+    rollout_s: float | None,
+    verification: VerificationResult | None = None,
+) -> RollbackOutcome:
+    """Roll back a failed release, then tell Slack and the Pushgateway how it ended."""
+    outcome = rollback(kubernetes, container, previous, reason, verify, context.log)
+    alert = release_failure(step_where(context, sha), reason, image, outcome, previous)
+    send_step_alert(context, slack, alert)
+    metrics.push_deploy(
+        sha=sha,
+        success=False,
+        rolled_back=True,
+        rollback_healthy=outcome.healthy,
+        rollout_s=rollout_s,
+        verification=verification,
+        log=context.log,
+    )
+    return outcome
 
 
 def checkout_of_latest(context: dg.AssetExecutionContext, git: GitRepoResource) -> tuple[str, str]:
@@ -286,23 +320,18 @@ def api_deployment(
         rollout_s = time.monotonic() - started
         reason = f"rollout of {sha[:12]} failed: {redact(exc).splitlines()[0]}"
         check_db, check_redis = service_checks(postgres, redis)
-        outcome = rollback(
+        outcome = roll_back_and_report(
+            context,
             kubernetes,
-            container,
-            previous,
-            reason,
-            verification_for(release_settings, check_db, check_redis, context.log),
-            context.log,
-        )
-        alert = release_failure(step_where(context, sha), reason, image_ref, outcome, previous)
-        send_step_alert(context, slack, alert)
-        metrics.push_deploy(
+            slack,
+            metrics,
             sha=sha,
-            success=False,
-            rolled_back=True,
-            rollback_healthy=outcome.healthy,
+            image=image_ref,
+            container=container,
+            previous=previous,
+            reason=reason,
+            verify=verification_for(release_settings, check_db, check_redis, context.log),
             rollout_s=rollout_s,
-            log=context.log,
         )
         raise dg.Failure(description=f"{reason}; {outcome.sentence()}") from None
     return dg.MaterializeResult(

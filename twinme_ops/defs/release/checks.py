@@ -5,9 +5,9 @@ from typing import Any
 
 import dagster as dg
 
-from twinme_ops.defs.alerts.hooks import send_step_alert, step_where
-from twinme_ops.defs.release.assets import API_DEPLOYMENT, CONTAINER_IMAGE
-from twinme_ops.lib.alerts import release_failure, release_success
+from twinme_ops.defs.alerts.hooks import step_where
+from twinme_ops.defs.release.assets import API_DEPLOYMENT, CONTAINER_IMAGE, roll_back_and_report
+from twinme_ops.lib.alerts import release_success
 from twinme_ops.lib.kube import KubernetesResource
 from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
@@ -15,7 +15,6 @@ from twinme_ops.lib.redis_snapshot import RedisResource
 from twinme_ops.lib.release import (
     ReleaseSettings,
     latest_metadata,
-    rollback,
     service_checks,
     verification_for,
 )
@@ -71,25 +70,20 @@ def deployment_verification(
         )
         return dg.AssetCheckResult(passed=True, description="verified", metadata=metadata)
     reason = f"verification of {sha[:12]} failed: {'; '.join(result.reasons)}"
-    outcome = rollback(
+    rollout_s = deployed.get("rollout_s")
+    outcome = roll_back_and_report(
+        context,
         kubernetes,
-        release_settings.container,
-        str(deployed.get("previous_image", "")),
-        reason,
-        verify,
-        context.log,
-    )
-    previous = str(deployed.get("previous_image", ""))
-    alert = release_failure(step_where(context, sha), reason, image_ref, outcome, previous)
-    send_step_alert(context, slack, alert)
-    metrics.push_deploy(
+        slack,
+        metrics,
         sha=sha,
-        success=False,
-        rolled_back=True,
-        rollback_healthy=outcome.healthy,
-        rollout_s=deployed.get("rollout_s"),
+        image=image_ref,
+        container=release_settings.container,
+        previous=str(deployed.get("previous_image", "")),
+        reason=reason,
+        verify=verify,
+        rollout_s=float(rollout_s) if rollout_s is not None else None,
         verification=result,
-        log=context.log,
     )
     metadata["rolled_back_to"] = outcome.rolled_back_to
     metadata["rollback_healthy"] = outcome.healthy
