@@ -18,6 +18,7 @@ from tests.slack_receiver import SlackReceiver
 from twinme_ops.definitions import build_definitions
 from twinme_ops.lib.artifacts import write_artifact
 from twinme_ops.lib.manifest import ManifestError, build_manifest
+from twinme_ops.lib.pgtools import pg_bin, pg_bin_dir
 from twinme_ops.lib.postgres import PostgresError, PostgresResource, snapshot_dump
 from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.lib.redact import redact, register_secret
@@ -187,3 +188,25 @@ def test_production_requires_its_variables(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("TWINME_ENV", "staging")
     with pytest.raises(ValueError, match="TWINME_ENV='staging' is not one of local, production"):
         build_definitions()
+
+
+def test_client_tools_come_from_twinme_pg_client_dir(
+    pg_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SSL-enabled client (the production image's PGDG one) replaces the wheel's pg_dump."""
+    client = tmp_path / "pg18" / "bin"
+    client.mkdir(parents=True)
+    calls = tmp_path / "calls.log"
+    for tool in ("pg_dump", "pg_restore", "psql"):
+        wrapper = client / tool
+        wrapper.write_text(f'#!/bin/sh\necho {tool} >> {calls}\nexec {pg_bin_dir() / tool} "$@"\n')
+        wrapper.chmod(0o755)
+    monkeypatch.setenv("TWINME_PG_CLIENT_DIR", str(client))
+    assert pg_bin("pg_dump") == str(client / "pg_dump")
+    assert pg_bin("initdb") == str(pg_bin_dir() / "initdb")  # scratch servers keep pgvector
+    with snapshot_dump(PostgresResource(url=pg_server.url("postgres"))) as (chunks, _facts):
+        assert sum(len(c) for c in chunks) > 0
+    assert calls.read_text().split() == ["pg_dump"]
+    monkeypatch.setenv("TWINME_PG_CLIENT_DIR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="TWINME_PG_CLIENT_DIR=.*18"):
+        pg_bin("pg_restore")

