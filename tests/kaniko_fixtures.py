@@ -394,6 +394,10 @@ class FakeBuildCluster:
                 },
             )
         else:
+            if self.mode == "deadline":
+                # as on a real cluster, the Job's condition lands a little after the kill: the
+                # builder must wait for it to name the cause
+                time.sleep(0.5)
             reason, message = (
                 ("DeadlineExceeded", "Job was active longer than specified deadline")
                 if self.mode == "deadline"

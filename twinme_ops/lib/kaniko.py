@@ -610,6 +610,20 @@ class KanikoImageBuilder(ImageBuilderResource):
             raise
         return job.status or client.V1JobStatus()
 
+    def _failed_job_status(
+        self, batch: client.BatchV1Api, name: str, status: Any, wait_s: float = 5.0
+    ) -> Any:
+        """The Job's status once it carries its ``Failed`` condition (or after ``wait_s``)."""
+        until = time.time() + wait_s
+        while True:
+            conditions = (status.conditions if status is not None else None) or []
+            if any(c.type == "Failed" and c.status == "True" for c in conditions):
+                return status
+            if status is None or time.time() > until:
+                return status
+            time.sleep(min(self.poll_interval_s, 0.2))
+            status = self._job_status(batch, name)
+
     def _pod_of(self, core: client.CoreV1Api, job: str) -> Any:
         pods: Any = self._retry(
             lambda: core.list_namespaced_pod(
@@ -662,6 +676,10 @@ class KanikoImageBuilder(ImageBuilderResource):
                     follower = _LogFollower(core, watch.pod.metadata.name, self.namespace)
                     follower.start()
                 if state is not None and state.terminated is not None:
+                    if state.terminated.exit_code != 0:
+                        # the Job controller records why (e.g. DeadlineExceeded) just after the
+                        # container ends: give it a moment, so the message names the real cause
+                        watch.job_status = self._failed_job_status(batch, name, watch.job_status)
                     break
                 status = watch.job_status
                 if status is None:
