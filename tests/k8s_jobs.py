@@ -22,27 +22,28 @@ JOBS = kmock.resource("batch/v1/jobs")
 PODS = kmock.resource("v1/pods")
 
 
+def add_job_and_pod_resources(km: Any) -> None:
+    """Declare ``batch/v1`` Jobs and ``v1`` Pods (with ``status`` and ``log``) on an emulator."""
+    km.resources[JOBS] = kmock.ResourceInfo(
+        kind="Job",
+        singular="job",
+        namespaced=True,
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+        subresources={"status"},
+    )
+    # dagster_k8s lists a Job's pods before deleting it (and deletes them too)
+    km.resources[PODS] = kmock.ResourceInfo(
+        kind="Pod",
+        singular="pod",
+        namespaced=True,
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+        subresources={"status", "log"},
+    )
+
+
 def declare_jobs(handle: EmulatorHandle) -> None:
     """Make the emulator serve ``batch/v1`` Jobs and ``v1`` Pods (create, read, list, delete)."""
-
-    def declare(km: Any) -> None:
-        km.resources[JOBS] = kmock.ResourceInfo(
-            kind="Job",
-            singular="job",
-            namespaced=True,
-            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-            subresources={"status"},
-        )
-        # dagster_k8s lists a Job's pods before deleting it (and deletes them too)
-        km.resources[PODS] = kmock.ResourceInfo(
-            kind="Pod",
-            singular="pod",
-            namespaced=True,
-            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-            subresources={"status", "log"},
-        )
-
-    handle.run_in_loop(declare)
+    handle.run_in_loop(add_job_and_pod_resources)
 
 
 def batch_api(kubeconfig: Path) -> client.BatchV1Api:

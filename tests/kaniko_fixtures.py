@@ -39,11 +39,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from tests.k8s_emulator import EmulatorHandle
+from tests.k8s_jobs import add_job_and_pod_resources
 
 BuildMode = Literal["success", "fail", "no-digest", "pull-error", "hang", "deadline"]
 
-JOBS = kmock.resource("batch/v1/jobs")
-PODS = kmock.resource("v1/pods")
 CONFIGMAPS = kmock.resource("v1/configmaps")
 SECRETS = kmock.resource("v1/secrets")
 EVENTS = kmock.resource("v1/events")
@@ -61,20 +60,7 @@ def declare_build_resources(handle: EmulatorHandle, logs: Any) -> None:
     pod log route served from ``logs(namespace, pod, follow)`` (an async generator of bytes)."""
 
     def declare(km: Any) -> None:
-        km.resources[JOBS] = kmock.ResourceInfo(
-            kind="Job",
-            singular="job",
-            namespaced=True,
-            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-            subresources={"status"},
-        )
-        km.resources[PODS] = kmock.ResourceInfo(
-            kind="Pod",
-            singular="pod",
-            namespaced=True,
-            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
-            subresources={"status", "log"},
-        )
+        add_job_and_pod_resources(km)
         for res, kind in ((CONFIGMAPS, "ConfigMap"), (SECRETS, "Secret"), (EVENTS, "Event")):
             km.resources[res] = kmock.ResourceInfo(
                 kind=kind,

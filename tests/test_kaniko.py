@@ -19,8 +19,8 @@ import pytest
 from kubernetes import client
 
 from tests.k8s_emulator import EmulatorHandle
+from tests.k8s_jobs import JOBS
 from tests.kaniko_fixtures import (
-    JOBS,
     BuildMode,
     FakeBuildCluster,
     api_client,
