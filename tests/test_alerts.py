@@ -116,12 +116,16 @@ def test_run_link_only_when_the_dagster_url_is_set(slack_receiver: SlackReceiver
     assert not [b for b in slack_receiver.payloads[1]["blocks"] if b["type"] == "actions"]
 
 
-def test_a_dagster_url_that_is_not_a_url_is_refused_at_load(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_dagster_url_that_is_not_a_url_drops_the_link_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A bad link setting must not stop the code location, and so the backups, from loading."""
     monkeypatch.setenv("TWINME_DAGSTER_URL", "dagster.internal:3000")
-    with pytest.raises(ValueError, match=r"TWINME_DAGSTER_URL='dagster.internal:3000' is not an"):
-        build_resources()
+    with caplog.at_level(logging.WARNING, logger="twinme_ops.slack"):
+        slack = build_resources()["slack"]
+    assert slack.dagster_url == ""
+    assert "TWINME_DAGSTER_URL='dagster.internal:3000' is not an http(s) URL" in caplog.text
+    assert "Fix:" in caplog.text
 
 
 def test_no_secret_reaches_slack_or_the_log(

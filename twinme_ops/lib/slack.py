@@ -148,11 +148,14 @@ class SlackNotifier(dg.ConfigurableResource):
         if isinstance(value, dg.EnvVar) or not value:
             return value
         if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
-            raise ValueError(
-                f"TWINME_DAGSTER_URL={value!r} is not an http(s) URL. Fix: set it to the Dagster "
-                "UI's base URL, e.g. https://dagster.example.com (alerts link to <it>/runs/<id>), "
-                "or unset it for alerts without a link."
+            # a bad link setting must not take the code location (and so the backups) down:
+            # alerts go out without the link, and the mistake is logged with its fix
+            _fallback_log.warning(
+                f"TWINME_DAGSTER_URL={redact(value)!r} is not an http(s) URL: alerts are sent "
+                "without a run link. Fix: set it to the Dagster UI's base URL, e.g. "
+                "https://dagster.example.com (alerts link to <it>/runs/<id>), or unset it."
             )
+            return ""
         return value
 
     def render(self, message: str | Alert) -> tuple[str, list[dict[str, Any]] | None]:
