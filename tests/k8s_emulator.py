@@ -38,6 +38,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -421,6 +422,28 @@ class DeploymentController:
                 ),
             )
         # "slow": the new pods never become available
+
+
+@contextmanager
+def stuck_once(controller: DeploymentController) -> Iterator[None]:
+    """The next rollout misses its deadline; after that the controller is healthy again, so the
+    rollback to the previous image completes (what a bad release followed by a rollback sees)."""
+    controller.mode = "stuck"
+    stop = threading.Event()
+
+    def heal_once_the_new_rollout_is_stuck() -> None:
+        while not stop.wait(0.05):
+            if any(mode == "stuck" for _, mode in controller.seen):
+                controller.mode = "healthy"
+                return
+
+    watcher = threading.Thread(target=heal_once_the_new_rollout_is_stuck, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join(5)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 from base64 import b64encode
@@ -26,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api_app import ControlledApp
 from tests.backup_helpers import read_manifest, run_backup, run_text, store_for
-from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController
+from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController, stuck_once
 from tests.slack_receiver import SlackReceiver
 from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
 from twinme_ops.defs.release.checks import deployment_verification
@@ -490,23 +489,8 @@ def test_a_stuck_rollout_pushes_its_rollback(
     redis_server: RedisServer,
     gateway: Gateway,
 ) -> None:
-    deployment_controller.mode = "stuck"
-    stop = threading.Event()
-
-    def heal_once_the_new_rollout_is_stuck() -> None:
-        # the new version's rollout fails its deadline, then the previous image rolls out fine
-        while not stop.wait(0.05):
-            if any(mode == "stuck" for _, mode in deployment_controller.seen):
-                deployment_controller.mode = "healthy"
-                return
-
-    watcher = threading.Thread(target=heal_once_the_new_rollout_is_stuck, daemon=True)
-    watcher.start()
-    try:
+    with stuck_once(deployment_controller):
         result = _release(k8s_emulator[0], app, slack_receiver, pg_server, redis_server, gateway)
-    finally:
-        stop.set()
-        watcher.join(5)
     assert not result.success
     assert KubernetesResource(kubeconfig=str(k8s_emulator[0])).current_image("api") == (
         INITIAL_IMAGE

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import dagster as dg
 import pytest
 
 from tests.api_app import ControlledApp
-from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController
+from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController, stuck_once
 from tests.slack_receiver import SlackReceiver
 from twinme_ops.defs.alerts.hooks import slack_on_failure
 from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
@@ -111,23 +110,8 @@ def test_rollout_past_its_deadline_rolls_back(
     pg_server: PostgresServer,
     redis_server: RedisServer,
 ) -> None:
-    deployment_controller.mode = "stuck"
-    stop = threading.Event()
-
-    def heal_once_the_new_rollout_is_stuck() -> None:
-        # the controller fails the new version's rollout, then rolls the previous image out
-        while not stop.wait(0.05):
-            if any(mode == "stuck" for _, mode in deployment_controller.seen):
-                deployment_controller.mode = "healthy"
-                return
-
-    watcher = threading.Thread(target=heal_once_the_new_rollout_is_stuck, daemon=True)
-    watcher.start()
-    try:
+    with stuck_once(deployment_controller):
         result, kube = _deploy(k8s_emulator[0], app, slack_receiver, pg_server, redis_server)
-    finally:
-        stop.set()
-        watcher.join(5)
     assert not result.success
     assert kube.current_image("api") == INITIAL_IMAGE
     (alert,) = [m for m in slack_receiver.messages if "FAILED" in m]
