@@ -10,13 +10,9 @@ Set ``TWINME_UI_SCREENSHOT_DIR`` to keep the screenshot (``asset-graph.png``) so
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import signal
 import struct
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -30,13 +26,13 @@ import pytest
 from dagster import DagsterRunStatus
 
 from tests.dagster_dev import LOCATION_NAME, DagsterDev
+from tests.headless_chromium import open_page
 from twinme_ops.definitions import build_definitions
 from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS, backup_partitions
 from twinme_ops.defs.backups.checks import DRILL_CHECK
 
 RUN_TIMEOUT_S = 360.0  # with the 180 s start-up, inside pytest-timeout's 600 s per test
 WINDOW = (1600, 1000)
-CHROMIUM_BUDGET_MS = 15000
 # the page of the backups group: its lineage graph, with each asset's latest event and checks
 GRAPH_PATH = f"/locations/{LOCATION_NAME}/asset-groups/backups"
 
@@ -156,58 +152,6 @@ def numbers(entries: list[dict[str, Any]]) -> dict[str, tuple[str, float]]:
         elif entry["__typename"] == "FloatMetadataEntry":
             out[entry["label"]] = ("FloatMetadataEntry", float(entry["floatValue"]))
     return out
-
-
-def chromium() -> str:
-    """Debian's Chromium: the CI installs it (apt-get install chromium); fail loudly without."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.fail(
-            "chromium not found on PATH: install Debian's chromium (apt-get install chromium), "
-            "the UI test drives it headless"
-        )
-    return path
-
-
-def run_chromium(url: str, profile: Path, action: list[str], timeout: float = 180) -> str:
-    """One headless Chromium call with a fresh profile; its stdout. Its processes end with it."""
-    command = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",  # root in CI containers
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}",
-        # virtual time runs the JS app (GraphQL fetches, layout) to completion before capture
-        f"--virtual-time-budget={CHROMIUM_BUDGET_MS}",
-        *action,
-        url,
-    ]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"chromium did not finish within {timeout:.0f} s on {url}")
-    finally:
-        # renderer or GPU helpers must not outlive the call
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, f"chromium failed ({proc.returncode}): {err.decode()[-2000:]}"
-    return out.decode(errors="replace")
 
 
 def png_facts(path: Path) -> tuple[int, int, int]:
@@ -447,23 +391,26 @@ def test_asset_graph_renders_in_headless_chromium(
     png = out_dir / "asset-graph.png"
     png.unlink(missing_ok=True)
 
+    names = [key.path[-1] for key in BACKUP_ASSET_KEYS]
+
+    def rendered(html: str) -> bool:
+        # every backup asset is a node of the graph, and backup_set shows its passed drill
+        return all(name in html for name in names) and "Passed" in html
+
     t0 = time.monotonic()
-    run_chromium(url, tmp_path / "profile-shot", [f"--screenshot={png}"])
+    with open_page(url, tmp_path / "profile", WINDOW) as page:
+        html = page.wait_for("the backup assets with backup_set's drill passed", rendered)
+        # the layout settles (edges, fonts) a moment after the data arrives
+        time.sleep(1.0)
+        page.screenshot(png)
     print(f"asset graph screenshot: {png} ({time.monotonic() - t0:.1f} s)")
+    assert "Join the Dagster community" not in html
     width, height, colours = png_facts(png)
     assert (width, height) == WINDOW
     # measured at 1600x1000: a blank page has 1 colour, the app shell still "Loading
     # twinme_ops..." about 850 (antialiased navigation text), the rendered graph (node cards,
     # edges, kind badges, check status) about 2,800
     assert colours > 1500, f"{png} looks blank or still loading ({colours} colours)"
-
-    # the same page's DOM after the app rendered: every backup asset is a node of the graph, and
-    # backup_set shows its passed drill
-    dom = run_chromium(url, tmp_path / "profile-dom", ["--dump-dom"])
-    for key in BACKUP_ASSET_KEYS:
-        assert key.path[-1] in dom, f"{key.path[-1]} missing from the rendered asset graph"
-    assert "Passed" in dom, "backup_set's restore_drill check is not shown as passed"
-    assert "Join the Dagster community" not in dom
 
 
 _EXPOSURE_QUERY = """
