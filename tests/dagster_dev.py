@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from dagster_graphql import DagsterGraphQLClient
 
 from tests.slack_receiver import SlackReceiver
@@ -225,16 +225,21 @@ def start_dagster_dev(
     *,
     backup_dir: Path,
     slack: SlackReceiver | None = None,
+    instance_overrides: dict[str, Any] | None = None,
     timeout: float = STARTUP_TIMEOUT_S,
 ) -> DagsterDev:
     """Start ``dagster dev -w workspace.yaml`` on a free port and wait until it is usable.
 
     Usable means: GraphQL answers, the ``twinme_ops`` code location is loaded, and every required
     daemon (scheduler, sensors, run queue) reports healthy. Raises with the log's tail otherwise.
+    ``instance_overrides`` replaces top-level sections of the repo's ``dagster.yaml`` (e.g. a
+    faster ``run_monitoring`` poll for a test).
     """
     dagster_home = workdir / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    instance = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    instance.update(instance_overrides or {})
+    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(instance))
     env = {k: v for k, v in os.environ.items() if k not in _ISOLATED_VARS}
     env.update(env_overrides)
     env["DAGSTER_HOME"] = str(dagster_home)

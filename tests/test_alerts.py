@@ -26,10 +26,13 @@ from tests.slack_receiver import SlackReceiver
 from tests.test_drill import run_drill_job
 from tests.test_recovery import _recover, production  # noqa: F401 (fixture)
 from twinme_ops.definitions import build_definitions
-from twinme_ops.defs.alerts.sensors import slack_on_run_failure_sensor
+from twinme_ops.defs.alerts.sensors import (
+    slack_on_run_canceled_sensor,
+    slack_on_run_failure_sensor,
+)
 from twinme_ops.defs.backups.retention import backup_retention, retention_job
 from twinme_ops.defs.resources import build_resources
-from twinme_ops.lib.alerts import ALERTED_TAG, Where, release_failure
+from twinme_ops.lib.alerts import ALERTED_TAG, Where, release_failure, step_failure
 from twinme_ops.lib.redact import register_secret
 from twinme_ops.lib.release import RollbackOutcome
 from twinme_ops.lib.slack import SlackNotifier, retry_after_seconds
@@ -348,3 +351,48 @@ def test_a_step_failure_no_hook_reported_is_alerted_by_the_sensor(
     assert "Error: retention could not read the store" in alert
     assert "Last good set: unknown: the backup store could not be read" in alert
     assert f"{DAGSTER_URL}/runs/{result.run_id}" in alert
+
+
+def test_a_run_canceled_while_queued_is_reported_as_nothing_changed(
+    tmp_path: Path, slack_receiver: SlackReceiver
+) -> None:
+    # a queued recovery someone thought better of: no step ran, production is untouched
+    defs = build_definitions()
+    slack = _fast(slack_receiver, dagster_url=DAGSTER_URL)
+    store = BackupStore(url=f"file://{tmp_path}/backups")
+    with dg.instance_for_test() as instance:
+        config = {"ops": {"recovery_preflight": {"config": {"set_id": BAD_SET}}}}
+        run = instance.create_run_for_job(defs.resolve_job_def("recover_job"), run_config=config)
+        instance.report_run_canceling(run, message="Sending run termination request.")
+        instance.report_run_canceled(run)
+        record = instance.get_records_for_run(
+            run_id=run.run_id, of_type=dg.DagsterEventType.RUN_CANCELED
+        ).records[-1]
+        event = record.event_log_entry.dagster_event
+        assert event is not None
+        canceled = instance.get_run_by_id(run.run_id)
+        assert canceled is not None and canceled.status == dg.DagsterRunStatus.CANCELED
+        with dg.build_run_status_sensor_context(
+            sensor_name="slack_on_run_canceled_sensor",
+            dagster_event=event,
+            dagster_instance=instance,
+            dagster_run=canceled,
+            resources={"slack": slack, "backup_store": store},
+        ) as context:
+            verdict = slack_on_run_canceled_sensor(context)
+    assert isinstance(verdict, dg.SkipReason) and "alerted" in (verdict.skip_message or "")
+    (alert,) = slack_receiver.messages
+    assert alert.splitlines()[0] == ":warning: TwinMe recover_job CANCELED — before any step ran"
+    assert "Error: stopped: the run was terminated (from the UI or the GraphQL API)" in alert
+    assert "Next: Nothing was changed by this run" in alert
+    assert f"Run: {DAGSTER_URL}/runs/{run.run_id}" in alert
+
+
+def test_a_release_stopped_mid_rollout_says_it_was_not_rolled_back() -> None:
+    # its own failures roll back; a release terminated from outside does not
+    where = Where("release_job", "0123456789abcdef", "api_deployment", "", "9f3c2a1b" * 5)
+    stopped = step_failure(where, "stopped: the run was terminated", canceled=True)
+    failed = step_failure(where, "rollout failed")
+    assert stopped.severity == "warning" and "CANCELED" in stopped.headline
+    assert "NOT rolled back" in stopped.advice and "twinme-ops rollback" in stopped.advice
+    assert "NOT rolled back" not in failed.advice and "FAILED" in failed.headline

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from twinme_ops.defs.alerts.sensors import backup_freshness_sensor, slack_on_run_failure_sensor
+from twinme_ops.defs.alerts.sensors import (
+    backup_freshness_sensor,
+    slack_on_run_canceled_sensor,
+    slack_on_run_failure_sensor,
+)
 from twinme_ops.defs.backups.assets import backup_assets
 from twinme_ops.defs.backups.checks import restore_drill
 from twinme_ops.defs.backups.jobs import nightly_backup_job, restore_drill_job
@@ -42,7 +46,12 @@ def build_definitions() -> dg.Definitions:
             retention_schedule,
             database_tuning_schedule,
         ],
-        sensors=[backup_freshness_sensor, slack_on_run_failure_sensor, git_push_sensor],
+        sensors=[
+            backup_freshness_sensor,
+            slack_on_run_failure_sensor,
+            slack_on_run_canceled_sensor,
+            git_push_sensor,
+        ],
         resources=build_resources(),
     )
 

@@ -1,4 +1,4 @@
-"""Where a heavy job's work runs on Kubernetes: pod resources and the step-pod executor switch.
+"""Where and how long a job's work runs: pod resources, the step-pod executor switch, run limits.
 
 Every heavy job carries a ``dagster-k8s/config`` tag with its container resources: the
 ``K8sRunLauncher`` gives them to the job's run pod. Jobs whose steps exchange nothing but state in
@@ -26,6 +26,8 @@ from dagster_k8s import K8sRunLauncher, k8s_job_executor
 from kubernetes.utils import parse_quantity
 
 K8S_CONFIG_TAG = "dagster-k8s/config"
+# read by Dagster's run monitoring (enabled in dagster.yaml and the Helm values)
+MAX_RUNTIME_TAG = "dagster/max_runtime"
 K8S_EXECUTOR_VAR = "TWINME_K8S_EXECUTOR"
 _RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
 _TRUE = ("1", "true", "yes", "on")
@@ -71,6 +73,18 @@ class PodResources:
     def tags(self) -> dict[str, str]:
         """Job tags that give the run pod these resources (the ``K8sRunLauncher`` reads them)."""
         return {K8S_CONFIG_TAG: json.dumps(self.k8s_config(), sort_keys=True)}
+
+
+def max_runtime(hours: float) -> dict[str, str]:
+    """Job tag: run monitoring fails a run still going after ``hours``, which alerts Slack.
+
+    A backup waiting forever on a lock, or a drill stuck on a full disk, then wakes someone that
+    night instead of the freshness alert a day later. A launch may override it with its own
+    ``dagster/max_runtime`` tag (seconds), e.g. for a first backup of a very large database.
+    """
+    if not hours > 0:
+        raise ValueError(f"max runtime must be positive, got {hours} h")
+    return {MAX_RUNTIME_TAG: str(round(hours * 3600))}
 
 
 def step_pods_enabled() -> bool:

@@ -100,6 +100,16 @@ ADVICE = {
     "check the Deployment and the services.",
 }
 _DEFAULT_ADVICE = "Fix the cause, then re-run the job."
+# a step stopped from outside (its run terminated) leaves what its own failure would not: a
+# release's failures roll back by themselves, a stopped release does not
+CANCELED_ADVICE = {
+    **ADVICE,
+    "api_deployment": "The rollout was stopped halfway and NOT rolled back: check the API now "
+    "(Deployment, /health), and run `twinme-ops rollback` if the new version is unhealthy.",
+    "api_deployment_deployment_verification": "The new version is deployed but its verification "
+    "was stopped, and nothing was rolled back: run deployment_tests_job, or `twinme-ops "
+    "rollback`.",
+}
 
 # why Dagster says a run failed (tag dagster/failure_reason), in words, when no step reported it
 _RUN_FAILURE_REASONS = {
@@ -341,11 +351,14 @@ def step_failure(
     facts: Sequence[Fact] = (),
     advice: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    canceled: bool = False,
 ) -> Alert:
     """A step of a job failed: the component, the set or commit, the error, what to do.
 
     ``metadata`` is the failing step's ``dg.Failure`` metadata: it adds the facts of
     :func:`failure_facts`, and names the set when the job itself is not partitioned (a drill).
+    ``canceled``: the step was stopped because its run was terminated (a warning, not a failure;
+    the advice still says what state the step leaves behind).
     """
     values = _plain(metadata)
     set_id = values.get("set_id")
@@ -357,12 +370,15 @@ def step_failure(
     label = STEP_LABELS.get(where.step, where.step)
     subject = where.subject()
     return Alert(
-        headline=f"TwinMe {where.job} FAILED — component: {label} (step {where.step})"
-        + (f", {subject}" if subject else ""),
+        headline=f"TwinMe {where.job} {'CANCELED' if canceled else 'FAILED'} — component: "
+        f"{label} (step {where.step})" + (f", {subject}" if subject else ""),
+        severity="warning" if canceled else "failure",
         where=where,
         error=error,
         facts=[*facts, *failure_facts(metadata)],
-        advice=advice if advice is not None else ADVICE.get(where.step, _DEFAULT_ADVICE),
+        advice=advice
+        if advice is not None
+        else (CANCELED_ADVICE if canceled else ADVICE).get(where.step, _DEFAULT_ADVICE),
     )
 
 
@@ -377,6 +393,20 @@ def run_failure(where: Where, reason: str | None, error: str, facts: Sequence[Fa
         facts=list(facts),
         advice="No step reported this failure: read the run's event log in Dagster (launcher, "
         "pod events, code location), fix the cause, then re-execute the run.",
+    )
+
+
+def run_canceled(where: Where, reason: str, facts: Sequence[Fact] = ()) -> Alert:
+    """A run was canceled before any of its steps ran."""
+    subject = where.subject()
+    return Alert(
+        headline=f"TwinMe {where.job} CANCELED — before any step ran"
+        + (f", {subject}" if subject else ""),
+        severity="warning",
+        where=where,
+        error=reason,
+        facts=list(facts),
+        advice="Nothing was changed by this run. Launch it again if it is still needed.",
     )
 
 

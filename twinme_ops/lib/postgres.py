@@ -7,6 +7,7 @@ transaction that exported it, so the counts a restore drill checks are exactly w
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import tempfile
 import threading
@@ -217,10 +218,11 @@ def snapshot_dump(
             f"--dbname={pg.tool_dsn()}",
             *(extra_args or []),
         ]
+        # a name of its own, so that an aborted dump's server session can be found and ended
+        app_name = f"twinme_ops pg_dump {secrets.token_hex(4)}"
+        env = {**pg.tool_env(), "PGAPPNAME": app_name}
         with tempfile.TemporaryFile() as stderr:
-            proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=stderr, env=pg.tool_env(), bufsize=0
-            )
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, bufsize=0)
 
             def chunks() -> Iterator[bytes]:
                 assert proc.stdout is not None
@@ -242,14 +244,46 @@ def snapshot_dump(
 
             try:
                 yield chunks(), facts
+            except BaseException:
+                # failed, or interrupted (a run terminated at its max runtime): stop the work on
+                # the server too, or it waits on (and later takes) locks for nobody
+                _abort_dump(pg, proc, conn, counter, app_name)
+                raise
             finally:
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait()
                 counter.join(timeout=30)
-                if not conn.closed:
+                if not conn.closed and not counter.is_alive():
                     with suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
+
+
+def _abort_dump(
+    pg: PostgresResource,
+    proc: subprocess.Popen[bytes],
+    conn: psycopg.Connection[Any],
+    counter: threading.Thread,
+    app_name: str,
+) -> None:
+    """End an unfinished dump on both sides: pg_dump, its server session, the row counts.
+
+    A killed client's server session lives on while it waits (on a lock, say): the server only
+    notices the client is gone when it next writes to it. So the session is terminated by its
+    application name (a role may end its own sessions), and the row-count query is cancelled.
+    """
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    with suppress(psycopg.Error, PostgresError), pg.get_connection(autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (app_name,),
+        )
+    if counter.is_alive():
+        with suppress(psycopg.Error):
+            conn.cancel_safe(timeout=10)
 
 
 def dump_error_message(pg: PostgresResource, code: int, stderr: bytes) -> str:

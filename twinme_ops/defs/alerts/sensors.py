@@ -18,6 +18,7 @@ from twinme_ops.lib.alerts import (
     backups_stale,
     first_line,
     last_good_set,
+    run_canceled,
     run_failure,
     step_failure,
 )
@@ -61,6 +62,29 @@ def backup_freshness_sensor(
     return dg.SkipReason(f"alerted: {status.message}")
 
 
+def _termination_reason(instance: dg.DagsterInstance, run_id: str) -> str:
+    """Why a run's steps were interrupted: its max runtime, or someone terminated it ("" if not).
+
+    Dagster runs no failure hook for an interrupted step, and the step's error only names the
+    interruption; the reason is in the run's canceling events (run monitoring writes "Canceling
+    due to exceeding maximum runtime of N seconds.", a termination from the UI or the API only
+    "Sending run termination request.").
+    """
+    records = instance.get_records_for_run(
+        run_id=run_id, of_type=dg.DagsterEventType.RUN_CANCELING
+    ).records
+    reasons = [r.event_log_entry.message or "" for r in records]
+    timeout = next((m for m in reasons if "maximum runtime" in m), "")
+    if timeout:
+        return first_line(
+            f"stopped: {timeout.rstrip('.')} (the job's dagster/max_runtime tag). Something made "
+            "it hang: a lock, an unreachable server, a full disk"
+        )
+    if reasons:
+        return "stopped: the run was terminated (from the UI or the GraphQL API)"
+    return ""
+
+
 def _run_failure_alert(context: dg.RunFailureSensorContext, backup_store: BackupStore) -> Alert:
     run = context.dagster_run
     facts: list[Fact] = [last_good_set(backup_store)] if run.job_name in BACKUP_JOBS else []
@@ -71,6 +95,8 @@ def _run_failure_alert(context: dg.RunFailureSensorContext, backup_store: Backup
         data = event.step_failure_data
         user = data.user_failure_data
         error = first_line(user.description) if user and user.description else ""
+        if not error and data.error and data.error.cls_name == "DagsterExecutionInterruptedError":
+            error = _termination_reason(context.instance, run.run_id)
         if not error and data.error:
             # "package.module.SomeError: text" -> "SomeError: text"
             error = first_line(re.sub(r"^[\w.]*\.(\w+: )", r"\1", data.error.message))
@@ -117,3 +143,41 @@ def slack_on_run_failure_sensor(
     delivered = slack.send(alert, log=context.log)
     verb = "alerted" if delivered else "alert not delivered (see the log)"
     return dg.SkipReason(f"run {run.run_id[:8]} of {run.job_name}: {verb}")
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.CANCELED,
+    name="slack_on_run_canceled_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Tells Slack when a run of this code location was terminated (from the UI or the API) "
+        "before it finished: which step was stopped and what that leaves behind (a backup set "
+        "without a manifest, a recovery half done, a rollout not rolled back). Runs stopped at "
+        "their max runtime are failures, reported by slack_on_run_failure_sensor."
+    ),
+)
+def slack_on_run_canceled_sensor(
+    context: dg.RunStatusSensorContext, slack: SlackNotifier, backup_store: BackupStore
+) -> dg.SkipReason:
+    run = context.dagster_run
+    reason = _termination_reason(context.instance, run.run_id) or "stopped: the run was canceled"
+    try:
+        facts = [last_good_set(backup_store)] if run.job_name in BACKUP_JOBS else []
+    except Exception as exc:  # still tell someone
+        context.log.warning(f"last good set unknown: {redact(exc)}")
+        facts = []
+    stopped = [
+        r.event_log_entry.dagster_event.step_key
+        for r in context.instance.get_records_for_run(
+            run_id=run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
+        ).records
+        if r.event_log_entry.dagster_event is not None
+    ]
+    where = Where.from_tags(run.job_name, run.run_id, run.tags, step=(stopped or [""])[0] or "")
+    if where.step:
+        alert = step_failure(where, reason, facts, canceled=True)
+    else:
+        alert = run_canceled(where, reason, facts)
+    delivered = slack.send(alert, log=context.log)
+    verb = "alerted" if delivered else "alert not delivered (see the log)"
+    return dg.SkipReason(f"canceled run {run.run_id[:8]} of {run.job_name}: {verb}")

@@ -8,7 +8,7 @@ from pydantic import Field
 from twinme_ops.defs.alerts.hooks import slack_on_backup_failure
 from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS, backup_set
 from twinme_ops.defs.backups.checks import DRILL_CHECK, drill_metadata, drill_set
-from twinme_ops.defs.executors import PodResources, step_pod_executor
+from twinme_ops.defs.executors import PodResources, max_runtime, step_pod_executor
 from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.drill import newest_complete_set
 from twinme_ops.lib.metrics import MetricsResource
@@ -35,7 +35,8 @@ nightly_backup_job = dg.define_asset_job(
         "last: a set without it is not a backup; a set whose drill failed makes the run fail."
     ),
     hooks={slack_on_backup_failure},
-    tags={"twinme/operation": "backup", **BACKUP_POD.tags()},
+    # three dumps then the drill of the set: far beyond this, something hangs (a lock, a mount)
+    tags={"twinme/operation": "backup", **BACKUP_POD.tags(), **max_runtime(4)},
     # the steps share only the backup store: each may run in its own pod
     executor_def=step_pod_executor(BACKUP_POD),
 )
@@ -93,7 +94,7 @@ def restore_drill_op(
         "check. Fails (and alerts) when the set does not restore."
     ),
     hooks={slack_on_backup_failure},
-    tags={"twinme/operation": "drill", **DRILL_POD.tags()},
+    tags={"twinme/operation": "drill", **DRILL_POD.tags(), **max_runtime(3)},
     executor_def=step_pod_executor(DRILL_POD),
 )
 def restore_drill_job() -> None:

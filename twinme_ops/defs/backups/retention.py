@@ -11,6 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from twinme_ops.defs.backups.assets import backup_set
+from twinme_ops.defs.executors import max_runtime
 from twinme_ops.lib.redact import redact
 from twinme_ops.lib.retention import (
     RetentionPolicy,
@@ -148,7 +149,7 @@ retention_job = dg.define_asset_job(
         "abandoned backup sets, keeps the recent, daily/weekly/monthly and verified ones, "
         "reports unreadable ones. Set dry_run: true in the run config to preview."
     ),
-    tags={"twinme/operation": "retention"},
+    tags={"twinme/operation": "retention", **max_runtime(1)},
 )
 
 retention_schedule = dg.ScheduleDefinition(

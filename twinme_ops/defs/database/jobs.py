@@ -3,7 +3,7 @@
 import dagster as dg
 
 from twinme_ops.defs.alerts.hooks import slack_on_failure
-from twinme_ops.defs.executors import PodResources, step_pod_executor
+from twinme_ops.defs.executors import PodResources, max_runtime, step_pod_executor
 
 # SQL and Redis commands only: the servers do the work
 TUNING_POD = PodResources(
@@ -21,7 +21,8 @@ database_tuning_job = dg.define_asset_job(
         "affected assets."
     ),
     hooks={slack_on_failure},
-    tags={"twinme/operation": "tuning", **TUNING_POD.tags()},
+    # index builds are bounded by their own statement_timeout (30 min each)
+    tags={"twinme/operation": "tuning", **TUNING_POD.tags(), **max_runtime(3)},
     # the steps share only the servers they tune: each may run in its own pod
     executor_def=step_pod_executor(TUNING_POD),
 )

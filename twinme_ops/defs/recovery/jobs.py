@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from twinme_ops.defs.alerts.hooks import slack_on_failure, step_where
-from twinme_ops.defs.executors import PodResources
+from twinme_ops.defs.executors import PodResources, max_runtime
 from twinme_ops.defs.resources import twinme_env
 from twinme_ops.lib.alerts import recovery_success
 from twinme_ops.lib.backup import Sources, backup_all
@@ -256,6 +256,8 @@ RECOVERY_POD = PodResources(
         "twinme/api-change": "recovery",
         # a recovery whose pod died is resumed by a person who has looked, never retried alone
         "dagster/max_retries": "0",
+        # and no max runtime: killing a recovery halfway leaves production half restored; its
+        # operator watches it and decides
         **RECOVERY_POD.tags(),
     },
     hooks={slack_on_failure},
@@ -326,7 +328,7 @@ def deployment_tests(
         "probes, SELECT 1, PING and the load test with the spec's gates. Changes nothing; use it "
         "after a manual change, a recovery, or an incident to prove production is healthy."
     ),
-    tags={"twinme/operation": "deployment-tests"},
+    tags={"twinme/operation": "deployment-tests", **max_runtime(0.5)},
     hooks={slack_on_failure},
 )
 def deployment_tests_job() -> None:

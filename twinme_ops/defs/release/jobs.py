@@ -3,7 +3,7 @@
 import dagster as dg
 
 from twinme_ops.defs.alerts.hooks import slack_on_failure
-from twinme_ops.defs.executors import PodResources
+from twinme_ops.defs.executors import PodResources, max_runtime
 
 # npm ci and the app's tests, a buildah build, then a locust load test
 RELEASE_POD = PodResources(
@@ -15,7 +15,13 @@ release_job = dg.define_asset_job(
     "release_job",
     selection=dg.AssetSelection.groups("release"),
     # one pod for the whole run (no step pods): the steps share the checkout on its disk
-    tags={"twinme/operation": "release", "twinme/api-change": "release", **RELEASE_POD.tags()},
+    tags={
+        "twinme/operation": "release",
+        "twinme/api-change": "release",
+        **RELEASE_POD.tags(),
+        # a hung release holds the one api-change slot: no other release or recovery can start
+        **max_runtime(1),
+    },
     hooks={slack_on_failure},
     description=(
         "Release one commit: check it out, run the application's tests, then (as the release "
