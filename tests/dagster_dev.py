@@ -301,15 +301,17 @@ def _wait_ready(dev: DagsterDev, timeout: float) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def dagster_dev(
-    sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def sandbox_dagster_dev(
+    sandbox: SandboxInfo,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    instance_overrides: dict[str, Any] | None = None,
 ) -> Iterator[DagsterDev]:
     """``dagster dev`` on the shared sandbox, a fresh backup store and a Slack receiver.
 
-    Fails the teardown if any process of its group survived SIGTERM (they are SIGKILLed anyway).
+    Fails on exit if any process of its group survived SIGTERM (they are SIGKILLed anyway).
     """
-    workdir = tmp_path_factory.mktemp("dagster-dev")
     backup_dir = workdir / "backups"
     slack = SlackReceiver()
     env = {
@@ -317,9 +319,12 @@ def dagster_dev(
         "TWINME_HOME": str(sandbox.home),
         "TWINME_BACKUP_URL": f"file://{backup_dir}",
         "SLACK_WEBHOOK_URL": slack.url,
+        **(extra_env or {}),
     }
     try:
-        dev = start_dagster_dev(workdir, env, backup_dir=backup_dir, slack=slack)
+        dev = start_dagster_dev(
+            workdir, env, backup_dir=backup_dir, slack=slack, instance_overrides=instance_overrides
+        )
     except BaseException:
         slack.close()
         raise
@@ -329,3 +334,12 @@ def dagster_dev(
         survivors = dev.stop()
         slack.close()
         assert not survivors, f"processes of dagster dev survived SIGTERM: {survivors}"
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(
+    sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DagsterDev]:
+    """:func:`sandbox_dagster_dev` with the repo's ``dagster.yaml``, for one test module."""
+    with sandbox_dagster_dev(sandbox, tmp_path_factory.mktemp("dagster-dev")) as dev:
+        yield dev

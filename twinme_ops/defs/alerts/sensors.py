@@ -85,6 +85,16 @@ def _termination_reason(instance: dg.DagsterInstance, run_id: str) -> str:
     return ""
 
 
+def _deliver(
+    context: dg.RunStatusSensorContext, slack: SlackNotifier, alert: Alert, what: str
+) -> dg.SkipReason:
+    """Send the alert; the tick's skip reason says whether Slack took it."""
+    delivered = slack.send(alert, log=context.log)
+    return dg.SkipReason(
+        f"{what}: {'alerted' if delivered else 'alert not delivered (see the log)'}"
+    )
+
+
 def _run_failure_alert(context: dg.RunFailureSensorContext, backup_store: BackupStore) -> Alert:
     run = context.dagster_run
     facts: list[Fact] = [last_good_set(backup_store)] if run.job_name in BACKUP_JOBS else []
@@ -140,9 +150,7 @@ def slack_on_run_failure_sensor(
     except Exception as exc:  # still tell someone, with what is known for sure
         context.log.warning(f"run failure alert built without details: {redact(exc)}")
         alert = run_failure(Where.from_tags(run.job_name, run.run_id, run.tags), None, "")
-    delivered = slack.send(alert, log=context.log)
-    verb = "alerted" if delivered else "alert not delivered (see the log)"
-    return dg.SkipReason(f"run {run.run_id[:8]} of {run.job_name}: {verb}")
+    return _deliver(context, slack, alert, f"run {run.run_id[:8]} of {run.job_name}")
 
 
 @dg.run_status_sensor(
@@ -161,11 +169,7 @@ def slack_on_run_canceled_sensor(
 ) -> dg.SkipReason:
     run = context.dagster_run
     reason = _termination_reason(context.instance, run.run_id) or "stopped: the run was canceled"
-    try:
-        facts = [last_good_set(backup_store)] if run.job_name in BACKUP_JOBS else []
-    except Exception as exc:  # still tell someone
-        context.log.warning(f"last good set unknown: {redact(exc)}")
-        facts = []
+    facts = [last_good_set(backup_store)] if run.job_name in BACKUP_JOBS else []
     stopped = [
         r.event_log_entry.dagster_event.step_key
         for r in context.instance.get_records_for_run(
@@ -178,6 +182,4 @@ def slack_on_run_canceled_sensor(
         alert = step_failure(where, reason, facts, canceled=True)
     else:
         alert = run_canceled(where, reason, facts)
-    delivered = slack.send(alert, log=context.log)
-    verb = "alerted" if delivered else "alert not delivered (see the log)"
-    return dg.SkipReason(f"canceled run {run.run_id[:8]} of {run.job_name}: {verb}")
+    return _deliver(context, slack, alert, f"canceled run {run.run_id[:8]} of {run.job_name}")
