@@ -396,3 +396,7 @@ def test_a_release_stopped_mid_rollout_says_it_was_not_rolled_back() -> None:
     assert stopped.severity == "warning" and "CANCELED" in stopped.headline
     assert "NOT rolled back" in stopped.advice and "twinme-ops rollback" in stopped.advice
     assert "NOT rolled back" not in failed.advice and "FAILED" in failed.headline
+    # stopped at its max runtime: a failure, with what the stop leaves behind
+    timed_out = step_failure(where, "stopped: exceeding maximum runtime", stopped=True)
+    assert "FAILED" in timed_out.headline and timed_out.severity == "failure"
+    assert "NOT rolled back" in timed_out.advice

@@ -100,9 +100,9 @@ ADVICE = {
     "check the Deployment and the services.",
 }
 _DEFAULT_ADVICE = "Fix the cause, then re-run the job."
-# a step stopped from outside (its run terminated) leaves what its own failure would not: a
-# release's failures roll back by themselves, a stopped release does not
-CANCELED_ADVICE = {
+# a step stopped from outside (its run terminated, or past its max runtime) leaves what its own
+# failure would not: a release's failures roll back by themselves, a stopped release does not
+STOPPED_ADVICE = {
     **ADVICE,
     "api_deployment": "The rollout was stopped halfway and NOT rolled back: check the API now "
     "(Deployment, /health), and run `twinme-ops rollback` if the new version is unhealthy.",
@@ -351,14 +351,16 @@ def step_failure(
     facts: Sequence[Fact] = (),
     advice: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    stopped: bool = False,
     canceled: bool = False,
 ) -> Alert:
     """A step of a job failed: the component, the set or commit, the error, what to do.
 
     ``metadata`` is the failing step's ``dg.Failure`` metadata: it adds the facts of
     :func:`failure_facts`, and names the set when the job itself is not partitioned (a drill).
-    ``canceled``: the step was stopped because its run was terminated (a warning, not a failure;
-    the advice still says what state the step leaves behind).
+    ``stopped``: the step was interrupted from outside (max runtime, termination); the advice
+    then says what state that leaves behind. ``canceled``: stopped because someone terminated the
+    run, a warning rather than a failure.
     """
     values = _plain(metadata)
     set_id = values.get("set_id")
@@ -378,7 +380,7 @@ def step_failure(
         facts=[*facts, *failure_facts(metadata)],
         advice=advice
         if advice is not None
-        else (CANCELED_ADVICE if canceled else ADVICE).get(where.step, _DEFAULT_ADVICE),
+        else (STOPPED_ADVICE if stopped or canceled else ADVICE).get(where.step, _DEFAULT_ADVICE),
     )
 
 

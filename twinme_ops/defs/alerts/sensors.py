@@ -27,6 +27,8 @@ from twinme_ops.lib.redact import redact
 from twinme_ops.lib.slack import SlackNotifier
 from twinme_ops.lib.store import BackupStore
 
+# the error class of a step Dagster interrupted (run terminated, or past its max runtime)
+INTERRUPTED = "DagsterExecutionInterruptedError"
 # while backups stay stale, remind at most this often instead of on every tick
 REALERT_AFTER_HOURS = 6.0
 
@@ -105,14 +107,17 @@ def _run_failure_alert(context: dg.RunFailureSensorContext, backup_store: Backup
         data = event.step_failure_data
         user = data.user_failure_data
         error = first_line(user.description) if user and user.description else ""
-        if not error and data.error and data.error.cls_name == "DagsterExecutionInterruptedError":
+        interrupted = data.error is not None and data.error.cls_name == INTERRUPTED
+        if not error and interrupted:
             error = _termination_reason(context.instance, run.run_id)
         if not error and data.error:
             # "package.module.SomeError: text" -> "SomeError: text"
             error = first_line(re.sub(r"^[\w.]*\.(\w+: )", r"\1", data.error.message))
         where = Where.from_tags(run.job_name, run.run_id, run.tags, step=event.step_key or "")
         metadata = user.metadata if user else None
-        return step_failure(where, error or "step failed", facts, metadata=metadata)
+        return step_failure(
+            where, error or "step failed", facts, metadata=metadata, stopped=interrupted
+        )
     event = context.failure_event
     job_failure = event.job_failure_data if event.is_run_failure else None
     error = ""
