@@ -185,7 +185,7 @@ def test_a_hung_backup_is_failed_at_its_max_runtime_and_alerted(
     headline = alert.splitlines()[0]
     partition = backup_partitions.get_last_partition_key()
     assert "nightly_backup_job FAILED" in headline and f"set {partition}" in headline, alert
-    assert f"maximum runtime of {MAX_RUNTIME_S} seconds" in alert, alert
+    assert f"exceeded its maximum runtime of {MAX_RUNTIME_S} seconds" in alert, alert
     assert "No manifest was written for this set" in alert
     _nothing_left_in_the_database(sandbox)
 

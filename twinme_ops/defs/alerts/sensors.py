@@ -76,11 +76,12 @@ def _termination_reason(instance: dg.DagsterInstance, run_id: str) -> str:
         run_id=run_id, of_type=dg.DagsterEventType.RUN_CANCELING
     ).records
     reasons = [r.event_log_entry.message or "" for r in records]
-    timeout = next((m for m in reasons if "maximum runtime" in m), "")
-    if timeout:
-        return first_line(
-            f"stopped: {timeout.rstrip('.')} (the job's dagster/max_runtime tag). Something made "
-            "it hang: a lock, an unreachable server, a full disk"
+    limits = [m for m in (re.search(r"maximum runtime of (\d+) seconds", r) for r in reasons) if m]
+    if limits:
+        return (
+            f"stopped: the run exceeded its maximum runtime of {limits[0].group(1)} seconds (the "
+            "job's dagster/max_runtime tag). Something made it hang: a lock, an unreachable "
+            "server, a full disk"
         )
     if reasons:
         return "stopped: the run was terminated (from the UI or the GraphQL API)"
