@@ -27,6 +27,7 @@ from tests.api_app import ControlledApp
 from tests.backup_helpers import read_manifest, run_backup, run_text, store_for
 from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController, stuck_once
 from tests.slack_receiver import SlackReceiver
+from tests.test_release_deploy import deploy_resources
 from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
 from twinme_ops.defs.release.checks import deployment_verification
 from twinme_ops.defs.resources import build_resources
@@ -39,12 +40,8 @@ from twinme_ops.lib.metrics import (
     MetricsResource,
     build_registry,
 )
-from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.lib.redis_server import RedisServer
-from twinme_ops.lib.redis_snapshot import RedisResource
-from twinme_ops.lib.release import ReleaseSettings
-from twinme_ops.lib.slack import SlackNotifier
 
 PUSHGATEWAY = "prometheus-pushgateway"
 USER = "twinme"
@@ -427,15 +424,7 @@ def _release(
         asset_checks=[deployment_verification],
         jobs=[dg.define_asset_job("deploy", selection=[api_deployment])],
         resources={
-            "kubernetes": KubernetesResource(
-                kubeconfig=str(kubeconfig), rollout_timeout_s=30, poll_interval_s=0.2
-            ),
-            "release_settings": ReleaseSettings(
-                api_url=app.url, load_users=4, load_spawn_rate=4, load_duration_s=3
-            ),
-            "postgres": PostgresResource(url=pg.url("postgres")),
-            "redis": RedisResource(url=redis_server.url(with_password=True)),
-            "slack": SlackNotifier(webhook_url=slack.url, max_retries=0),
+            **deploy_resources(kubeconfig, app, slack, pg, redis_server),
             "metrics": MetricsResource(pushgateway_url=gateway.url, environment="production"),
         },
     )
