@@ -10,6 +10,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import psycopg
 import pytest
 import redis
 
@@ -210,3 +211,35 @@ def test_client_tools_come_from_twinme_pg_client_dir(
     monkeypatch.setenv("TWINME_PG_CLIENT_DIR", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="TWINME_PG_CLIENT_DIR=.*18"):
         pg_bin("pg_restore")
+
+
+def test_a_table_locked_by_a_migration_fails_the_dump_naming_it(pg_server: PostgresServer) -> None:
+    """A dump that cannot lock a table in time fails with its name and how to find the holder,
+    and leaves no session of its own behind (pg_dump's, the row counts' snapshot)."""
+    with pg_server.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS migrating; CREATE TABLE migrating(i int)")
+    migration = psycopg.connect(pg_server.url("postgres"), application_name="migration")
+    try:
+        migration.execute("LOCK TABLE migrating IN ACCESS EXCLUSIVE MODE")
+        pg = PostgresResource(url=pg_server.url("postgres"))
+        with pytest.raises(PostgresError) as info:  # noqa: SIM117 (the order matters)
+            with snapshot_dump(pg, lock_wait_timeout_s=1) as (chunks, _facts):
+                for _ in chunks:
+                    pass
+        message = str(info.value)
+        assert "waited 1 s for a lock on public.migrating" in message, message
+        assert "relation = 'public.migrating'::regclass" in message
+        assert "lock_wait_timeout_s in the run config" in message
+        with pg_server.connect() as conn:
+            # the query the message gives finds the migration's session
+            query = message.split("Fix: find it with ")[1].split(", let it finish")[0]
+            holders = conn.execute(query).fetchall()
+            assert [h[2] for h in holders] == ["LOCK TABLE migrating IN ACCESS EXCLUSIVE MODE"]
+            left = conn.execute(
+                "SELECT application_name, state FROM pg_stat_activity "
+                "WHERE application_name LIKE 'twinme_ops%' AND state <> 'idle'"
+            ).fetchall()
+        assert left == []
+    finally:
+        migration.rollback()
+        migration.close()

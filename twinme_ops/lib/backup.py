@@ -21,7 +21,7 @@ from twinme_ops.lib.manifest import (
     record_name,
 )
 from twinme_ops.lib.pgtools import pg_tool_version
-from twinme_ops.lib.postgres import PostgresResource, snapshot_dump
+from twinme_ops.lib.postgres import DEFAULT_LOCK_WAIT_TIMEOUT_S, PostgresResource, snapshot_dump
 from twinme_ops.lib.redis_snapshot import RedisResource, rdb_snapshot
 from twinme_ops.lib.store import BackupStore
 
@@ -52,9 +52,11 @@ def _files_source(storage: FileStorageResource) -> Iterator[tuple[Iterator[bytes
     yield tar_stream(root, facts), facts
 
 
-def _open(component: str, sources: Sources) -> AbstractContextManager[tuple[Iterator[bytes], Any]]:
+def _open(
+    component: str, sources: Sources, lock_wait_timeout_s: int
+) -> AbstractContextManager[tuple[Iterator[bytes], Any]]:
     if component == "postgres" and sources.postgres:
-        return snapshot_dump(sources.postgres)
+        return snapshot_dump(sources.postgres, lock_wait_timeout_s=lock_wait_timeout_s)
     if component == "redis" and sources.redis:
         return rdb_snapshot(sources.redis)
     if component == "files" and sources.file_storage:
@@ -112,13 +114,15 @@ def backup_component(
     level: int = 3,
     progress: ProgressCallback | None = None,
     progress_interval_s: float = 10.0,
+    lock_wait_timeout_s: int = DEFAULT_LOCK_WAIT_TIMEOUT_S,
 ) -> ComponentBackup:
     """Stream one component into the set, then write its record.
 
     Any failure leaves neither artifact nor record behind (the store discards partial writes).
+    ``lock_wait_timeout_s``: see :func:`~twinme_ops.lib.postgres.snapshot_dump`.
     """
     name = artifact_name(component, key is not None)
-    with _open(component, sources) as (chunks, facts):
+    with _open(component, sources, lock_wait_timeout_s) as (chunks, facts):
         result = write_artifact(
             store,
             set_id,

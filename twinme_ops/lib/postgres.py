@@ -7,6 +7,7 @@ transaction that exported it, so the counts a restore drill checks are exactly w
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import tempfile
@@ -27,6 +28,10 @@ from twinme_ops.lib.pgtools import pg_bin, pg_tool_version
 from twinme_ops.lib.redact import redact, register_secret
 
 READ_CHUNK = 1 << 20
+# how long a dump waits for a table that another session holds exclusively (ALTER TABLE, VACUUM
+# FULL, a long migration) before it fails naming the table, instead of waiting for the job's
+# max runtime
+DEFAULT_LOCK_WAIT_TIMEOUT_S = 1800
 
 
 class PostgresError(RuntimeError):
@@ -173,10 +178,14 @@ def count_rows(conn: psycopg.Connection[Any]) -> dict[str, int]:
 
 @contextmanager
 def snapshot_dump(
-    pg: PostgresResource, extra_args: list[str] | None = None
+    pg: PostgresResource,
+    extra_args: list[str] | None = None,
+    lock_wait_timeout_s: int = DEFAULT_LOCK_WAIT_TIMEOUT_S,
 ) -> Iterator[tuple[Iterator[bytes], DumpFacts]]:
     """Stream ``pg_dump --format=custom --compress=0`` of an exported snapshot.
 
+    ``lock_wait_timeout_s``: a table locked by another session for longer than this fails the
+    dump (and the row counts) with the table's name; 0 waits as long as it takes.
     Yields ``(chunks, facts)``. ``facts.tables`` is filled in a background thread from the same
     snapshot while the dump streams; it is complete once ``chunks`` is exhausted. The iterator
     raises :class:`PostgresError` if pg_dump fails, so a consumer never commits a truncated dump.
@@ -184,6 +193,10 @@ def snapshot_dump(
     # autocommit, so that our explicit BEGIN sets the isolation level of the snapshot transaction
     with pg.get_connection(autocommit=True) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if lock_wait_timeout_s > 0:  # the row counts read every table too
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, true)", (f"{lock_wait_timeout_s * 1000}",)
+            )
         row = conn.execute(
             "SELECT pg_export_snapshot(), current_database(), "
             "current_setting('server_version'), pg_database_size(current_database())"
@@ -216,6 +229,7 @@ def snapshot_dump(
             f"--snapshot={facts.snapshot}",
             "--no-password",
             f"--dbname={pg.tool_dsn()}",
+            *([f"--lock-wait-timeout={lock_wait_timeout_s * 1000}"] if lock_wait_timeout_s else []),
             *(extra_args or []),
         ]
         # a name of its own, so that an aborted dump's server session can be found and ended
@@ -235,7 +249,9 @@ def snapshot_dump(
                 counter.join()
                 if code != 0:
                     stderr.seek(0)
-                    raise PostgresError(dump_error_message(pg, code, stderr.read()))
+                    raise PostgresError(
+                        dump_error_message(pg, code, stderr.read(), lock_wait_timeout_s)
+                    )
                 if count_error:
                     raise PostgresError(
                         f"row counts from snapshot failed on {pg.describe()}: "
@@ -286,12 +302,46 @@ def _abort_dump(
             conn.cancel_safe(timeout=10)
 
 
-def dump_error_message(pg: PostgresResource, code: int, stderr: bytes) -> str:
+def _exclusively_locked(pg: PostgresResource, tables: list[str]) -> list[str]:
+    """Which of ``tables`` another session holds with a lock a dump must wait for (best effort:
+    ``[]`` when that cannot be read)."""
+    try:
+        with pg.get_connection(autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT format('%%I.%%I', n.nspname, c.relname) FROM pg_locks l "
+                "JOIN pg_class c ON c.oid = l.relation "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE l.locktype = 'relation' AND l.granted AND l.mode = 'AccessExclusiveLock' "
+                "AND l.relation = ANY(%s::regclass[]) ORDER BY 1",
+                (tables,),
+            ).fetchall()
+    except (psycopg.Error, PostgresError):
+        return []
+    return [r[0] for r in rows]
+
+
+def dump_error_message(
+    pg: PostgresResource, code: int, stderr: bytes, lock_wait_timeout_s: int = 0
+) -> str:
     """pg_dump's own words (redacted), with the fix an operator needs."""
     lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
     detail = redact(" | ".join(lines[-3:])) or "no error output"
     text = detail.lower()
     went_away = ("server closed the connection", "terminat", "connection to server")
+    locking = re.search(r"LOCK TABLE (.+?) IN ACCESS SHARE MODE", detail)
+    # pg_dump implements --lock-wait-timeout with statement_timeout on its LOCK TABLE statement
+    if locking and ("statement timeout" in text or "lock timeout" in text):
+        tables = [t.strip() for t in locking.group(1).split(",")]
+        held = _exclusively_locked(pg, tables)
+        table = ", ".join(held or tables[:5]) + ("" if held or len(tables) <= 5 else ", ...")
+        return (
+            f"pg_dump of {pg.describe()} waited {lock_wait_timeout_s} s for a lock on {table} "
+            "that another session holds (ALTER TABLE, VACUUM FULL, a long migration). Fix: find "
+            "it with SELECT pid, state, query FROM pg_stat_activity WHERE pid IN (SELECT pid FROM "
+            f"pg_locks WHERE relation = '{(held or tables)[0]}'::regclass AND granted), let it "
+            "finish, then re-run the partition (lock_wait_timeout_s in the run config waits "
+            "longer)."
+        )
     if any(marker in text for marker in went_away):
         fix = "the server went away during the dump: check its logs and availability, then re-run"
     elif "password authentication failed" in text:

@@ -21,7 +21,7 @@ from twinme_ops.lib.manifest import (
     set_id_for_partition,
 )
 from twinme_ops.lib.metrics import MetricsResource
-from twinme_ops.lib.postgres import PostgresError, PostgresResource
+from twinme_ops.lib.postgres import DEFAULT_LOCK_WAIT_TIMEOUT_S, PostgresError, PostgresResource
 from twinme_ops.lib.redact import redact
 from twinme_ops.lib.redis_snapshot import RedisResource, RedisSnapshotError
 from twinme_ops.lib.slack import SlackNotifier
@@ -47,6 +47,13 @@ class BackupConfig(dg.Config):
     zstd_level: int = Field(default=3, ge=1, le=19, description="zstd compression level.")
     progress_interval_s: float = Field(
         default=10.0, gt=0, description="Seconds between progress lines in the run's logs."
+    )
+    lock_wait_timeout_s: int = Field(
+        default=DEFAULT_LOCK_WAIT_TIMEOUT_S,
+        ge=0,
+        description="Seconds the PostgreSQL dump waits for a table another session holds "
+        "exclusively (ALTER TABLE, VACUUM FULL) before failing with the table's name; 0 waits "
+        "until the job's max runtime.",
     )
 
 
@@ -124,6 +131,7 @@ def _backup_component(
             level=config.zstd_level,
             progress=_progress(context, component),
             progress_interval_s=config.progress_interval_s,
+            lock_wait_timeout_s=config.lock_wait_timeout_s,
         )
     except _EXPECTED as exc:
         raise dg.Failure(description=f"{label} backup failed: {redact(exc)}") from None
