@@ -6,6 +6,7 @@ import base64
 import glob
 import json
 import os
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -38,12 +39,22 @@ def _check_evaluations(result: dg.ExecuteInProcessResult) -> list:
     ]
 
 
-def _drill_leftovers() -> set[str]:
-    return set(glob.glob("/tmp/twinme-drill-*"))
+@pytest.fixture
+def private_tmp(server_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own temporary directory: other processes' drills (a second test run on the
+    same machine) cannot appear among its leftovers."""
+    monkeypatch.setattr(tempfile, "tempdir", str(server_tmp))
+    return server_tmp
 
 
-def test_nightly_job_drills_its_set_and_records_rto_rpo(sandbox, backup_env) -> None:
-    before = _drill_leftovers()
+def _drill_leftovers(root: Path) -> set[str]:
+    return set(glob.glob(str(root / "twinme-drill-*")))
+
+
+def test_nightly_job_drills_its_set_and_records_rto_rpo(
+    sandbox, backup_env, private_tmp: Path
+) -> None:
+    before = _drill_leftovers(private_tmp)
     result = run_backup()
     assert result.success
     (evaluation,) = _check_evaluations(result)
@@ -55,11 +66,11 @@ def test_nightly_job_drills_its_set_and_records_rto_rpo(sandbox, backup_env) -> 
     record = json.loads(store.get_bytes(PARTITION, DRILL))
     assert record["passed"] and set(record["rto_s"]) == {"postgres", "redis", "files"}
     assert record["restored"]["postgres"]["knn_rows"] == 5
-    assert _drill_leftovers() == before  # scratch servers and directories removed
+    assert _drill_leftovers(private_tmp) == before  # scratch servers and directories removed
 
 
 def test_flipped_byte_fails_the_drill_and_the_run_naming_the_artifact(
-    sandbox, backup_env, slack_receiver: SlackReceiver
+    sandbox, backup_env, slack_receiver: SlackReceiver, private_tmp: Path
 ) -> None:
     assert run_backup().success
     store = store_for(backup_env["TWINME_BACKUP_URL"])
@@ -68,7 +79,7 @@ def test_flipped_byte_fails_the_drill_and_the_run_naming_the_artifact(
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0x01
     artifact.write_bytes(bytes(data))
-    before = _drill_leftovers()
+    before = _drill_leftovers(private_tmp)
     instance = dg.DagsterInstance.ephemeral()
     result = run_drill_job(PARTITION, instance)
     assert not result.success
@@ -80,7 +91,7 @@ def test_flipped_byte_fails_the_drill_and_the_run_naming_the_artifact(
     assert not record["passed"] and "redis" in record["failures"]
     assert "postgres" not in record["failures"] and "files" not in record["failures"]
     assert any("restore drill" in m and "FAILED" in m for m in slack_receiver.messages)
-    assert _drill_leftovers() == before
+    assert _drill_leftovers(private_tmp) == before
 
 
 def test_wrong_encryption_key_fails_cleanly(

@@ -288,7 +288,11 @@ class PostgresServer:
     def _socket_dir_for(data_dir: Path, run_as: str | None) -> tuple[Path, bool]:
         if len(str(data_dir / ".s.PGSQL.65535.lock")) <= _SOCKET_PATH_MAX:
             return data_dir, False
+        # the temporary directory (TMPDIR) may itself be too long: /tmp always fits
         path = Path(tempfile.mkdtemp(prefix="twinme-pg-"))
+        if len(str(path / ".s.PGSQL.65535.lock")) > _SOCKET_PATH_MAX:
+            path.rmdir()
+            path = Path(tempfile.mkdtemp(prefix="twinme-pg-", dir="/tmp"))
         if run_as:
             entry = pwd.getpwnam(run_as)
             os.chown(path, entry.pw_uid, entry.pw_gid)
