@@ -30,6 +30,7 @@ patches must be undone in reverse order, so emulators are function-scoped and ne
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import copy
 import hashlib
@@ -41,7 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import aiohttp.web
 import attrs
@@ -234,7 +235,46 @@ class _Rollout:
     settled: bool = False
 
 
-class DeploymentController:
+class ControllerLoop(abc.ABC):
+    """A fake Kubernetes controller: :meth:`_reconcile` every ``interval_s`` in a thread.
+
+    ``errors`` holds what the loop raised (it stops at the first); :meth:`stop` raises it.
+    """
+
+    label = "controller"
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.errors: list[BaseException] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=self.label, daemon=True)
+
+    @abc.abstractmethod
+    def _reconcile(self) -> None: ...
+
+    def start(self) -> Self:
+        """Start reconciling in the background."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the loop; raise what it raised, if anything."""
+        self._stopping.set()
+        self._thread.join(10)
+        if self.errors:
+            raise RuntimeError(f"the {self.label} failed: {self.errors[0]!r}")
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._reconcile()
+            except Exception as exc:  # surfaced by stop()
+                self.errors.append(exc)
+                return
+            self._stopping.wait(self.interval_s)
+
+
+class DeploymentController(ControllerLoop):
     """Plays the deployment controller for one Deployment, in a thread, via the official client.
 
     On each new ``metadata.generation`` it writes a "progressing" status at once:
@@ -252,6 +292,8 @@ class DeploymentController:
     ``seen`` lists each ``(generation, mode)`` handled; ``errors`` what the loop raised.
     """
 
+    label = "deployment controller"
+
     def __init__(
         self,
         kubeconfig: Path,
@@ -262,32 +304,15 @@ class DeploymentController:
         delay_s: float = 0.3,
         interval_s: float = 0.02,
     ) -> None:
+        super().__init__(interval_s)
         self.namespace = namespace
         self.name = name
         self.mode: ControllerMode = mode
         self.delay_s = delay_s
-        self.interval_s = interval_s
         self.seen: list[tuple[int, ControllerMode]] = []
-        self.errors: list[BaseException] = []
         self._api = apps_api(kubeconfig)
         self._template: Any = None
         self._rollout: _Rollout | None = None
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, name="deployment-controller", daemon=True
-        )
-
-    def start(self) -> DeploymentController:
-        """Start reconciling in the background."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the loop; raise what it raised, if anything."""
-        self._stopping.set()
-        self._thread.join(10)
-        if self.errors:
-            raise RuntimeError(f"the deployment controller failed: {self.errors[0]!r}")
 
     def wait_settled(self, timeout_s: float = 10) -> None:
         """Block until the latest generation's rollout has reached its final state."""
@@ -298,15 +323,6 @@ class DeploymentController:
                 return
             time.sleep(self.interval_s)
         raise TimeoutError(f"the controller did not settle within {timeout_s}s: {self._rollout}")
-
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._reconcile()
-            except Exception as exc:  # surfaced by stop()
-                self.errors.append(exc)
-                return
-            self._stopping.wait(self.interval_s)
 
     def _rs_name(self) -> str:
         digest = hashlib.sha256(json.dumps(self._template, sort_keys=True).encode()).hexdigest()

@@ -32,13 +32,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import kmock
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.k8s_emulator import EmulatorHandle
+from tests.k8s_emulator import ControllerLoop, EmulatorHandle
 from tests.k8s_jobs import add_job_and_pod_resources
 
 BuildMode = Literal["success", "fail", "no-digest", "pull-error", "hang", "deadline"]
@@ -115,8 +115,10 @@ class BuildRecord:
         return None
 
 
-class FakeBuildCluster:
+class FakeBuildCluster(ControllerLoop):
     """Plays the Job controller, the kubelet and kaniko for the Jobs of one namespace."""
+
+    label = "fake build cluster"
 
     def __init__(
         self,
@@ -128,34 +130,27 @@ class FakeBuildCluster:
         run_s: float = 0.3,
         interval_s: float = 0.02,
     ) -> None:
+        super().__init__(interval_s)
         self.namespace = namespace
         self.mode: BuildMode = mode
         self.run_s = run_s
-        self.interval_s = interval_s
         self.builds: dict[str, BuildRecord] = {}
-        self.errors: list[BaseException] = []
         self._handle = handle
         api = api_client(kubeconfig)
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
         self._by_pod: dict[str, BuildRecord] = {}
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="fake-build-cluster", daemon=True)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> FakeBuildCluster:
+    def start(self) -> Self:
         declare_build_resources(self._handle, self._serve_log)
-        self._thread.start()
-        return self
+        return super().start()
 
     def stop(self) -> None:
-        self._stopping.set()
         for build in self.builds.values():
-            build.finished.set()
-        self._thread.join(10)
-        if self.errors:
-            raise RuntimeError(f"the fake build cluster failed: {self.errors[0]!r}")
+            build.finished.set()  # log streams still following end
+        super().stop()
 
     def only_build(self) -> BuildRecord:
         """The one build of the test."""
@@ -192,15 +187,6 @@ class FakeBuildCluster:
             await asyncio.sleep(self.interval_s)
 
     # --- the controllers ------------------------------------------------------------------------
-
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._reconcile()
-            except Exception as exc:  # surfaced by stop()
-                self.errors.append(exc)
-                return
-            self._stopping.wait(self.interval_s)
 
     def _reconcile(self) -> None:
         jobs = self.jobs()
