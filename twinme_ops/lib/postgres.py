@@ -263,7 +263,7 @@ def snapshot_dump(
             except BaseException:
                 # failed, or interrupted (a run terminated at its max runtime): stop the work on
                 # the server too, or it waits on (and later takes) locks for nobody
-                _abort_dump(pg, proc, conn, counter, app_name)
+                _abort_dump(pg, conn, counter, app_name)
                 raise
             finally:
                 if proc.poll() is None:
@@ -276,21 +276,15 @@ def snapshot_dump(
 
 
 def _abort_dump(
-    pg: PostgresResource,
-    proc: subprocess.Popen[bytes],
-    conn: psycopg.Connection[Any],
-    counter: threading.Thread,
-    app_name: str,
+    pg: PostgresResource, conn: psycopg.Connection[Any], counter: threading.Thread, app_name: str
 ) -> None:
-    """End an unfinished dump on both sides: pg_dump, its server session, the row counts.
+    """End an unfinished dump's work on the server: pg_dump's session and the row counts.
 
-    A killed client's server session lives on while it waits (on a lock, say): the server only
-    notices the client is gone when it next writes to it. So the session is terminated by its
-    application name (a role may end its own sessions), and the row-count query is cancelled.
+    Killing pg_dump (the caller's ``finally``) is not enough: a killed client's server session
+    lives on while it waits (on a lock, say), as the server only notices the client is gone when
+    it next writes to it. So the session is terminated by its application name (a role may end
+    its own sessions), and the row-count query is cancelled.
     """
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
     with suppress(psycopg.Error, PostgresError), pg.get_connection(autocommit=True) as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

@@ -176,14 +176,11 @@ def slack_on_run_canceled_sensor(
     run = context.dagster_run
     reason = _termination_reason(context.instance, run.run_id) or "stopped: the run was canceled"
     facts = [last_good_set(backup_store)] if run.job_name in BACKUP_JOBS else []
-    stopped = [
-        r.event_log_entry.dagster_event.step_key
-        for r in context.instance.get_records_for_run(
-            run_id=run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
-        ).records
-        if r.event_log_entry.dagster_event is not None
-    ]
-    where = Where.from_tags(run.job_name, run.run_id, run.tags, step=(stopped or [""])[0] or "")
+    failures = context.instance.get_records_for_run(
+        run_id=run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
+    ).records
+    stopped = next((r.event_log_entry.step_key for r in failures if r.event_log_entry.step_key), "")
+    where = Where.from_tags(run.job_name, run.run_id, run.tags, step=stopped)
     if where.step:
         alert = step_failure(where, reason, facts, canceled=True)
     else:
