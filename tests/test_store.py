@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -304,3 +305,96 @@ def test_s3_large_parts_are_spooled_to_disk(s3_bucket: str) -> None:
         assert getattr(writer, "spooled_to_disk")  # noqa: B009
     with store.open_reader("s", "big") as reader:
         assert hashlib.sha256(reader.read()).hexdigest() == expected.hexdigest()
+
+
+def test_create_bytes_refuses_an_existing_name(store: BackupStore) -> None:
+    from twinme_ops.lib.store import ArtifactExistsError
+
+    store.create_bytes("2026-01-05", "manifest.json", b"first")
+    with pytest.raises(ArtifactExistsError, match="already exists"):
+        store.create_bytes("2026-01-05", "manifest.json", b"second")
+    assert store.get_bytes("2026-01-05", "manifest.json") == b"first"
+    # a refused create leaves no temporary file or upload behind
+    assert [e.name for e in store.list_entries("2026-01-05")] == ["manifest.json"]
+
+
+def test_create_bytes_race_has_exactly_one_winner(store: BackupStore) -> None:
+    """Eight threads create the same name at once: one wins, seven are refused, none overwrites."""
+    import threading
+
+    from twinme_ops.lib.store import ArtifactExistsError
+
+    barrier = threading.Barrier(8)
+    outcome: dict[int, str] = {}
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        try:
+            store.create_bytes("2026-01-05", "manifest.json", f"writer {i}".encode())
+            outcome[i] = "won"
+        except ArtifactExistsError:
+            outcome[i] = "refused"
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, o in outcome.items() if o == "won"]
+    assert len(winners) == 1 and len(outcome) == 8
+    assert store.get_bytes("2026-01-05", "manifest.json") == f"writer {winners[0]}".encode()
+
+
+_KILLED_WRITER = """
+import sys, time
+from twinme_ops.lib.store import BackupStore
+store = BackupStore(url=sys.argv[1])
+with store.open_writer("2026-01-05", "postgres.run1.dump.zst") as w:
+    w.write(b"x" * 1000)
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_local_partial_write_of_a_killed_writer_is_told_from_a_live_one(tmp_path: Path) -> None:
+    """A live writer's temporary file is never removed; a SIGKILLed writer's is."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = BackupStore(url=f"file://{tmp_path}/backups")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, store.url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout and proc.stdout.readline().strip() == "writing"
+        time.sleep(2.2)  # older than the lock-then-write window
+        (partial,) = store.list_entries("2026-01-05")
+        assert partial.partial and partial.name == "postgres.run1.dump.zst"
+        assert store.list_artifacts("2026-01-05") == {}
+        assert not store.remove_partial("2026-01-05", partial, min_age_s=0)  # alive: kept
+        assert store.list_entries("2026-01-05") == [partial]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    (partial,) = store.list_entries("2026-01-05")
+    assert store.remove_partial("2026-01-05", partial, min_age_s=0)
+    assert store.list_entries("2026-01-05") == []
+
+
+def test_s3_unfinished_upload_is_listed_and_aborted_only_when_old(s3_bucket: str) -> None:
+    store = BackupStore(url=f"s3://{s3_bucket}/nightly", multipart_part_size_mb=5)
+    client = boto3.client("s3")
+    upload = client.create_multipart_upload(
+        Bucket=s3_bucket, Key="nightly/2026-01-05/postgres.run1.dump.zst"
+    )
+    (partial,) = store.list_entries("2026-01-05")
+    assert partial.partial and partial.name == "postgres.run1.dump.zst"
+    # moto dates every upload in 2010: an age limit beyond that stands for "younger than it"
+    age_s = (datetime.now(UTC) - partial.modified).total_seconds()
+    assert not store.remove_partial("2026-01-05", partial, min_age_s=age_s + 3600)
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+    assert store.remove_partial("2026-01-05", partial, min_age_s=0)
+    assert not client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+    assert upload["UploadId"] == partial.ref

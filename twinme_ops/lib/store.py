@@ -8,6 +8,10 @@ Both backends use the same layout, ``<root>/<set_id>/<artifact name>``, and the 
 * memory stays bounded whatever the artifact size (S3 parts larger than 16 MiB are spooled to a
   temporary file; part sizes grow so that 10,000 parts, the S3 maximum, hold more than 1 TiB);
 * every S3 write asks for server-side encryption (``server_side_encryption``);
+* :meth:`BackupStore.create_bytes` is create-only: when the name already exists the write is
+  refused with :class:`ArtifactExistsError` and the existing object is untouched (local: a hard
+  link, which fails on an existing name; S3: a conditional ``PutObject`` with
+  ``If-None-Match: *``). This is what makes two writers of one set safe without a shared lock;
 * failures surface as :class:`StoreError` with a redacted message that says what to fix.
 
 The backends live in :mod:`twinme_ops.lib.store_local` and :mod:`twinme_ops.lib.store_s3`;
@@ -22,6 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -46,6 +52,26 @@ class StoreError(Exception):
 
 class ArtifactNotFoundError(StoreError):
     """The requested artifact does not exist in the store."""
+
+
+class ArtifactExistsError(StoreError):
+    """A create-only write found the name taken: the existing object was left untouched."""
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """One object of a set as the store lists it, in-progress writes included.
+
+    ``partial``: an unfinished write (a local ``.tmp-`` file, an S3 multipart upload), whose
+    ``name`` is the artifact it would become. ``modified``: last write (local), upload start or
+    last modification (S3), timezone-aware. ``ref``: what the backend needs to remove it.
+    """
+
+    name: str
+    size: int
+    modified: datetime
+    partial: bool = False
+    ref: str = ""
 
 
 class ArtifactWriter(Protocol):
@@ -93,12 +119,15 @@ class Backend(Protocol):
     def describe(self) -> str: ...
     def check_writable(self) -> None: ...
     def writer(self, set_id: str, name: str, size_hint: int | None) -> BackendWriter: ...
+    def create(self, set_id: str, name: str, data: bytes) -> None: ...
     def open_reader(self, set_id: str, name: str) -> BackendReader: ...
     def exists(self, set_id: str, name: str) -> bool: ...
     def delete(self, set_id: str, name: str) -> None: ...
     def list_sets(self) -> list[str]: ...
     def list_artifacts(self, set_id: str) -> dict[str, int]: ...
     def delete_set(self, set_id: str) -> None: ...
+    def list_entries(self, set_id: str) -> list[StoredEntry]: ...
+    def remove_partial(self, set_id: str, entry: StoredEntry, min_age_s: float) -> bool: ...
 
 
 class BackendWriter(Protocol):
@@ -230,9 +259,19 @@ class BackupStore(dg.ConfigurableResource):
         writer.commit()
 
     def put_bytes(self, set_id: str, name: str, data: bytes) -> None:
-        """Write a small artifact (e.g. the manifest) atomically."""
+        """Write a small artifact atomically, replacing any object of that name."""
         with self.open_writer(set_id, name, size_hint=len(data)) as writer:
             writer.write(data)
+
+    def create_bytes(self, set_id: str, name: str, data: bytes) -> None:
+        """Write a small artifact atomically only if no object of that name exists.
+
+        Raises :class:`ArtifactExistsError` (and changes nothing) when the name is taken, even
+        by a writer that won a race by a millisecond: the manifest of a set is written this way.
+        """
+        _check_name("set id", set_id)
+        _check_name("artifact name", name)
+        self._backend().create(set_id, name, data)
 
     @contextmanager
     def open_reader(self, set_id: str, name: str) -> Iterator[ArtifactReader]:
@@ -273,6 +312,21 @@ class BackupStore(dg.ConfigurableResource):
         """Artifacts of a set, name -> stored size in bytes; in-progress writes are not listed."""
         _check_name("set id", set_id)
         return self._backend().list_artifacts(set_id)
+
+    def list_entries(self, set_id: str) -> list[StoredEntry]:
+        """Every object of a set with its age, unfinished writes included (``partial``)."""
+        _check_name("set id", set_id)
+        return self._backend().list_entries(set_id)
+
+    def remove_partial(self, set_id: str, entry: StoredEntry, min_age_s: float) -> bool:
+        """Remove an unfinished write if its writer is gone; return whether it was removed.
+
+        Local: the writer holds a lock on its temporary file while it lives, so a temporary file
+        whose lock can be taken (and that is older than a couple of seconds) belongs to a killed
+        process. S3 cannot tell: a multipart upload is aborted once older than ``min_age_s``.
+        """
+        _check_name("set id", set_id)
+        return self._backend().remove_partial(set_id, entry, min_age_s)
 
     def delete_set(self, set_id: str) -> None:
         """Delete every object of a set (and abort its unfinished S3 uploads).

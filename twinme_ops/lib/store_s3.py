@@ -3,7 +3,9 @@
 A streaming writer that sends a single ``PutObject`` for small artifacts and a multipart upload
 otherwise, buffering one part at a time (in RAM up to 16 MiB, in a temporary file beyond) with
 part sizes that grow so that 10,000 parts hold more than 1 TiB; a failed write aborts its upload.
-Every write asks for server-side encryption. botocore errors become redacted
+Every write asks for server-side encryption. A create-only write is a ``PutObject`` with
+``If-None-Match: *``: S3 refuses it (412, or 409 when it races another conditional write) when
+the key exists, atomically, with no lock. botocore errors become redacted
 :class:`~twinme_ops.lib.store.StoreError` messages that say what to fix.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -20,9 +23,11 @@ from twinme_ops.lib.redact import redact
 from twinme_ops.lib.store import (
     MIB,
     URL_ENV,
+    ArtifactExistsError,
     ArtifactNotFoundError,
     BackendReader,
     BackendWriter,
+    StoredEntry,
     StoreError,
     is_artifact_name,
 )
@@ -186,6 +191,10 @@ class _S3Writer:
             )
 
 
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 class _S3Reader:
     """The object's streaming body, with transport errors turned into :class:`StoreError`."""
 
@@ -312,6 +321,67 @@ class S3Backend:
 
     def writer(self, set_id: str, name: str, size_hint: int | None) -> BackendWriter:
         return _S3Writer(self, self.key(set_id, name), size_hint)
+
+    def create(self, set_id: str, name: str, data: bytes) -> None:
+        key = self.key(set_id, name)
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*", **self.write_args
+            )
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                raise ArtifactExistsError(redact(f"{self.uri(key)} already exists")) from None
+            raise self.error(exc, "write", key) from None
+        except BotoCoreError as exc:
+            raise self.error(exc, "write", key) from None
+
+    def list_entries(self, set_id: str) -> list[StoredEntry]:
+        prefix = self.key(set_id)
+        found = [
+            StoredEntry(
+                obj["Key"][len(prefix) :], int(obj["Size"]), _aware(obj["LastModified"])
+            )
+            for page in self._pages("list", prefix, Delimiter="/")
+            for obj in page.get("Contents", [])
+            if is_artifact_name(obj["Key"][len(prefix) :])
+        ]
+        try:
+            found += [
+                StoredEntry(
+                    upload["Key"][len(prefix) :],
+                    0,
+                    _aware(upload["Initiated"]),
+                    partial=True,
+                    ref=upload["UploadId"],
+                )
+                for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                    Bucket=self.bucket, Prefix=prefix
+                )
+                for upload in page.get("Uploads", [])
+                if is_artifact_name(upload["Key"][len(prefix) :])
+            ]
+        except (BotoCoreError, ClientError) as exc:
+            raise self.error(exc, "list uploads under", prefix) from None
+        return sorted(found, key=lambda e: (e.name, e.partial))
+
+    def remove_partial(self, set_id: str, entry: StoredEntry, min_age_s: float) -> bool:
+        # S3 cannot say whether an upload's writer lives: only an old one is aborted
+        age = (datetime.now(UTC) - entry.modified).total_seconds()
+        if not entry.partial or age < min_age_s:
+            return False
+        key = self.key(set_id, entry.name)
+        self.call(
+            "abort an upload to",
+            key,
+            self.client.abort_multipart_upload,
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=entry.ref,
+        )
+        return True
 
     def open_reader(self, set_id: str, name: str) -> BackendReader:
         key = self.key(set_id, name)
