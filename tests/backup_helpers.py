@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from psycopg import sql
 
 from tests.slack_receiver import SlackReceiver
 from twinme_ops.definitions import build_definitions
+from twinme_ops.lib.backup_window import TIMEZONE, frozen_backup_clock
 from twinme_ops.lib.crypto import Decryptor
 from twinme_ops.lib.pgtools import pg_bin
 from twinme_ops.lib.store import BackupStore
@@ -29,14 +31,25 @@ def run_backup(
     run_config: dict[str, Any] | None = None,
     instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """Run nightly_backup_job in process with the definitions the environment selects."""
+    """Run nightly_backup_job in process with the definitions the environment selects.
+
+    The backup's clock reads 02:00 (Europe/Paris) on ``partition``'s day, when the nightly
+    schedule takes it: a backup can only be taken of the present, and tests need sets of
+    several days.
+    """
     job = build_definitions().resolve_job_def("nightly_backup_job")
-    return job.execute_in_process(
-        partition_key=partition,
-        run_config=run_config or {},
-        instance=instance or dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    with frozen_backup_clock(nightly_tick(partition)):
+        return job.execute_in_process(
+            partition_key=partition,
+            run_config=run_config or {},
+            instance=instance or dg.DagsterInstance.ephemeral(),
+            raise_on_error=False,
+        )
+
+
+def nightly_tick(partition: str) -> datetime:
+    """02:00 Europe/Paris on ``partition``'s day: when nightly_backup_schedule takes its set."""
+    return datetime.combine(date.fromisoformat(partition), time(2, 0), tzinfo=TIMEZONE)
 
 
 def force_config(force: bool = True) -> dict[str, Any]:

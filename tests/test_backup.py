@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +17,7 @@ from tests.backup_helpers import (
     extract_tar,
     fetch_plain,
     force_config,
+    nightly_tick,
     read_manifest,
     restore_postgres,
     run_backup,
@@ -24,6 +26,8 @@ from tests.backup_helpers import (
 )
 from tests.compare import redis_snapshot_of, table_digest, tree_of
 from tests.slack_receiver import SlackReceiver
+from twinme_ops.defs.backups.assets import backup_partitions
+from twinme_ops.lib.backup_window import frozen_backup_clock
 from twinme_ops.lib.redis_server import RedisServer
 
 
@@ -291,9 +295,12 @@ def test_job_runs_with_the_multiprocess_executor_and_repo_instance(
     home.mkdir()
     shutil.copy(Path(__file__).parents[1] / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home)}
+    # another process: its backup clock is the real one, so only today's partition is taken
+    today = backup_partitions.get_last_partition_key()
+    assert today is not None
     out = subprocess.run(
         [sys.executable, "-m", "dagster", "job", "execute", "-m", "twinme_ops.definitions"]
-        + ["-j", "nightly_backup_job", "--tags", json.dumps({"dagster/partition": PARTITION})],
+        + ["-j", "nightly_backup_job", "--tags", json.dumps({"dagster/partition": today})],
         env=env,
         capture_output=True,
         text=True,
@@ -306,12 +313,19 @@ def test_job_runs_with_the_multiprocess_executor_and_repo_instance(
         if "STEP_SUCCESS" in line and line.count(" - ") > 4
     }
     assert len(pids) >= 3  # steps ran in their own processes
-    manifest = read_manifest(store_for(backup_env["TWINME_BACKUP_URL"]))
-    assert manifest["set_id"] == PARTITION
+    manifest = read_manifest(store_for(backup_env["TWINME_BACKUP_URL"]), today)
+    assert manifest["set_id"] == today
+
+
+@pytest.fixture
+def partition_day_clock() -> Iterator[None]:
+    """This process's backup clock at 02:00 on PARTITION's day, when the schedule takes it."""
+    with frozen_backup_clock(nightly_tick(PARTITION)):
+        yield
 
 
 def test_cli_backup_with_the_example_run_config_prints_the_set(
-    sandbox, backup_env, capsys: pytest.CaptureFixture[str]
+    sandbox, backup_env, capsys: pytest.CaptureFixture[str], partition_day_clock
 ) -> None:
     """README command 1's last step, with examples/run_config/nightly_backup_job.yaml."""
     from twinme_ops import cli

@@ -7,7 +7,8 @@ What is checked, and against what:
   classes accept. The chart's JSON schema is not vendored and cannot be fetched in CI: the parts
   that matter are loaded into Dagster's real classes instead.
 - The production instance (``dagster.yaml``, storage swapped for SQLite) launches runs through the
-  real ``QueuedRunCoordinator`` and ``K8sRunLauncher`` against kmock's Kubernetes API, from a real
+  real queue (twinme_ops' ``TwinmeRunCoordinator``, a ``QueuedRunCoordinator``) and
+  ``K8sRunLauncher`` against kmock's Kubernetes API, from a real
   ``dagster api grpc`` code server started with the chart's arguments and environment. The Jobs
   are read back through the official client.
 - With ``TWINME_K8S_EXECUTOR=1`` the run worker, started here with the run Job's own command as
@@ -44,6 +45,7 @@ from dagster._core.executor.in_process import InProcessExecutor
 from dagster._core.executor.multiprocess import MultiprocessExecutor
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.remote_representation.code_location import CodeLocation
+from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import GrpcServerTarget
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
@@ -60,6 +62,7 @@ from packaging.version import Version
 from tests.k8s_emulator import EmulatorHandle
 from tests.k8s_jobs import declare_jobs, jobs_in
 from twinme_ops.definitions import build_definitions
+from twinme_ops.defs.backups.assets import backup_partitions
 from twinme_ops.defs.backups.jobs import BACKUP_POD, DRILL_POD
 from twinme_ops.defs.database.jobs import TUNING_POD
 from twinme_ops.defs.executors import K8S_CONFIG_TAG, PodResources, step_pods_enabled
@@ -67,6 +70,7 @@ from twinme_ops.defs.recovery.jobs import RECOVERY_POD
 from twinme_ops.defs.release.jobs import RELEASE_POD
 from twinme_ops.lib.kube import KubernetesResource
 from twinme_ops.lib.local_servers import free_port
+from twinme_ops.lib.run_coordinator import REFUSED_TAG, TwinmeRunCoordinator
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy" / "dagster"
@@ -220,7 +224,16 @@ def render_instance(values: Mapping[str, Any]) -> dict[str, Any]:
 
     daemon = values["dagsterDaemon"]
     coordinator = daemon["runCoordinator"]
-    if daemon["enabled"] and coordinator["enabled"]:
+    custom_type = coordinator["type"] == "CustomRunCoordinator"
+    if daemon["enabled"] and coordinator["enabled"] and custom_type:
+        # the chart's dagsterYaml.runCoordinator.custom: module, class, config as given
+        custom = coordinator["config"]["customRunCoordinator"]
+        out["run_coordinator"] = {
+            "module": custom["module"],
+            "class": custom["class"],
+            "config": custom.get("config"),
+        }
+    elif daemon["enabled"] and coordinator["enabled"]:
         assert coordinator["type"] == "QueuedRunCoordinator"
         queued = coordinator["config"].get("queuedRunCoordinator") or {}
         # with any setting here, some chart versions render max_concurrent_runs: -1, which Dagster
@@ -361,6 +374,31 @@ def test_the_instance_config_is_accepted_by_dagster(tmp_path: Path) -> None:
     # a run Job is an isolated, throwaway pod: Dagster must not resume it halfway
     assert config["run_monitoring"]["max_resume_run_attempts"] == 0
     assert config["run_retries"]["retry_on_asset_or_op_failure"] is False
+    # the queue with the backup partition gate, configured as the queue it extends
+    coordinator = config["run_coordinator"]
+    assert (coordinator["module"], coordinator["class"]) == (
+        "twinme_ops.lib.run_coordinator",
+        "TwinmeRunCoordinator",
+    )
+    assert issubclass(TwinmeRunCoordinator, QueuedRunCoordinator)
+    result = process_config(TwinmeRunCoordinator.config_type(), coordinator["config"])
+    assert result.success, [e.message for e in result.errors or []]
+    assert _yaml(REPO / "dagster.yaml")["run_coordinator"] == {
+        "module": "twinme_ops.lib.run_coordinator",
+        "class": "TwinmeRunCoordinator",
+    }
+
+
+def test_the_webserver_and_daemon_run_the_image_that_holds_the_run_coordinator() -> None:
+    """Both submit runs (UI launches; schedules, sensors, backfills): both import the gate."""
+    values = _values()
+    code = _user_deployment(values)["image"]
+    for part in ("dagsterWebserver", "dagsterDaemon"):
+        image = values[part]["image"]
+        assert (image["repository"], image["tag"]) == (code["repository"], code["tag"]), part
+    header = VALUES.read_text().split("\n\n", 1)[0]
+    for part in ("dagsterWebserver", "dagsterDaemon"):
+        assert f"--set {part}.image.tag=$GIT_SHA" in header
 
 
 def test_production_limits_are_the_local_instance_limits() -> None:
@@ -801,6 +839,28 @@ def assert_twinme_pod(job: Mapping[str, Any], pod: PodResources, code_server: Co
     kubernetes_validate.validate(dict(job), K8S_VERSIONS[-1], strict=True)
 
 
+def _today() -> str:
+    """Today's backup partition: the only one (with yesterday until noon) a backup may take."""
+    partition = backup_partitions.get_last_partition_key()
+    assert partition is not None
+    return partition
+
+
+def test_the_production_instance_refuses_a_backup_of_a_past_day_before_any_job(
+    production: Production,
+) -> None:
+    """A backfill's or a launch's run for a past day fails at submission: no Kubernetes Job."""
+    run = submit(production, "nightly_backup_job", "2026-01-01")
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    assert run.tags[REFUSED_TAG] == "backup-partition"
+    messages = [e.message or "" for e in production.instance.all_logs(run.run_id)]
+    refusal = "refusing to back up partition 2026-01-01: a backup is a copy of the present"
+    assert any(m.startswith(refusal) for m in messages), messages
+    dequeue(production)
+    assert jobs_in(production.kubeconfig, NAMESPACE) == {}
+    assert _status(production, run) == dg.DagsterRunStatus.FAILURE
+
+
 def test_the_production_instance_launches_runs_as_kubernetes_jobs(
     production: Production,
 ) -> None:
@@ -812,8 +872,8 @@ def test_the_production_instance_launches_runs_as_kubernetes_jobs(
     with the code location's image, the env secrets, its job's resources and the runs' identity.
     """
     runs = {
-        "backup-1": submit(production, "nightly_backup_job", "2026-01-01"),
-        "backup-2": submit(production, "nightly_backup_job", "2026-01-02"),
+        "backup-1": submit(production, "nightly_backup_job", _today()),
+        "backup-2": submit(production, "nightly_backup_job", _today()),
         "drill": submit(production, "restore_drill_job"),
         "recover": submit(production, "recover_job"),
         "tuning": submit(production, "database_tuning_job"),
@@ -861,7 +921,7 @@ def test_step_pods_run_each_step_as_a_job_with_the_job_resources(
     the three backups have no upstream, so they start at once as three step Jobs. Terminating the
     run worker deletes them.
     """
-    run = submit(production, "nightly_backup_job", "2026-01-03")
+    run = submit(production, "nightly_backup_job", _today())
     dequeue(production)
     [run_job] = jobs_in(production.kubeconfig, NAMESPACE).values()
     args = run_job["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 
 import dagster as dg
+from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from twinme_ops.defs.alerts.hooks import alerted_steps
 from twinme_ops.lib.alerts import (
@@ -24,6 +25,7 @@ from twinme_ops.lib.alerts import (
 )
 from twinme_ops.lib.drill import backup_freshness
 from twinme_ops.lib.redact import redact
+from twinme_ops.lib.run_coordinator import REFUSED_TAG
 from twinme_ops.lib.slack import SlackNotifier
 from twinme_ops.lib.store import BackupStore
 
@@ -141,13 +143,21 @@ def _run_failure_alert(context: dg.RunFailureSensorContext, backup_store: Backup
         "Alerts Slack for every failed run of this code location whose failure no step alert "
         "reported: runs that never started or failed before any step (launcher, pod, resources), "
         "crashed run workers, steps of jobs without the failure hook, and step alerts Slack "
-        "refused (a second chance). Runs tagged twinme/slack-alerted were already reported."
+        "refused (a second chance). Runs tagged twinme/slack-alerted were already reported; runs "
+        "of a backfill the run coordinator refused (twinme/refused) are not alerted."
     ),
 )
 def slack_on_run_failure_sensor(
     context: dg.RunFailureSensorContext, slack: SlackNotifier, backup_store: BackupStore
 ) -> dg.SkipReason:
     run = context.dagster_run
+    if run.tags.get(REFUSED_TAG) and run.tags.get(BACKFILL_ID_TAG):
+        # a backfill of past backup days: each of its runs was refused before it started, and
+        # the backfill's page says why; one message per day would only bury real alerts
+        return dg.SkipReason(
+            f"run {run.run_id[:8]} of backfill {run.tags[BACKFILL_ID_TAG]} was refused before it "
+            f"started ({run.tags[REFUSED_TAG]}): not alerted"
+        )
     already = alerted_steps(context.instance, run.run_id)
     if already:
         return dg.SkipReason(f"run {run.run_id[:8]} already alerted for {', '.join(already)}")

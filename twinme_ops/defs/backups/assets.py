@@ -117,6 +117,9 @@ def _backup_component(
     sources: Sources,
 ) -> tuple[str, ArtifactResult, Any]:
     """Run one component of the set, turning expected errors into a Failure with the fix."""
+    from twinme_ops.lib.backup_window import refuse_unless_present  # issue 11, defect 4
+
+    refuse_unless_present(context)  # a backup is a copy of the present: no past partitions
     label = COMPONENT_LABELS[component]
     key = encryption.get_key()
     try:
