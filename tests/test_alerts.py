@@ -247,9 +247,11 @@ def test_backup_and_drill_failures_name_the_set_and_the_last_good_one(
     # 3. the good set's Redis artifact rots: its drill fails, and no good set is left
     monkeypatch.delenv("REDIS_URL")
     artifact = Path(backup_env["TWINME_BACKUP_URL"].removeprefix("file://")) / GOOD_SET
-    data = bytearray((artifact / "redis.rdb.zst").read_bytes())
+    name = read_manifest(store_for(backup_env["TWINME_BACKUP_URL"]), GOOD_SET)["artifacts"]
+    rdb = artifact / name["redis"]["name"]
+    data = bytearray(rdb.read_bytes())
     data[len(data) // 2] ^= 0x01
-    (artifact / "redis.rdb.zst").write_bytes(bytes(data))
+    rdb.write_bytes(bytes(data))
     drill = run_drill_job(GOOD_SET)
     assert not drill.success
     alert = slack_receiver.messages[-1]

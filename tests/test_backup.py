@@ -86,11 +86,14 @@ def test_backup_restores_with_raw_tools_local(
 
     set_dir = tmp_path / "backups" / PARTITION
     names = sorted(p.name for p in set_dir.iterdir())
+    # the run's own names; its component records are folded into the manifest, then removed
+    run = result.run_id
     assert names == sorted(
-        ["manifest.json", "postgres.dump.zst", "redis.rdb.zst", "files.tar.zst"]
-        + ["postgres.json", "redis.json", "files.json", "drill.json"]
+        ["manifest.json", "drill.json"]
+        + [f"postgres.{run}.dump.zst", f"redis.{run}.rdb.zst", f"files.{run}.tar.zst"]
     )
-    assert not [n for n in names if ".tmp" in n]
+    assert manifest["run_id"] == run
+    assert {a["name"] for a in manifest["artifacts"].values()} <= set(names)
     for art in manifest["artifacts"].values():
         assert art["compression"]["codec"] == "zstd"
         assert art["encryption"] is None
@@ -129,8 +132,9 @@ def test_backup_restores_with_raw_tools_s3(
     s3 = boto3.client("s3")
     listed = s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"twinme/nightly/{PARTITION}/")
     keys = sorted(o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", []))
-    assert "manifest.json" in keys and "postgres.dump.zst" in keys
-    head = s3.head_object(Bucket=s3_bucket, Key=f"twinme/nightly/{PARTITION}/postgres.dump.zst")
+    dump = f"postgres.{result.run_id}.dump.zst"
+    assert "manifest.json" in keys and dump in keys
+    head = s3.head_object(Bucket=s3_bucket, Key=f"twinme/nightly/{PARTITION}/{dump}")
     assert head["ServerSideEncryption"] == "AES256"
 
 
@@ -148,7 +152,9 @@ def test_encrypted_backup_restores_and_never_shows_the_key(
         assert art["name"].endswith(".zst.enc")
         assert art["encryption"]["algorithm"] == "AES-256-GCM"
         assert art["encryption"]["key_id"]
-    stored = (tmp_path / "backups" / PARTITION / "postgres.dump.zst.enc").read_bytes()
+    name = manifest["artifacts"]["postgres"]["name"]
+    assert name == f"postgres.{result.run_id}.dump.zst.enc"
+    stored = (tmp_path / "backups" / PARTITION / name).read_bytes()
     assert not stored.startswith(b"\x28\xb5\x2f\xfd")  # not a readable zstd frame
     text = run_text(instance, result) + json.dumps(manifest)
     assert key not in text
@@ -335,11 +341,17 @@ def test_cli_backup_with_the_example_run_config_prints_the_set(
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert f"backup set {PARTITION} complete: {backup_env['TWINME_BACKUP_URL']}/{PARTITION}" in out
-    for name in ("postgres.dump.zst", "redis.rdb.zst", "files.tar.zst", "manifest.json"):
+    for name in ("postgres.", ".dump.zst", ".rdb.zst", ".tar.zst", "manifest.json"):
         assert name in out
     assert "rows in" in out and "keys" in out and "files," in out
     assert "restore drill passed: all components restored and verified" in out
 
-    assert cli.main(argv) == 1  # complete: refused without --force
-    assert "already complete" in capsys.readouterr().err
+    # a second backup of the day: two lines, the set's state and how to replace it, no trace
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 2 and not captured.err.strip()
+    assert f"backup set {PARTITION} already exists and is complete" in lines[0]
+    assert "restore drill passed" in lines[0]
+    assert lines[1] == "to replace it: twinme-ops backup --force"
     assert cli.main([*argv, "--force"]) == 0

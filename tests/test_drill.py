@@ -75,7 +75,8 @@ def test_flipped_byte_fails_the_drill_and_the_run_naming_the_artifact(
     assert run_backup().success
     store = store_for(backup_env["TWINME_BACKUP_URL"])
     path = Path(backup_env["TWINME_BACKUP_URL"].removeprefix("file://")) / PARTITION
-    artifact = path / "redis.rdb.zst"
+    name = read_manifest(store)["artifacts"]["redis"]["name"]
+    artifact = path / name
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0x01
     artifact.write_bytes(bytes(data))
@@ -86,7 +87,7 @@ def test_flipped_byte_fails_the_drill_and_the_run_naming_the_artifact(
     (evaluation,) = _check_evaluations(result)
     assert not evaluation.passed
     text = run_text(instance, result)
-    assert "redis.rdb.zst" in text and "checksum mismatch" in text
+    assert name in text and "checksum mismatch" in text
     record = json.loads(store.get_bytes(PARTITION, DRILL))
     assert not record["passed"] and "redis" in record["failures"]
     assert "postgres" not in record["failures"] and "files" not in record["failures"]
@@ -105,7 +106,8 @@ def test_wrong_encryption_key_fails_cleanly(
     result = run_drill_job(PARTITION, instance)
     assert not result.success
     text = run_text(instance, result)
-    assert "decryption failed" in text and "postgres.dump.zst.enc" in text
+    name = read_manifest(store_for(os.environ["TWINME_BACKUP_URL"]))["artifacts"]["postgres"]
+    assert "decryption failed" in text and name["name"] in text
     assert other not in text
 
 

@@ -28,11 +28,11 @@ from twinme_ops.defs.backups.retention import (
     retention_schedule,
 )
 from twinme_ops.lib.manifest import (
-    ARTIFACT_NAMES,
     COMPONENTS,
     DRILL,
     FORMAT,
     MANIFEST,
+    artifact_name,
     manifest_bytes,
     parse_manifest,
 )
@@ -311,7 +311,7 @@ def write_set(
     """A small set in the nightly layout: artifacts, then the manifest, then the drill record."""
     artifacts: dict[str, Any] = {}
     for component in COMPONENTS:
-        name = ARTIFACT_NAMES[component]
+        name = artifact_name(component, False, "run-1")
         data = f"{set_id} {component}".encode()
         store.put_bytes(set_id, name, data)
         artifacts[component] = {

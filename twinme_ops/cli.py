@@ -140,8 +140,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from twinme_ops.definitions import build_definitions
     from twinme_ops.defs.backups.assets import backup_partitions
     from twinme_ops.defs.resources import build_resources
+    from twinme_ops.lib.backup_sets import read_set
     from twinme_ops.lib.crypto import BackupEncryption
-    from twinme_ops.lib.manifest import COMPONENT_LABELS, DRILL, MANIFEST
+    from twinme_ops.lib.manifest import COMPONENT_LABELS, MANIFEST
 
     # a malformed key is refused before anything starts
     BackupEncryption(key=os.environ.get("TWINME_BACKUP_ENCRYPTION_KEY", "")).get_key()
@@ -149,6 +150,18 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if not backup_partitions.has_partition_key(partition):
         print(f"error: {partition} is not a backup partition (a YYYY-MM-DD day up to today)")
         return 2
+    store = build_resources()["backup_store"]
+    if not args.force:
+        existing = read_set(store, partition)
+        if existing.manifest is not None:
+            # a complete set is not a failure to report at length: say so and how to replace it
+            print(
+                f"backup set {partition} already exists and is complete: "
+                f"{store.set_location(partition)} (run {existing.manifest.get('run_id', '?')}); "
+                f"{existing.verdict_line()}"
+            )
+            print("to replace it: twinme-ops backup --force")
+            return 0 if existing.verdict in ("passed", "none") else 1
     # the CLI prints a summary; the run's own log lines stay at INFO
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     if args.config:
@@ -174,22 +187,21 @@ def cmd_backup(args: argparse.Namespace) -> int:
                 print(f"FAILED {event.step_key}: {message.strip()}", file=sys.stderr)
         print(f"run {result.run_id} failed (errors above)", file=sys.stderr)
         return 1
-    store = build_resources()["backup_store"]
     manifest = json.loads(store.get_bytes(partition, MANIFEST))
     print(f"backup set {partition} complete: {manifest['location']}")
     print(f"  {MANIFEST}  (run {result.run_id})")
+    width = max(len(art["name"]) for art in manifest["artifacts"].values())
     for component, art in manifest["artifacts"].items():
         facts = _source_summary(component, art["source"])
         enc = ", encrypted" if art["encryption"] else ""
         print(
-            f"  {art['name']:<22} {art['bytes_out'] / 1048576:10.2f} MiB  "
+            f"  {art['name']:<{width}} {art['bytes_out'] / 1048576:10.2f} MiB  "
             f"sha256 {art['sha256'][:16]}…  {COMPONENT_LABELS[component]}: {facts}{enc}"
         )
     print(f"  total {manifest['total_bytes'] / 1048576:.2f} MiB")
-    if store.exists(partition, DRILL):
-        drill = json.loads(store.get_bytes(partition, DRILL))
-        verdict = "passed" if drill["passed"] else "FAILED"
-        print(f"restore drill {verdict}: {drill['reason']}")
+    view = read_set(store, partition)
+    if view.verdict != "none":
+        print(view.verdict_line())
     return 0
 
 

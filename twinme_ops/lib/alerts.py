@@ -69,6 +69,10 @@ _NO_MANIFEST = (
     "No manifest was written for this set: it is not a backup. Fix the cause and re-run the "
     "partition."
 )
+_SET_COMPLETE = (
+    "Nothing is lost: the set named above is complete and was not touched, and this run kept "
+    "nothing of its own. To replace the set, re-run with force: true."
+)
 _DRILL_FAILED = (
     "This set did not restore: do not rely on it. Read the drill's failures in the run, then "
     "re-run the backup and restore_drill_job."
@@ -366,13 +370,18 @@ def step_failure(
     set_id = values.get("set_id")
     if not where.partition and isinstance(set_id, str) and set_id:
         where = replace(where, partition=set_id)
+    word = "CANCELED" if canceled else "FAILED"
+    if values.get("set_complete"):
+        # refused to overwrite a complete set: that set is fine, say so rather than "no manifest"
+        advice = _SET_COMPLETE if advice is None else advice
+        word, canceled = "REFUSED (the set is already complete)", True  # a warning: nothing lost
     if "safety_set_id" in values:
         # a recovery's error ends with its state, which the facts below lay out line by line
         error = error.split(". State: ")[0]
     label = STEP_LABELS.get(where.step, where.step)
     subject = where.subject()
     return Alert(
-        headline=f"TwinMe {where.job} {'CANCELED' if canceled else 'FAILED'} — component: "
+        headline=f"TwinMe {where.job} {word} — component: "
         f"{label} (step {where.step})" + (f", {subject}" if subject else ""),
         severity="warning" if canceled else "failure",
         where=where,

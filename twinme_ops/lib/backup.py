@@ -1,15 +1,22 @@
 """Taking a backup set, without Dagster: used by the nightly assets and by recovery's safety
-backup, so both write exactly the same artifacts, records and manifest."""
+backup, so both write exactly the same artifacts, records and manifest.
+
+Two runs of one set never write the same name (names carry the run id), and the manifest is
+created only if none exists (unless the run was told to replace the set): a run that loses the
+race is refused with :class:`SetCompleteError`, removes what it wrote, and the winner's set stays
+byte for byte as its manifest says.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from twinme_ops.lib.artifacts import ArtifactResult, ProgressCallback, write_artifact
+from twinme_ops.lib.backup_sets import read_set
 from twinme_ops.lib.files import FilesFacts, FileStorageResource, tar_stream
 from twinme_ops.lib.manifest import (
     COMPONENTS,
@@ -23,7 +30,36 @@ from twinme_ops.lib.manifest import (
 from twinme_ops.lib.pgtools import pg_tool_version
 from twinme_ops.lib.postgres import DEFAULT_LOCK_WAIT_TIMEOUT_S, PostgresResource, snapshot_dump
 from twinme_ops.lib.redis_snapshot import RedisResource, rdb_snapshot
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.lib.store import ArtifactExistsError, BackupStore, StoreError
+
+
+class SetCompleteError(Exception):
+    """The set already has a manifest that this run may not replace; nothing of it was touched."""
+
+    def __init__(self, message: str, set_id: str, verdict: str) -> None:
+        super().__init__(message)
+        self.set_id = set_id
+        self.verdict = verdict
+
+
+def complete_set_error(store: BackupStore, set_id: str, *, raced: bool) -> SetCompleteError:
+    """Say that ``set_id`` is complete, who wrote it, its drill verdict, and how to replace it."""
+    view = read_set(store, set_id)
+    manifest = view.manifest or {}
+    who = f" by run {manifest['run_id']}" if manifest.get("run_id") else ""
+    when = f" at {manifest['created_at'][:19]}" if manifest.get("created_at") else ""
+    lead = (
+        f"backup set {set_id} was completed{who}{when} while this run was writing it"
+        if raced
+        else f"backup set {set_id} is already complete{who}{when}"
+    )
+    return SetCompleteError(
+        f"{lead}; that set is untouched at {store.set_location(set_id)} "
+        f"({view.verdict_line()}). Fix: nothing to do; to replace it, re-run with force: true "
+        "in the run config (CLI: twinme-ops backup --force).",
+        set_id,
+        view.verdict,
+    )
 
 
 @dataclass
@@ -110,18 +146,21 @@ def backup_component(
     set_id: str,
     sources: Sources,
     *,
+    run_id: str,
     key: bytes | None,
+    replace: bool = False,
     level: int = 3,
     progress: ProgressCallback | None = None,
     progress_interval_s: float = 10.0,
     lock_wait_timeout_s: int = DEFAULT_LOCK_WAIT_TIMEOUT_S,
 ) -> ComponentBackup:
-    """Stream one component into the set, then write its record.
+    """Stream one component into the set under run ``run_id``'s names, then write its record.
 
     Any failure leaves neither artifact nor record behind (the store discards partial writes).
+    ``replace``: the run may replace a complete set (force); recorded for :func:`write_manifest`.
     ``lock_wait_timeout_s``: see :func:`~twinme_ops.lib.postgres.snapshot_dump`.
     """
-    name = artifact_name(component, key is not None)
+    name = artifact_name(component, key is not None, run_id)
     with _open(component, sources, lock_wait_timeout_s) as (chunks, facts):
         result = write_artifact(
             store,
@@ -140,34 +179,78 @@ def backup_component(
         artifact={**result.to_dict(), "created_at": datetime.now(UTC).isoformat()},
         source=source,
         tool=tool,
+        run_id=run_id,
+        replace=replace,
     )
-    store.put_bytes(set_id, record_name(component), record.to_json())
+    store.put_bytes(set_id, record_name(component, run_id), record.to_json())
     return ComponentBackup(component, result, facts, record)
 
 
-def clear_component(store: BackupStore, set_id: str, component: str) -> None:
-    """Remove a component's artifact (plain or encrypted) and record before it is rewritten."""
-    for encrypted in (False, True):
-        store.delete(set_id, artifact_name(component, encrypted))
-    store.delete(set_id, record_name(component))
+def _run_records(
+    store: BackupStore, set_id: str, runs: Sequence[str], names: dict[str, int]
+) -> dict[str, ComponentRecord]:
+    """Each component's record from the nearest run of ``runs`` (this run, then the runs it
+    re-executes) that wrote one: a re-execution reuses the components its parent finished."""
+    records: dict[str, ComponentRecord] = {}
+    for component in COMPONENTS:
+        for run in runs:
+            if record_name(component, run) in names:
+                data = store.get_bytes(set_id, record_name(component, run))
+                records[component] = ComponentRecord.from_json(data)
+                break
+    return records
 
 
-def write_manifest(store: BackupStore, set_id: str, *, environment: str, run_id: str) -> dict:
-    """Build the manifest from the component records and write it last."""
-    records = {
-        c: ComponentRecord.from_json(store.get_bytes(set_id, record_name(c)))
-        for c in COMPONENTS
-        if store.exists(set_id, record_name(c))
-    }
+def _discard(store: BackupStore, set_id: str, records: dict[str, ComponentRecord]) -> None:
+    for record in records.values():
+        store.delete(set_id, record.artifact["name"])
+        store.delete(set_id, record_name(record.component, record.run_id))
+
+
+def write_manifest(
+    store: BackupStore,
+    set_id: str,
+    *,
+    environment: str,
+    run_id: str,
+    runs: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Build the manifest from this run's component records and create it, last.
+
+    ``runs``: the run ids whose records may be used, nearest first (default: ``run_id`` only).
+    The manifest is created only if the set has none, unless every record used was written to
+    replace the set (force), in which case it replaces the old manifest in one atomic write.
+    When another run completed the set first, this run removes what it wrote and raises
+    :class:`SetCompleteError`; the complete set is not touched. The records are folded into the
+    manifest and then removed.
+    """
+    names = store.list_artifacts(set_id)
+    records = _run_records(store, set_id, list(runs) or [run_id], names)
     manifest = build_manifest(
         set_id,
         records,
-        store.list_artifacts(set_id),
+        names,
         environment=environment,
         run_id=run_id,
         location=store.set_location(set_id),
     )
-    store.put_bytes(set_id, MANIFEST, manifest_bytes(manifest))
+    data = manifest_bytes(manifest)
+    if all(r.replace for r in records.values()):
+        if MANIFEST in names:
+            log(f"force: replacing the manifest of set {set_id} (one atomic write)")
+        store.put_bytes(set_id, MANIFEST, data)
+    else:
+        try:
+            store.create_bytes(set_id, MANIFEST, data)
+        except ArtifactExistsError:
+            _discard(store, set_id, records)
+            raise complete_set_error(store, set_id, raced=True) from None
+    for record in records.values():
+        try:
+            store.delete(set_id, record_name(record.component, record.run_id))
+        except StoreError as exc:  # a record left behind is a leftover, not a fault
+            log(f"could not remove record {record.component}.{record.run_id}.json: {exc}")
     return manifest
 
 
@@ -183,6 +266,6 @@ def backup_all(
 ) -> dict:
     """A complete set in one call (recovery's safety backup)."""
     for component in COMPONENTS:
-        done = backup_component(component, store, set_id, sources, key=key)
+        done = backup_component(component, store, set_id, sources, run_id=run_id, key=key)
         log(f"{component}: {done.result.bytes_out:,} bytes stored in {set_id}")
-    return write_manifest(store, set_id, environment=environment, run_id=run_id)
+    return write_manifest(store, set_id, environment=environment, run_id=run_id, log=log)

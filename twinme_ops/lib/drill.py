@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 
 from psycopg import sql
 
-from twinme_ops.lib.artifacts import read_manifest_artifact
-from twinme_ops.lib.manifest import COMPONENTS, DRILL, MANIFEST, parse_manifest
+from twinme_ops.lib.artifacts import read_manifest_artifact, verify_artifact
+from twinme_ops.lib.backup_sets import read_set, require_complete_set
+from twinme_ops.lib.manifest import COMPONENTS, DRILL
 from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.lib.redact import redact
 from twinme_ops.lib.restore_files import safe_extract
@@ -60,6 +61,9 @@ class DrillResult:
     passed: bool = False
     reason: str = ""
     checked_at: str = ""
+    # which manifest was drilled: a verdict counts only for the manifest it verified
+    manifest_sha256: str = ""
+    manifest_run_id: str = ""
     rto_s: dict[str, float] = field(default_factory=dict)
     rpo_s: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
@@ -67,7 +71,7 @@ class DrillResult:
 
     @property
     def total_rto_s(self) -> float:
-        return round(sum(self.rto_s.values()), 3)
+        return round(float(sum(self.rto_s.values())), 3)
 
     def to_record(self) -> dict[str, Any]:
         return {**asdict(self), "total_rto_s": self.total_rto_s}
@@ -82,14 +86,6 @@ def same_database(a: str, b: str) -> bool:
         and (pa.port or 5432) == (pb.port or 5432)
         and pa.path.strip("/") == pb.path.strip("/")
     )
-
-
-def newest_complete_set(store: BackupStore) -> str | None:
-    """Id of the newest set that has a manifest."""
-    for set_id in sorted(store.list_sets(), reverse=True):
-        if store.exists(set_id, MANIFEST):
-            return set_id
-    return None
 
 
 @contextmanager
@@ -117,16 +113,19 @@ def run_drill(
 
     Never raises for a failing backup: the result says what failed and why (and is written to
     the set as ``drill.json`` when ``record``). Raises :class:`DrillRefused` only when the drill
-    itself would be unsafe.
+    itself would be unsafe, and :class:`~twinme_ops.lib.backup_sets.SetNotFoundError` (writing
+    nothing) when ``set_id`` is not a set with a manifest. Only what the manifest names is read.
     """
     result = DrillResult(set_id=set_id)
     started = datetime.now(UTC)
-    try:
-        manifest = parse_manifest(store.get_bytes(set_id, MANIFEST))
-    except Exception as exc:
-        result.reason = f"manifest of set {set_id} unreadable: {redact(exc)}"
+    view = read_set(store, set_id)
+    result.manifest_sha256 = view.manifest_sha256
+    if view.unreadable:
+        result.reason = f"manifest of set {set_id} unreadable: {redact(view.unreadable)}"
         result.failures["manifest"] = result.reason
         return _finish(store, result, started, record)
+    manifest = view.manifest or require_complete_set(store, set_id).manifest or {}
+    result.manifest_run_id = str(manifest.get("run_id", ""))
     created = datetime.fromisoformat(manifest["created_at"])
     result.rpo_s = round((started - created).total_seconds(), 1)
     with _scratch_dir(scratch_base) as workdir:
@@ -143,7 +142,7 @@ def run_drill(
             except DrillRefused:
                 raise
             except Exception as exc:
-                message = f"{art['name']}: {redact(exc)}"
+                message = f"{art['name']}: {redact(_integrity_first(store, set_id, art, exc))}"
                 result.failures[component] = message
                 log(f"drill {set_id}: {component} FAILED: {message}")
             finally:
@@ -157,6 +156,23 @@ def run_drill(
             f"(RPO {result.rpo_s / 3600:.1f} h)"
         )
     return _finish(store, result, started, record)
+
+
+def _integrity_first(
+    store: BackupStore, set_id: str, art: dict[str, Any], exc: Exception
+) -> Exception | str:
+    """A restore tool that fails on corrupt bytes (pg_restore stops before the stream ends, so
+    the sha256 is never checked) must not hide the cause: hash the stored artifact, and report a
+    checksum mismatch first when it is one."""
+    if "checksum mismatch" in str(exc):
+        return exc
+    try:
+        verify_artifact(store, set_id, art["name"], art["sha256"])
+    except ValueError as mismatch:
+        return f"{mismatch} (the restore also failed: {exc})"
+    except Exception:  # unreadable now: the original error says more
+        return exc
+    return exc
 
 
 def _finish(
@@ -280,16 +296,12 @@ class Freshness:
 def backup_freshness(store: BackupStore, now: datetime, max_age_hours: float) -> Freshness:
     """Find the newest set whose drill passed and say whether it is younger than the limit."""
     for set_id in sorted(store.list_sets(), reverse=True):
-        if not (store.exists(set_id, MANIFEST) and store.exists(set_id, DRILL)):
+        view = read_set(store, set_id)
+        # a verdict about a manifest that force has since replaced does not count
+        if view.manifest is None or view.verdict != "passed":
             continue
-        try:
-            drill = json.loads(store.get_bytes(set_id, DRILL))
-            manifest = parse_manifest(store.get_bytes(set_id, MANIFEST))
-        except Exception:
-            continue
-        if not drill.get("passed"):
-            continue
-        age = (now - datetime.fromisoformat(manifest["created_at"])).total_seconds() / 3600
+        created = datetime.fromisoformat(view.manifest["created_at"])
+        age = (now - created).total_seconds() / 3600
         if age <= max_age_hours:
             return Freshness(True, f"set {set_id} passed its drill, {age:.1f} h old", set_id, age)
         return Freshness(

@@ -8,7 +8,6 @@ with the RDB (no FLUSHALL or CONFIG needed); files are extracted safely, then sw
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -22,8 +21,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from twinme_ops.lib.artifacts import read_manifest_artifact, verify_artifact
+from twinme_ops.lib.backup_sets import SetNotFoundError, read_set, require_complete_set
 from twinme_ops.lib.files import FileStorageResource
-from twinme_ops.lib.manifest import COMPONENTS, DRILL, MANIFEST, parse_manifest
+from twinme_ops.lib.manifest import COMPONENTS, MANIFEST, parse_manifest
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.redact import redact
 from twinme_ops.lib.redis_snapshot import RedisResource
@@ -77,24 +77,20 @@ class RecoveryState:
 
 
 def resolve_set(store: BackupStore, requested: str) -> str:
-    """The set to restore: an id with a manifest, or the newest set that passed its drill."""
+    """The set to restore: an id with a manifest, or the newest set whose drill passed (a
+    verdict about a manifest since replaced does not count)."""
     if requested == LATEST_VERIFIED:
         for set_id in sorted(store.list_sets(), reverse=True):
-            if store.exists(set_id, MANIFEST) and store.exists(set_id, DRILL):
-                try:
-                    if json.loads(store.get_bytes(set_id, DRILL)).get("passed"):
-                        return set_id
-                except ValueError:
-                    continue
+            if read_set(store, set_id).verdict == "passed":
+                return set_id
         raise RecoveryError(
             f"no set in {store.describe()} has passed a restore drill. Fix: run "
             "restore_drill_job, or name a set_id explicitly."
         )
-    if not store.exists(requested, MANIFEST):
-        raise RecoveryError(
-            f"backup set {requested!r} has no manifest in {store.describe()}: it is not a "
-            "complete backup. Fix: pick a set listed by the backup_set asset, or latest-verified."
-        )
+    try:
+        require_complete_set(store, requested)
+    except SetNotFoundError as exc:
+        raise RecoveryError(f"{exc} Or use latest-verified.") from None
     return requested
 
 

@@ -33,15 +33,15 @@ retention errs on the side of keeping data).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from twinme_ops.lib.manifest import DRILL, MANIFEST, ManifestError, parse_manifest
-from twinme_ops.lib.store import ArtifactNotFoundError, BackupStore, StoreError
+from twinme_ops.lib.backup_sets import read_set
+from twinme_ops.lib.manifest import MANIFEST
+from twinme_ops.lib.store import BackupStore, StoreError
 
 # Set ids are partition dates of this time zone (nightly_backup_job's partitions).
 TIMEZONE = ZoneInfo("Europe/Paris")
@@ -159,39 +159,24 @@ def parse_set_date(set_id: str) -> date | None:
     return parsed if parsed.isoformat() == set_id else None
 
 
-def _drill_status(data: bytes) -> tuple[DrillStatus, str]:
-    try:
-        record = json.loads(data)
-    except ValueError:
-        return "failed", "drill record is not valid JSON: treated as a failed drill"
-    passed = record.get("passed") if isinstance(record, dict) else None
-    if not isinstance(passed, bool):
-        return "failed", "drill record has no boolean 'passed': treated as a failed drill"
-    return ("passed" if passed else "failed"), ""
-
-
 def inspect_set(store: BackupStore, set_id: str) -> SetState:
-    """Read one set's manifest and drill record (one listing and at most two reads)."""
+    """Read one set's manifest and drill record (one listing and at most two reads).
+
+    A drill verdict about a manifest that has since been replaced (force) counts as no drill.
+    """
     set_date = parse_set_date(set_id)
     if set_date is None:
         return SetState(set_id, None, "unreadable", detail="set id is not a YYYY-MM-DD date")
-    names = store.list_artifacts(set_id)
-    if MANIFEST not in names:
+    view = read_set(store, set_id)
+    if view.unreadable:
+        return SetState(set_id, set_date, "unreadable", detail=view.unreadable)
+    if not view.complete:
         return SetState(set_id, set_date, "incomplete")
-    try:
-        parse_manifest(store.get_bytes(set_id, MANIFEST))
-    except ArtifactNotFoundError:
-        # removed since the listing (a forced re-run replaces the set): not a backup right now
-        return SetState(set_id, set_date, "incomplete")
-    except ManifestError as exc:
-        return SetState(set_id, set_date, "unreadable", detail=str(exc))
-    if DRILL not in names:
-        return SetState(set_id, set_date, "complete")
-    try:
-        drill, detail = _drill_status(store.get_bytes(set_id, DRILL))
-    except ArtifactNotFoundError:
-        drill, detail = "none", ""
-    return SetState(set_id, set_date, "complete", drill, detail)
+    verdict = view.verdict
+    if verdict == "stale":
+        return SetState(set_id, set_date, "complete", "none", "drill verified a replaced manifest")
+    detail = f"{view.drill_problem}: treated as a failed drill" if view.drill_problem else ""
+    return SetState(set_id, set_date, "complete", verdict, detail)
 
 
 def inspect_sets(store: BackupStore) -> list[SetState]:

@@ -6,8 +6,8 @@ temporary names. The writer holds an exclusive ``flock`` on its temporary file u
 so a temporary file whose lock another process can take was left by a killed writer and may be
 removed (:meth:`LocalBackend.remove_partial`). A create-only write (the manifest) links its
 complete temporary file to the final name: ``link`` fails on an existing name, where ``rename``
-would silently replace it. ``OSError`` becomes a redacted :class:`~twinme_ops.lib.store.StoreError` that
-says what to fix.
+would silently replace it. ``OSError`` becomes a redacted
+:class:`~twinme_ops.lib.store.StoreError` that says what to fix.
 """
 
 from __future__ import annotations

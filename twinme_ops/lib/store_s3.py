@@ -341,9 +341,7 @@ class S3Backend:
     def list_entries(self, set_id: str) -> list[StoredEntry]:
         prefix = self.key(set_id)
         found = [
-            StoredEntry(
-                obj["Key"][len(prefix) :], int(obj["Size"]), _aware(obj["LastModified"])
-            )
+            StoredEntry(obj["Key"][len(prefix) :], int(obj["Size"]), _aware(obj["LastModified"]))
             for page in self._pages("list", prefix, Delimiter="/")
             for obj in page.get("Contents", [])
             if is_artifact_name(obj["Key"][len(prefix) :])

@@ -11,7 +11,14 @@ from twinme_ops.defs.alerts.hooks import step_where
 from twinme_ops.defs.resources import twinme_env
 from twinme_ops.lib.alerts import backup_success
 from twinme_ops.lib.artifacts import ArtifactResult
-from twinme_ops.lib.backup import Sources, backup_component, clear_component, write_manifest
+from twinme_ops.lib.backup import (
+    SetCompleteError,
+    Sources,
+    backup_component,
+    complete_set_error,
+    write_manifest,
+)
+from twinme_ops.lib.backup_sets import sweep_leftovers
 from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.files import FilesBackupError, FileStorageResource
 from twinme_ops.lib.manifest import (
@@ -42,7 +49,8 @@ class BackupConfig(dg.Config):
 
     force: bool = Field(
         default=False,
-        description="Replace this partition's set even if it is complete (has a manifest).",
+        description="Replace this partition's set even if it is complete (has a manifest): the "
+        "old set stays whole until the new manifest replaces it in one atomic write.",
     )
     zstd_level: int = Field(default=3, ge=1, le=19, description="zstd compression level.")
     progress_interval_s: float = Field(
@@ -57,24 +65,56 @@ class BackupConfig(dg.Config):
     )
 
 
+def run_lineage(context: dg.AssetExecutionContext) -> list[str]:
+    """This run's id, then the ids of the runs it re-executes, nearest first."""
+    runs = [context.run.run_id]
+    parent = context.run.parent_run_id
+    while parent and parent not in runs and len(runs) < 100:
+        runs.append(parent)
+        run = context.instance.get_run_by_id(parent)
+        parent = run.parent_run_id if run is not None else None
+    return runs
+
+
+def run_status(instance: dg.DagsterInstance) -> Callable[[str], str | None]:
+    """A run's status in this instance (None for a run another instance launched)."""
+
+    def status(run_id: str) -> str | None:
+        try:
+            run = instance.get_run_by_id(run_id)
+        except Exception:  # not a run id this instance can look up
+            return None
+        return run.status.value if run is not None else None
+
+    return status
+
+
+def complete_set_failure(exc: SetCompleteError) -> dg.Failure:
+    """The refusal to overwrite a complete set; alerts read ``set_complete`` in its metadata and
+    never describe that set as missing."""
+    return dg.Failure(
+        description=str(exc),
+        metadata={
+            "set_id": exc.set_id,
+            "set_complete": True,
+            "drill": exc.verdict,
+        },
+    )
+
+
 def _prepare_set(
     context: dg.AssetExecutionContext, store: BackupStore, component: str, force: bool
 ) -> str:
-    """Refuse to touch a complete set unless forced; clear this component's stale files."""
+    """Refuse to start on a complete set unless forced (nothing is removed: the run writes under
+    its own names, and a forced run's manifest replaces the old one only at the end)."""
     set_id = set_id_for_partition(context.partition_key)
     store.check_writable()
     if store.exists(set_id, MANIFEST):
         if not force:
-            raise dg.Failure(
-                description=(
-                    f"backup set {set_id} is already complete at {store.set_location(set_id)}; "
-                    "refusing to overwrite it. Fix: re-run with force: true in the run config "
-                    "(CLI: twinme-ops backup --force) to replace it."
-                )
-            )
-        context.log.warning(f"force: replacing complete set {set_id}; its manifest is removed")
-        store.delete(set_id, MANIFEST)
-    clear_component(store, set_id, component)
+            raise complete_set_failure(complete_set_error(store, set_id, raced=False))
+        context.log.warning(
+            f"force: set {set_id} is complete; it stays whole until this run's manifest replaces it"
+        )
     return set_id
 
 
@@ -130,7 +170,9 @@ def _backup_component(
             store,
             set_id,
             sources,
+            run_id=context.run.run_id,
             key=key,
+            replace=config.force,
             level=config.zstd_level,
             progress=_progress(context, component),
             progress_interval_s=config.progress_interval_s,
@@ -262,10 +304,27 @@ def backup_set(
     set_id = set_id_for_partition(context.partition_key)
     try:
         manifest = write_manifest(
-            backup_store, set_id, environment=twinme_env(), run_id=context.run.run_id
+            backup_store,
+            set_id,
+            environment=twinme_env(),
+            run_id=context.run.run_id,
+            runs=run_lineage(context),
+            log=context.log.info,
         )
+    except SetCompleteError as exc:
+        raise complete_set_failure(exc) from None
     except _EXPECTED as exc:
         raise dg.Failure(description=f"backup set {set_id} incomplete: {redact(exc)}") from None
+    try:
+        sweep_leftovers(
+            backup_store,
+            set_id,
+            manifest,
+            log=context.log.info,
+            run_status=run_status(context.instance),
+        )
+    except StoreError as exc:  # the set is complete; what is left is retention's to remove
+        context.log.warning(f"leftovers of set {set_id} not removed: {redact(exc)}")
     total = manifest["total_bytes"]
     arts = manifest["artifacts"]
     sizes = ", ".join(f"{COMPONENT_LABELS[c]} {arts[c]['bytes_out'] / MIB:,.1f} MB" for c in arts)

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from twinme_ops.defs.backups.assets import backup_partitions, backup_set
+from twinme_ops.lib.backup_sets import SetNotFoundError
 from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.drill import DrillResult, run_drill
 from twinme_ops.lib.manifest import set_id_for_partition
@@ -39,15 +40,19 @@ def drill_set(
     metrics: MetricsResource | None = None,
 ) -> DrillResult:
     """Run the drill for one set with the configured store, key and production database;
-    push its verdict, RTO and RPO (passed or not) when ``metrics`` is given."""
+    push its verdict, RTO and RPO (passed or not) when ``metrics`` is given. A set that does not
+    exist (or has no manifest) fails with the newest complete set's id, and writes nothing."""
     production = postgres.url or None  # empty: the sandbox, which drills never touch either
-    result = run_drill(
-        backup_store,
-        set_id,
-        key=backup_encryption.get_key(),
-        production_database_url=production,
-        log=log.info,
-    )
+    try:
+        result = run_drill(
+            backup_store,
+            set_id,
+            key=backup_encryption.get_key(),
+            production_database_url=production,
+            log=log.info,
+        )
+    except SetNotFoundError as exc:  # nothing to drill, and nothing was written
+        raise dg.Failure(description=str(exc), metadata={"set_id": set_id}) from None
     if metrics is not None:
         metrics.push_drill(result, log=log)
     return result

@@ -9,8 +9,8 @@ from twinme_ops.defs.alerts.hooks import slack_on_backup_failure
 from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS, backup_set
 from twinme_ops.defs.backups.checks import DRILL_CHECK, drill_metadata, drill_set
 from twinme_ops.defs.executors import PodResources, max_runtime, step_pod_executor
+from twinme_ops.lib.backup_sets import newest_complete_set
 from twinme_ops.lib.crypto import BackupEncryption
-from twinme_ops.lib.drill import newest_complete_set
 from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.store import BackupStore

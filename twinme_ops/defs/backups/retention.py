@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.defs.backups.assets import backup_set
+from twinme_ops.defs.backups.assets import backup_set, run_status
 from twinme_ops.defs.executors import max_runtime
+from twinme_ops.lib.backup_sets import LEFTOVER_GRACE_S, read_set, sweep_leftovers
 from twinme_ops.lib.redact import redact
 from twinme_ops.lib.retention import (
     RetentionPolicy,
@@ -65,6 +66,14 @@ class RetentionConfig(dg.Config):
         "since the end of its day (before that, it may still be being written).",
     )
 
+    leftover_grace_hours: float = Field(
+        default=LEFTOVER_GRACE_S / 3600,
+        ge=0,
+        description="In a complete set, an object its manifest does not name (a losing or "
+        "killed run's artifact, an old record) is removed once this old; a failed or canceled "
+        "run's objects and a dead writer's partial file go at once.",
+    )
+
     def policy(self) -> RetentionPolicy:
         """The policy these settings describe."""
         return RetentionPolicy(
@@ -86,7 +95,9 @@ class RetentionConfig(dg.Config):
         "4 weekly and 6 monthly sets. It never deletes the newest set, the newest complete set "
         "or the newest set that passed its restore drill. Sets without manifest are deleted 24 h "
         "after their day; sets whose manifest cannot be read are reported, never deleted. Ages "
-        "come from the set ids (dates), never from file times. Run with dry_run: true to preview."
+        "come from the set ids (dates), never from file times. In the sets it keeps, it removes "
+        "what their manifest does not name (a losing or killed run's files). Run with dry_run: "
+        "true to preview."
     ),
 )
 def backup_retention(
@@ -109,6 +120,25 @@ def backup_retention(
             context.log.info(line)
 
     report = apply_retention(backup_store, decisions, dry_run=config.dry_run, log=log)
+    leftovers = 0
+    for decision in report.kept:
+        if config.dry_run or decision.status != "complete":
+            continue
+        try:
+            view = read_set(backup_store, decision.set_id)
+            if view.manifest is not None:
+                leftovers += len(
+                    sweep_leftovers(
+                        backup_store,
+                        decision.set_id,
+                        view.manifest,
+                        log=context.log.info,
+                        run_status=run_status(context.instance),
+                        grace_s=config.leftover_grace_hours * 3600,
+                    )
+                )
+        except StoreError as exc:
+            context.log.warning(f"leftovers of set {decision.set_id} not removed: {redact(exc)}")
     kept = [d.set_id for d in report.kept]
     metadata: dict[str, dg.RawMetadataValue] = {
         "dry_run": dg.MetadataValue.bool(config.dry_run),
@@ -119,6 +149,7 @@ def backup_retention(
         "to_delete": dg.MetadataValue.int(len(report.deleted)),
         "reported": dg.MetadataValue.int(len(report.reported)),
         "failed_deletions": dg.MetadataValue.int(len(report.failed)),
+        "leftovers_removed": dg.MetadataValue.int(leftovers),
         "oldest_kept": dg.MetadataValue.text(min(kept) if kept else "none"),
         "newest_kept": dg.MetadataValue.text(max(kept) if kept else "none"),
         "policy": dg.MetadataValue.text(policy.describe()),
