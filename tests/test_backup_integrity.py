@@ -43,10 +43,11 @@ from twinme_ops.lib.store import BackupStore
 
 
 @contextmanager
-def table_locked(database_url: str, table: str = "public.messages") -> Iterator[None]:
-    """Hold an ACCESS EXCLUSIVE lock (what a migration takes): every dump waits behind it."""
+def table_locked(database_url: str) -> Iterator[None]:
+    """Hold an ACCESS EXCLUSIVE lock on ``messages`` (what a migration takes): every dump waits
+    behind it."""
     with psycopg.connect(database_url) as conn:
-        conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        conn.execute("LOCK TABLE public.messages IN ACCESS EXCLUSIVE MODE")
         yield
         conn.rollback()
 
@@ -311,3 +312,40 @@ def test_sweep_removes_only_what_is_safe_to_remove(tmp_path: Path) -> None:
         a["name"] for a in manifest["artifacts"].values()
     }
     assert any("kept notes.txt" in line for line in lines)
+
+
+def _nightly_backup_job() -> dg.JobDefinition:
+    return build_definitions().resolve_job_def("nightly_backup_job")
+
+
+def test_reexecution_from_failure_completes_the_set_with_the_parents_components(
+    sandbox, backup_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The UI's "Re-execute from failure": the new run backs up only what failed, and its
+    manifest names the components its parent finished (found through the run's lineage)."""
+    partition = today_partition()
+    store = store_for(backup_env["TWINME_BACKUP_URL"])
+    tags = {"dagster/partition": partition}
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+        with dg.execute_job(dg.reconstructable(_nightly_backup_job), instance, tags=tags) as first:
+            assert not first.success
+            first_id = first.run_id
+        monkeypatch.setenv("REDIS_URL", sandbox.redis_url)  # Redis is back
+        options = dg.ReexecutionOptions.from_failure(first_id, instance)
+        with dg.execute_job(
+            dg.reconstructable(_nightly_backup_job),
+            instance,
+            tags=tags,  # the UI copies the parent run's tags, its partition among them
+            reexecution_options=options,
+        ) as second:
+            assert second.success, [
+                str(e.step_failure_data.error.message)
+                for e in second.all_events
+                if e.is_step_failure and e.step_failure_data and e.step_failure_data.error
+            ]
+            second_id = second.run_id
+    arts = _assert_byte_exact_and_drillable(store, partition)["artifacts"]
+    assert first_id in arts["postgres"]["name"] and first_id in arts["files"]["name"]
+    assert second_id in arts["redis"]["name"]
+    assert read_set(store, partition).verdict == "passed"

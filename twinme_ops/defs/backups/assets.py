@@ -289,9 +289,11 @@ def files_backup(
     deps=[postgres_backup, redis_backup, files_backup],
     kinds={"s3"},
     description=(
-        "The day's backup set: checks that every component's artifact is in the store with the "
-        "recorded size, then writes manifest.json last (sizes, sha256, compression, encryption, "
-        "source row/key/file counts, tool versions, durations). A set without it is not a backup."
+        "The day's backup set: checks that every component's artifact of this run is in the "
+        "store with the recorded size, then creates manifest.json last, create-only (sizes, "
+        "sha256, compression, encryption, source row/key/file counts, tool versions, durations). "
+        "A set without it is not a backup; a run that finds the set completed by another run is "
+        "refused and removes its own files. Then removes leftovers of dead or failed runs."
     ),
 )
 def backup_set(
