@@ -25,8 +25,17 @@ from twinme_ops.lib.backup_sets import SetNotFoundError, read_set, require_compl
 from twinme_ops.lib.files import FileStorageResource
 from twinme_ops.lib.manifest import COMPONENTS, MANIFEST, parse_manifest
 from twinme_ops.lib.postgres import PostgresResource
+from twinme_ops.lib.recovery_databases import (
+    check_maintenance_access,
+    drop_restore_leftovers,
+    maintenance_url,
+    pre_recovery_name,
+    restore_database_name,
+    restore_lock,
+)
 from twinme_ops.lib.redact import redact
 from twinme_ops.lib.redis_snapshot import RedisResource
+from twinme_ops.lib.restore import RestoreError
 from twinme_ops.lib.restore_files import replace_tree, safe_extract, staging_dir_for
 from twinme_ops.lib.restore_postgres import (
     create_database,
@@ -124,31 +133,50 @@ def verify_set(store: BackupStore, state: RecoveryState, log: Log) -> None:
         log(f"{component}: {art['name']} verified ({size:,} bytes, sha256 ok)")
 
 
-def _admin_url(url: str) -> str:
-    """The same server's maintenance database, where databases are created and renamed."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
+def check_postgres_target(pg: PostgresResource, log: Log) -> None:
+    """Preflight: the restore's CREATE/RENAME DATABASE can run (see recovery_databases)."""
+    live = pg.database_name
+    admin = maintenance_url(pg.tool_dsn(), live)
+    try:
+        check_maintenance_access(admin, live, pg.tool_env())
+    except RestoreError as exc:
+        raise RecoveryError(f"{exc} Nothing was touched.") from None
+    log(f"postgres: {live} can be swapped from the maintenance database {urlsplit(admin).path[1:]}")
 
 
 def restore_postgres(
     store: BackupStore, state: RecoveryState, pg: PostgresResource, key: bytes | None, log: Log
 ) -> None:
-    """pg_restore into a fresh database, then swap it in under the live name (old one kept)."""
+    """pg_restore into a fresh database, then swap it in under the live name (old one kept).
+
+    First drops the restore databases of earlier recoveries that were killed (never a
+    ``__pre_recovery_`` copy, never one a running recovery holds).
+    """
     art = state.manifest["artifacts"]["postgres"]
     live = pg.database_name
-    restored_db = f"{live}__restore_{state.stamp}"[:63]
-    keep_old = f"{live}__pre_recovery_{state.stamp}"[:63]
-    admin = _admin_url(pg.tool_dsn())
+    restored_db = restore_database_name(live, state.stamp)
+    keep_old = pre_recovery_name(live, state.stamp)
+    admin = maintenance_url(pg.tool_dsn(), live)
     env = pg.tool_env()
-    create_database(admin, restored_db, env)
-    try:
-        chunks = read_manifest_artifact(store, state.set_id, art, key)
-        dsn = urlunsplit(urlsplit(pg.tool_dsn())._replace(path=f"/{restored_db}"))
-        pg_restore_stream(chunks, dsn, env, no_owner=True)
-    except Exception:
-        drop_database(admin, restored_db, env)
-        raise
-    swap_databases(admin, live, restored_db, keep_old, env)
+    with restore_lock(admin, restored_db, env):
+        leftovers = drop_restore_leftovers(admin, live, state.stamp, env)
+        for name in leftovers.dropped:
+            log(f"postgres: dropped {name}, left by a recovery that did not finish")
+        for name, why in leftovers.kept.items():
+            log(f"postgres: kept {name}: {why}")
+        log(
+            f"postgres: restoring into {restored_db}, swapped in from the maintenance database "
+            f"{urlsplit(admin).path[1:]}"
+        )
+        create_database(admin, restored_db, env)
+        try:
+            chunks = read_manifest_artifact(store, state.set_id, art, key)
+            dsn = urlunsplit(urlsplit(pg.tool_dsn())._replace(path=f"/{restored_db}"))
+            pg_restore_stream(chunks, dsn, env, no_owner=True)
+        except Exception:
+            drop_database(admin, restored_db, env)
+            raise
+        swap_databases(admin, live, restored_db, keep_old, env)
     state.details["postgres"] = {"previous_database_kept_as": keep_old}
     log(f"postgres: {live} now holds set {state.set_id}; the previous one is kept as {keep_old}")
 

@@ -19,6 +19,7 @@ from twinme_ops.lib.postgres import PostgresResource
 from twinme_ops.lib.recovery import (
     RecoveryError,
     RecoveryState,
+    check_postgres_target,
     check_request,
     resolve_set,
     restore_files,
@@ -102,7 +103,10 @@ def _fail(state: RecoveryState, step: str, exc: BaseException) -> dg.Failure:
     )
 
 
-@dg.op(description="Check the confirmation and every selected artifact's sha256; touch nothing.")
+@dg.op(
+    description="Check the confirmation, that PostgreSQL lets this role swap the database, and "
+    "every selected artifact's sha256; touch nothing."
+)
 def recovery_preflight(
     context: dg.OpExecutionContext,
     config: RecoverConfig,
@@ -120,6 +124,9 @@ def recovery_preflight(
         state = RecoveryState(set_id, list(config.components), target_db)
         state.details["targets"] = overrides
         state.details["api_url"] = config.api_url or os.environ.get("TWINME_API_URL", "")
+        if "postgres" in state.components:
+            # before the safety backup and the scale-down: the swap must be possible
+            check_postgres_target(targets.postgres, context.log.info)
         verify_set(backup_store, state, context.log.info)
     except RecoveryError as exc:
         raise dg.Failure(description=str(exc)) from None
