@@ -24,6 +24,7 @@ from twinme_ops.lib.kaniko import KanikoImageBuilder
 from twinme_ops.lib.kube import KubernetesResource
 from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
+from twinme_ops.lib.redact import register_secret, register_secrets_in
 from twinme_ops.lib.redis_snapshot import RedisResource
 from twinme_ops.lib.release import ReleaseSettings
 from twinme_ops.lib.slack import SlackNotifier
@@ -108,8 +109,46 @@ def _image_builder() -> ImageBuilderResource:
     return KanikoImageBuilder(**common, **kaniko)
 
 
+# variables that may carry a password in a URL's user info (or a libpq password=...), and
+# variables whose whole value is a secret
+URL_SECRET_VARS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "TWINME_BACKUP_URL",
+    "TWINME_GIT_REMOTE",
+    "TWINME_KANIKO_GIT_URL",
+    "TWINME_PUSHGATEWAY_URL",
+    "TWINME_API_URL",
+    "TWINME_DAGSTER_URL",
+    "AWS_ENDPOINT_URL_S3",
+)
+WHOLE_SECRET_VARS = (
+    "SLACK_WEBHOOK_URL",
+    "TWINME_BACKUP_ENCRYPTION_KEY",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "PGPASSWORD",
+    "REDIS_PASSWORD",
+)
+
+
+def register_configured_secrets() -> None:
+    """Register the configured secrets before any resource parses (and may echo) its value.
+
+    A password is masked wherever it appears even when its URL is too malformed for anything to
+    parse it (``postgresql//user:pass@host``): the redactor finds it by shape in the raw value.
+    """
+    for var in URL_SECRET_VARS:
+        register_secrets_in(os.environ.get(var))
+    for var in WHOLE_SECRET_VARS:
+        value = os.environ.get(var, "")
+        register_secret(value)
+        register_secret(value.strip())
+
+
 def build_resources() -> dict[str, Any]:
     """Resources for the current environment."""
+    register_configured_secrets()
     env = twinme_env()
     home = str(twinme_home())
     if env == "production":

@@ -14,12 +14,12 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.lib.redact import redact, register_secret
+from twinme_ops.lib.redact import redact, register_secret, register_secrets_in
 
 SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
@@ -70,11 +70,14 @@ class GitRepoResource(dg.ConfigurableResource):
         return redact(self.remote)
 
     def _register_secrets(self) -> None:
+        # the token however the remote is written (even "https//user:token@host/x"): git's own
+        # errors quote the remote as given
+        register_secrets_in(self.remote)
         try:
             password = urlsplit(self.remote).password
         except ValueError:
             password = None
-        register_secret(password)
+        register_secret(unquote(password) if password else None)
 
     def _run(
         self, args: list[str], *, cwd: Path | None = None, timeout: float = 300

@@ -25,7 +25,7 @@ from psycopg import sql
 from pydantic import Field
 
 from twinme_ops.lib.pgtools import pg_bin, pg_tool_version
-from twinme_ops.lib.redact import redact, register_secret
+from twinme_ops.lib.redact import redact, register_secret, register_secrets_in
 
 READ_CHUNK = 1 << 20
 # how long a dump waits for a table that another session holds exclusively (ALTER TABLE, VACUUM
@@ -80,14 +80,22 @@ class PostgresResource(dg.ConfigurableResource):
         return ensure_sandbox(Path(self.sandbox_home)).database_url
 
     def _split(self) -> tuple[str, str | None]:
-        """The URL without its password, and the password (registered as a secret)."""
+        """The URL without its password, and the password (registered as a secret).
+
+        The raw value's secrets are registered before anything parses it, and a value that is not
+        a PostgreSQL URL is refused with its password masked (issue 11: a missing colon printed
+        it in the run's error and in Slack).
+        """
         url = self.resolved_url()
-        parts = urlsplit(url)
-        if parts.scheme not in ("postgresql", "postgres"):
-            raise PostgresError(
-                f"DATABASE_URL must look like postgresql://user:password@host:5432/dbname, "
-                f"got {redact(url)!r}"
-            )
+        register_secrets_in(url)
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError:  # "Invalid IPv6 URL"
+            raise PostgresError(malformed_url_message(url)) from None
+        # "postgresql:/u:p@h" parse with the user info in the path, "u:p#s@h" in the fragment
+        misplaced = "@" in parts.path + parts.query + parts.fragment
+        if parts.scheme not in ("postgresql", "postgres") or misplaced:
+            raise PostgresError(malformed_url_message(url))
         password = unquote(parts.password) if parts.password else None
         register_secret(password)
         netloc = parts.netloc.rsplit("@", 1)[-1]
@@ -101,7 +109,7 @@ class PostgresResource(dg.ConfigurableResource):
 
     @property
     def database_name(self) -> str:
-        return urlsplit(self.resolved_url()).path.lstrip("/") or "postgres"
+        return urlsplit(self._split()[0]).path.lstrip("/") or "postgres"
 
     def tool_env(self) -> dict[str, str]:
         """Environment for libpq tools: the password travels in PGPASSWORD, never in argv."""
@@ -131,10 +139,24 @@ class PostgresResource(dg.ConfigurableResource):
             )
         except psycopg.OperationalError as exc:
             raise PostgresError(connection_error_message(self.describe(), exc)) from None
+        except psycopg.Error as exc:  # a conninfo libpq rejects: its message quotes the value
+            raise PostgresError(
+                f"PostgreSQL at {self.describe()} refused the connection settings: "
+                f"{redact(exc)}. Fix: check DATABASE_URL"
+            ) from None
         try:
             yield conn
         finally:
             conn.close()
+
+
+def malformed_url_message(url: str) -> str:
+    """Why ``DATABASE_URL`` was refused and how to write it; the password is masked."""
+    return (
+        f"DATABASE_URL is not a PostgreSQL URL: got {redact(url.strip())!r}. Fix: write it as "
+        "postgresql://user:password@host:5432/dbname (percent-encode @ : / # ? and spaces in the "
+        "password, e.g. @ as %40)"
+    )
 
 
 def connection_error_message(where: str, exc: BaseException) -> str:

@@ -51,9 +51,7 @@ _SECRET_KEY = (
 # libpq keyword/value strings and tool messages: password=secret, password = 'a b', token="x"
 _KV_RE = re.compile(rf"(?i)(?<![\w-])({_SECRET_KEY})(\s*=\s*)({_QUOTED}|[^\s'\"]+)")
 # dict reprs and JSON: 'password': 'x', "client_secret": "y"
-_KV_QUOTED_RE = re.compile(
-    rf"(?i)(['\"])({_SECRET_KEY})\1(\s*:\s*)({_QUOTED}|[^\s,}}\]]+)"
-)
+_KV_QUOTED_RE = re.compile(rf"(?i)(\\?['\"])({_SECRET_KEY})\1(\s*:\s*)({_QUOTED}|[^\s,}}\]]+)")
 # pydantic's ValidationError repeats the rejected input
 _INPUT_VALUE_RE = re.compile(rf"(input_value=)({_QUOTED}|\{{[^\n]*?\}}|[^\s,]+)")
 _BEARER_RE = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
@@ -83,17 +81,12 @@ def register_secrets_in(value: str | None) -> None:
     """Register every secret :func:`redact` would find in a configuration value.
 
     For a URL-shaped variable (``DATABASE_URL``, ``REDIS_URL``, a remote): its password, however
-    malformed the URL, so that a library that echoes the raw value in its own words is masked
-    too. When the value has an ``@`` but no password is told apart, its whole user info is.
+    malformed the URL, so that a library that echoes the raw value in its own words, or a part
+    of it, is masked too.
     """
     if not value:
         return
-    found = secrets_in(value)
-    if not found and "@" in value:
-        userinfo = value.rsplit("@", 1)[0]
-        head = _SCHEME_RE.match(userinfo)
-        found = [userinfo[head.end() :] if head else userinfo]
-    for secret in found:
+    for secret in secrets_in(value):
         register_secret(secret)
         register_secret(secret.strip("'\""))
 
@@ -137,10 +130,9 @@ def _userinfo_span(s: str, start: int, at: int, quoted: bool) -> tuple[int, int]
     colon = s.find(":", start, at)
     if colon < 0 or colon + 1 >= at:
         return None  # user@host, an e-mail address, git@github.com
-    if quoted:
-        # inside quotes with spaces: only a value that starts like user:password counts
-        if any(c.isspace() for c in s[start:colon]) or s[colon + 1].isspace():
-            return None
+    # inside quotes with spaces: only a value that starts like user:password counts
+    if quoted and (any(c.isspace() for c in s[start:colon]) or s[colon + 1].isspace()):
+        return None
     return colon + 1, at
 
 
@@ -190,6 +182,12 @@ def _cut_url_spans(s: str) -> list[tuple[int, int]]:
         if at > 0 and "://" not in window[:at]:
             spans.append((k, k + at))
         else:
+            # keep a closing quote and its punctuation: input_value='postgresql//u:p...',
+            end = token_end
+            while end > k + 1 and s[end - 1] in ",;)]}":
+                end -= 1
+            if s[end - 1] in "'\"":
+                token_end = end - 1
             spans.append((k, token_end))
     return spans
 

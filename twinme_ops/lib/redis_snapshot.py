@@ -19,7 +19,7 @@ import dagster as dg
 import redis
 from pydantic import Field
 
-from twinme_ops.lib.redact import redact, redact_url, register_secret
+from twinme_ops.lib.redact import redact, redact_url, register_secret, register_secrets_in
 
 READ_CHUNK = 1 << 20
 EOF_MARK_LEN = 40
@@ -65,11 +65,16 @@ class RedisResource(dg.ConfigurableResource):
             from twinme_ops.sandbox.servers import ensure_sandbox
 
             url = ensure_sandbox(Path(self.sandbox_home)).redis_url
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise RedisSnapshotError(
-                f"REDIS_URL must look like redis://:password@host:6379/0, got {redact(url)!r}"
-            )
+        # the raw value's secrets first: whatever echoes it below (or redis-py) is masked
+        register_secrets_in(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises, quoting it, on a port that is not a number)
+        except ValueError:
+            raise RedisSnapshotError(malformed_url_message(url)) from None
+        misplaced = "@" in parts.path + parts.query + parts.fragment
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname or misplaced:
+            raise RedisSnapshotError(malformed_url_message(url))
         if parts.password:
             register_secret(unquote(parts.password))
         return url
@@ -103,6 +108,15 @@ class RedisResource(dg.ConfigurableResource):
                 facts.keys[db] = int(info.get("keys", 0))
                 facts.expires[db] = int(info.get("expires", 0))
         return facts
+
+
+def malformed_url_message(url: str) -> str:
+    """Why ``REDIS_URL`` was refused and how to write it; the password is masked."""
+    return (
+        f"REDIS_URL is not a Redis URL: got {redact(url.strip())!r}. Fix: write it as "
+        "redis://:password@host:6379/0 (or rediss:// for TLS; percent-encode @ : / # ? and "
+        "spaces in the password, e.g. @ as %40)"
+    )
 
 
 def redis_error_message(where: str, exc: BaseException) -> str:
