@@ -21,6 +21,7 @@ from typing import Any
 
 import dagster as dg
 import psycopg
+import psycopg.conninfo
 import pydantic
 import pytest
 

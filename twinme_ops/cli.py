@@ -143,6 +143,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from twinme_ops.lib.backup_sets import read_set
     from twinme_ops.lib.crypto import BackupEncryption
     from twinme_ops.lib.manifest import COMPONENT_LABELS, MANIFEST
+    from twinme_ops.lib.redact import redact
 
     # a malformed key is refused before anything starts
     BackupEncryption(key=os.environ.get("TWINME_BACKUP_ENCRYPTION_KEY", "")).get_key()
@@ -184,7 +185,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
                 message = (
                     event.step_failure_data.error.message if event.step_failure_data.error else ""
                 )
-                print(f"FAILED {event.step_key}: {message.strip()}", file=sys.stderr)
+                print(f"FAILED {event.step_key}: {redact(message.strip())}", file=sys.stderr)
         print(f"run {result.run_id} failed (errors above)", file=sys.stderr)
         return 1
     manifest = json.loads(store.get_bytes(partition, MANIFEST))

@@ -24,7 +24,7 @@ from twinme_ops.lib.kaniko import KanikoImageBuilder
 from twinme_ops.lib.kube import KubernetesResource
 from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.redact import register_secret, register_secrets_in
+from twinme_ops.lib.redact import redact, register_secret, register_secrets_in
 from twinme_ops.lib.redis_snapshot import RedisResource
 from twinme_ops.lib.release import ReleaseSettings
 from twinme_ops.lib.slack import SlackNotifier
@@ -37,7 +37,7 @@ def twinme_env() -> str:
     """The environment name, validated."""
     env = os.environ.get("TWINME_ENV", "local").strip() or "local"
     if env not in ENVIRONMENTS:
-        raise ValueError(f"TWINME_ENV={env!r} is not one of {', '.join(ENVIRONMENTS)}")
+        raise ValueError(redact(f"TWINME_ENV={env!r} is not one of {', '.join(ENVIRONMENTS)}"))
     return env
 
 
@@ -66,7 +66,9 @@ def _tuning() -> DatabaseTuning:
             try:
                 declared[field] = kind(value)
             except ValueError:
-                raise ValueError(f"{var}={value!r} is not a valid {kind.__name__}") from None
+                raise ValueError(
+                    redact(f"{var}={value!r} is not a valid {kind.__name__}")
+                ) from None
     return DatabaseTuning(**declared)
 
 
@@ -77,7 +79,9 @@ def _image_builder() -> ImageBuilderResource:
     """buildah (default) or docker here, or a kaniko Job in the cluster (TWINME_IMAGE_BUILDER)."""
     tool = (os.environ.get("TWINME_IMAGE_BUILDER") or "buildah").strip()
     if tool not in IMAGE_BUILDERS:
-        raise ValueError(f"TWINME_IMAGE_BUILDER={tool!r} is not one of {', '.join(IMAGE_BUILDERS)}")
+        raise ValueError(
+            redact(f"TWINME_IMAGE_BUILDER={tool!r} is not one of {', '.join(IMAGE_BUILDERS)}")
+        )
     common: dict[str, Any] = {
         "registry": os.environ.get("TWINME_REGISTRY", ""),
         "repository": os.environ.get("TWINME_IMAGE_REPOSITORY") or "twinme-api",
@@ -103,8 +107,10 @@ def _image_builder() -> ImageBuilderResource:
             kaniko["timeout_s"] = float(os.environ["TWINME_KANIKO_TIMEOUT_S"])
         except ValueError:
             raise ValueError(
-                f"TWINME_KANIKO_TIMEOUT_S={os.environ['TWINME_KANIKO_TIMEOUT_S']!r} is not a "
-                "number of seconds"
+                redact(
+                    f"TWINME_KANIKO_TIMEOUT_S={os.environ['TWINME_KANIKO_TIMEOUT_S']!r} is not a "
+                    "number of seconds"
+                )
             ) from None
     return KanikoImageBuilder(**common, **kaniko)
 

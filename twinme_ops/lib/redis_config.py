@@ -485,7 +485,7 @@ def converge_redis(
             if "immutable" in message or "protected" in message:
                 report.pending_restart.append(name)
                 continue
-            raise RedisConfigError(f"CONFIG SET {name} failed: {redact(exc)}") from exc
+            raise RedisConfigError(f"CONFIG SET {name} failed: {redact(exc)}") from None
         report.add(name, f"CONFIG SET {name} {_show(want)}", log, detail=f"was {_show(have)}")
     if report.pending_restart:
         note(
