@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from twinme_ops.lib.output_lines import read_bursts
 from twinme_ops.lib.redact import redact
 
 OFFLINE_COMMANDS: tuple[str, ...] = ("npm ci", "npm run test:ci", "npm run test:integration")
@@ -123,10 +124,11 @@ def run_command(
     watchdog.start()
     try:
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = redact(raw.rstrip("\n"))
-            tail.append(line)
-            logger.info(line)
+        for burst in read_bursts(proc.stdout):
+            lines = [redact(raw) for raw in burst]
+            tail.extend(lines)
+            # the lines printed together make one message: one event of the run's log
+            logger.info("\n".join(lines))
         exit_code = proc.wait()
     finally:
         watchdog.cancel()

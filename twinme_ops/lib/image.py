@@ -28,6 +28,7 @@ from typing import Protocol
 
 import dagster as dg
 
+from twinme_ops.lib.output_lines import read_bursts
 from twinme_ops.lib.redact import redact
 
 # Docker's tag grammar
@@ -262,11 +263,12 @@ class ImageBuilderResource(dg.ConfigurableResource):
         assert proc.stdout is not None
         try:
             with proc:
-                for raw in proc.stdout:
-                    line = redact(raw.rstrip("\n"))
-                    if line:
-                        tail.append(line)
-                        log.info(line)
+                for burst in read_bursts(proc.stdout):
+                    lines = [line for line in map(redact, burst) if line]
+                    if lines:
+                        tail.extend(lines)
+                        # the lines printed together make one message: one event of the log
+                        log.info("\n".join(lines))
                 code = proc.wait()
         finally:
             timed_out = not timer.is_alive()

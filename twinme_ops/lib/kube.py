@@ -210,7 +210,11 @@ class KubernetesResource(dg.ConfigurableResource):
     rollout_timeout_s: float = Field(
         default=600, description="How long wait_for_rollout waits before failing."
     )
-    poll_interval_s: float = Field(default=2, description="Delay between two rollout polls.")
+    poll_interval_s: float = Field(
+        default=0.5,
+        description="Delay between two rollout polls: the end of a rollout is seen at most this "
+        "late (kubectl, which watches, sees it at once). A poll is one small GET.",
+    )
 
     _api: client.AppsV1Api | None = PrivateAttr(default=None)
     _source: str = PrivateAttr(default="")

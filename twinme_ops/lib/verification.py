@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from twinme_ops.lib.output_lines import read_bursts
 from twinme_ops.lib.redact import redact, redact_url
 
 _fallback_log = logging.getLogger("twinme_ops.verification")
@@ -417,12 +418,13 @@ def run_load_test(
 def _pump(proc: subprocess.Popen[str], logger: LogLike, tail: list[str]) -> None:
     """Forward locust's output lines (redacted) to ``logger``, keeping the last ones for errors."""
     assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = redact(raw.rstrip())
-        if not line:
+    for burst in read_bursts(proc.stdout):
+        lines = [line for line in (redact(raw.rstrip()) for raw in burst) if line]
+        if not lines:
             continue
-        logger.info(f"locust: {line}")
-        tail.append(line)
+        # the lines printed together (its statistics table) make one message of the run's log
+        logger.info("\n".join(f"locust: {line}" for line in lines))
+        tail.extend(lines)
         if len(tail) > 50:
             del tail[:-50]
 

@@ -14,7 +14,10 @@ RELEASE_POD = PodResources(
 release_job = dg.define_asset_job(
     "release_job",
     selection=dg.AssetSelection.groups("release"),
-    # one pod for the whole run (no step pods): the steps share the checkout on its disk
+    # one pod for the whole run (no step pods), and one process: the steps share the checkout on
+    # its disk and follow each other, so a process per step would only add its start-up (the
+    # code location's import and resource set-up, seconds each) to every release
+    executor_def=dg.in_process_executor,
     tags={
         "twinme/operation": "release",
         "twinme/api-change": "release",
