@@ -317,7 +317,8 @@ def test_a_refused_backfill_does_not_page_anyone_but_a_refused_single_run_does(
     _assert_refused(instance, single, OLD)
     assert "alerted" in evaluate(single)
     (alert,) = slack_receiver.messages
-    assert "nightly_backup_job FAILED" in alert
+    assert "nightly_backup_job FAILED — the run failed before it started" in alert.splitlines()[0]
+    assert f"Error: run refused before it started: refusing to back up partition {OLD}" in alert
     assert "a backup is a copy of the present" in alert
 
 
