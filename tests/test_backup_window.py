@@ -551,3 +551,16 @@ def test_ui_today_is_backed_up_and_an_old_set_can_still_be_drilled(
     drill, messages, _ = _finished(ui, drill_id)
     assert drill["status"] == "SUCCESS", "\n".join(messages[-20:])
     assert any(f"restore drill of set {OLD} passed" in m for m in messages)
+
+
+def test_cli_refuses_a_past_partition_in_one_line_before_any_run(
+    sandbox, backup_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from twinme_ops import cli
+
+    assert cli.main(["backup", "--partition", "2026-01-05"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "a backup is a copy of the present" in lines[0]
+    assert "2026-01-05" in lines[0] and not captured.out.strip()
+    assert BackupStore(url=backup_env["TWINME_BACKUP_URL"]).list_sets() == []

@@ -141,6 +141,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from twinme_ops.defs.backups.assets import backup_partitions
     from twinme_ops.defs.resources import build_resources
     from twinme_ops.lib.backup_sets import read_set
+    from twinme_ops.lib.backup_window import (
+        BackupPartitionRefused,
+        backup_now,
+        check_backup_partition,
+    )
     from twinme_ops.lib.crypto import BackupEncryption
     from twinme_ops.lib.manifest import COMPONENT_LABELS, MANIFEST
     from twinme_ops.lib.redact import redact
@@ -150,6 +155,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     partition = args.partition or today_partition()
     if not backup_partitions.has_partition_key(partition):
         print(f"error: {partition} is not a backup partition (a YYYY-MM-DD day up to today)")
+        return 2
+    try:
+        check_backup_partition(partition, backup_now())
+    except BackupPartitionRefused as exc:  # said once, before any run starts
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     store = build_resources()["backup_store"]
     if not args.force:
