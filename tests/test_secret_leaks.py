@@ -102,6 +102,7 @@ def test_redact_masks_the_malformed_url_family(template: str, kept: list[str]) -
     [
         "postgresql://postgres@127.0.0.1:5432/postgres",
         "redis://127.0.0.1:6379/0 and http://[::1]:8080/health",
+        "GET http://127.0.0.1:8080: Connection refused (redis://127.0.0.1:6379)",
         "image 127.0.0.1:5000/twinme-api@sha256:" + "a" * 64,
         "git@github.com:twinme/api.git, ops@twinme.ai",
         "s3://bucket/prefix/2026-11-24 and file:///var/backups/twinme",

@@ -40,17 +40,15 @@ _SCHEME_RE = re.compile(r"(?<![A-Za-z0-9+.\-:@%])([A-Za-z][A-Za-z0-9+.\-]*)(:/{1
 _WELL_FORMED = ("://", ":///")
 # "@sha256:<hex>" is an image digest, not a host after a password
 _DIGEST_RE = re.compile(r"[A-Za-z0-9]+:[0-9a-fA-F]{32,}")
-_PORT_RE = re.compile(r"\d{1,5}(?:$|[/?#'\"),;\].])")
-# where a word starts when a value is quoted or assigned: input_value='u:p@h', URL=u:p@h
-_DELIMS = "'\"`=({[<,;|"
+_PORT_RE = re.compile(r"\d{1,5}(?:$|[/?#'\"),;\].\s]|:(?:\s|$))")
 _QUOTED = r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\""
 _SECRET_KEY = (
     r"[\w-]*(?:password|passwd|pwd|secret|token)[\w-]*"
     r"|(?:[\w-]*[_-])?(?:api|private|encryption|access|signing)[_-]?key|key"
 )
 # libpq keyword/value strings and tool messages: password=secret, password = 'a b', token="x"
-_KV_RE = re.compile(rf"(?i)(?<![\w-])({_SECRET_KEY})(\s*=\s*)({_QUOTED}|[^\s'\"]+)")
-# dict reprs and JSON: 'password': 'x', "client_secret": "y"
+_KV_RE = re.compile(rf"(?i)(?<![\w-])({_SECRET_KEY})(\s*=\s*)({_QUOTED}|['\"]?[^\s'\"]+)")
+# dict reprs and JSON (JSON inside JSON too): 'password': 'x', "client_secret": "y"
 _KV_QUOTED_RE = re.compile(rf"(?i)(\\?['\"])({_SECRET_KEY})\1(\s*:\s*)({_QUOTED}|[^\s,}}\]]+)")
 # pydantic's ValidationError repeats the rejected input
 _INPUT_VALUE_RE = re.compile(rf"(input_value=)({_QUOTED}|\{{[^\n]*?\}}|[^\s,]+)")
