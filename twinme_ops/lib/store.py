@@ -54,6 +54,10 @@ class ArtifactNotFoundError(StoreError):
     """The requested artifact does not exist in the store."""
 
 
+class StoreLocationError(StoreError, ValueError):
+    """``TWINME_BACKUP_URL`` is not a backup location this store can use."""
+
+
 class ArtifactExistsError(StoreError):
     """A create-only write found the name taken: the existing object was left untouched."""
 
@@ -186,7 +190,8 @@ class BackupStore(dg.ConfigurableResource):
         return self._backend_cache
 
     def _make_backend(self) -> Backend:
-        bad = ValueError(
+        # a StoreError: steps report it as the component's failure, with the fix
+        bad = StoreLocationError(
             redact(f"{URL_ENV}={self.url!r} is not a valid backup location: use {_URL_FORMS}")
         )
         try:
