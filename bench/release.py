@@ -45,15 +45,7 @@ from kubernetes import client, config
 
 from bench import release_location
 from bench.results_io import report
-from tests.k8s_emulator import (
-    CONTAINER,
-    DEPLOYMENT,
-    NAMESPACE,
-    DeploymentController,
-    EmulatorHandle,
-    create_deployment,
-    write_kubeconfig,
-)
+from tests.k8s_emulator import CONTAINER, DEPLOYMENT, NAMESPACE
 from tests.registry_fixtures import build_node_base_image, start_registry
 from tests.slack_receiver import SlackReceiver
 from tests.test_metrics import _start_gateway, _stop  # pyright: ignore[reportPrivateUsage]
@@ -96,41 +88,76 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, value
 
 
-# the tests' controlled app, in a process of its own as the API runs in its own pods: the bench's
-# threads (and release_job's, which runs in this process) do not slow its answers down; with
-# Node's listen backlog, so that ten locust users connecting at once are not dropped
+# The stand-ins for what runs elsewhere in production, each in a process of its own so that the
+# bench's threads (and release_job's, which runs in this process) neither slow them down nor are
+# slowed down by them: the API (the tests' controlled app, with Node's listen backlog so that ten
+# locust users connecting at once are not dropped), and the Kubernetes API (kmock) with the tests'
+# deployment controller, which polls it 50 times a second.
 _APP_CODE = """
+import sys
+import threading
 from tests.api_app import ControlledApp
 
 class App(ControlledApp):
     request_queue_size = 511
 
 app = App()
+threading.Thread(target=app.serve_forever, daemon=True).start()
 print(app.url, flush=True)
-app.serve_forever()
+sys.stdin.read()  # until the bench closes it
+"""
+_CLUSTER_CODE = """
+import sys
+from pathlib import Path
+from tests.k8s_emulator import (
+    DeploymentController, EmulatorHandle, create_deployment, write_kubeconfig
+)
+
+emulator = EmulatorHandle().start()
+kubeconfig = write_kubeconfig(Path(sys.argv[1]), emulator.url, "bench-token")
+create_deployment(kubeconfig)
+controller = DeploymentController(kubeconfig).start()
+controller.wait_settled()
+print(emulator.url, flush=True)
+sys.stdin.read()  # until the bench closes it
+controller.stop()
+errors = emulator.server_errors()
+emulator.stop()
+if errors:
+    sys.exit(f"the Kubernetes emulator failed on requests: {errors!r}")
 """
 
 
-class AppProcess:
-    """The stand-in for the deployed API (``tests.api_app.ControlledApp``) in a child process."""
+class ChildServer:
+    """A stand-in server in a child process; the first line it prints is its URL."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str, code: str, *args: str) -> None:
+        self.what = what
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _APP_CODE],
+            [sys.executable, "-c", code, *args],
             cwd=Path(__file__).parents[1],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
             text=True,
         )
         assert self._proc.stdout is not None
         self.url = self._proc.stdout.readline().strip()
         if not self.url.startswith("http://"):
-            self.stop()
-            raise RuntimeError("the stand-in API app did not start")
+            self._proc.kill()
+            self._proc.wait(10)
+            raise RuntimeError(f"the {what} did not start")
 
     def stop(self) -> None:
-        self._proc.terminate()
-        self._proc.wait(10)
+        """Close its stdin, which ends it (the cluster checks its emulator first)."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        try:
+            code = self._proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self._proc.terminate()
+            code = self._proc.wait(10)
+        if code != 0:
+            raise RuntimeError(f"the {self.what} exited with {code}")
 
 
 class Bench:
@@ -151,7 +178,7 @@ class Bench:
         self.kubeconfig = kubeconfig
         self.repo = Repo(root / "git")
         self.repo.add_sample_app()
-        self.app = AppProcess()
+        self.app = ChildServer("stand-in API", _APP_CODE)
         server_dir = root / "servers"
         server_dir.mkdir()
         server_dir.chmod(0o755)  # the PostgreSQL system user must traverse it
@@ -326,10 +353,8 @@ def _step_durations(instance: dg.DagsterInstance, run_id: str) -> dict[str, floa
 @contextmanager
 def servers(root: Path) -> Iterator[tuple[str, str, Path, str]]:
     """Registry (with the offline Node base image), kmock + controller, Pushgateway."""
-    emulator = EmulatorHandle().start()
-    kubeconfig = write_kubeconfig(root / "kubeconfig.yaml", emulator.url, "bench-token")
-    create_deployment(kubeconfig)
-    controller = DeploymentController(kubeconfig).start()
+    kubeconfig = root / "kubeconfig.yaml"
+    cluster = ChildServer("Kubernetes emulator", _CLUSTER_CODE, str(kubeconfig))
     gateway_dir = root / "pushgateway"
     gateway_dir.mkdir()
     gateway_proc, gateway = _start_gateway(gateway_dir, auth=False)
@@ -340,11 +365,7 @@ def servers(root: Path) -> Iterator[tuple[str, str, Path, str]]:
             yield registry.host_port, base, kubeconfig, gateway.url
     finally:
         _stop(gateway_proc)
-        controller.stop()
-        errors = emulator.server_errors()
-        emulator.stop()
-        if errors:
-            raise RuntimeError(f"the Kubernetes emulator failed on requests: {errors!r}")
+        cluster.stop()
 
 
 def main() -> int:
