@@ -4,7 +4,8 @@ baselines and ``twinme-ops backup`` run in a process of its own.
 The raw baselines are what an operator would type, with the same settings as our code:
 
 * backup: ``pg_dump -Fc -Z0 | zstd -3 -T0`` (multi-threaded, like ``write_artifact``), written to
-  a file on the store's filesystem;
+  a file on the store's filesystem; likewise ``redis-cli --rdb -`` and ``tar -c`` of the files,
+  for the whole backup part;
 * restore: ``zstd -d | pg_restore --exit-on-error --no-owner --no-privileges
   --single-transaction`` (the flags of the drill) into a fresh database of a scratch PostgreSQL
   started exactly as the drill starts its own (:data:`twinme_ops.lib.drill.SCRATCH_SETTINGS`).
@@ -30,6 +31,7 @@ from typing import Any
 
 import dagster as dg
 import psycopg
+import redis
 from psycopg import sql
 
 from twinme_ops.lib.drill import SCRATCH_SETTINGS
@@ -116,6 +118,10 @@ def bench_sandbox(home: Path, scale: float) -> Iterator[BenchSandbox]:
             seed(info.database_url, info.redis_url, info.files_dir, scale)
         with psycopg.connect(info.database_url) as conn:
             size_row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        # redis-cli --rdb asks for a diskless transfer, which Redis delays by 5 s to wait for
+        # other replicas; our snapshot asks for a disk-based one, which it starts at once
+        with redis.Redis.from_url(info.redis_url) as client:
+            client.config_set("repl-diskless-sync-delay", 0)
         yield BenchSandbox(info, home, scale, int(size_row[0]) if size_row else 0)
     finally:
         if not was_running:
@@ -129,13 +135,19 @@ def run_pipe(command: str) -> float:
     return time.monotonic() - started
 
 
-def raw_backup(database_url: str, out_dir: Path) -> float:
-    """Seconds for ``pg_dump -Fc -Z0 | zstd -3 -T0`` into a file in ``out_dir`` (then removed)."""
-    out = out_dir / "raw-backup.dump.zst"
+def raw_backup(info: SandboxInfo, out_dir: Path) -> dict[str, float]:
+    """Seconds of each component's raw backup into a file in ``out_dir`` (then removed):
+    ``pg_dump -Fc -Z0 | zstd -3 -T0``, ``redis-cli --rdb - | zstd -3 -T0`` and
+    ``tar -c | zstd -3 -T0`` of the files directory (PAX, like ours)."""
+    out = out_dir / "raw-backup.zst"
+    zstd = f"zstd -3 -T0 -q -f -o '{out}'"
+    commands = {
+        "postgres": f"'{pg_bin('pg_dump')}' -Fc -Z0 -d '{info.database_url}' | {zstd}",
+        "redis": f"redis-cli -u '{info.redis_url}' --rdb - 2>/dev/null | {zstd}",
+        "files": f"tar -C '{info.files_dir}' --format=pax -cf - . | {zstd}",
+    }
     try:
-        return run_pipe(
-            f"'{pg_bin('pg_dump')}' -Fc -Z0 -d '{database_url}' | zstd -3 -T0 -q -f -o '{out}'"
-        )
+        return {component: run_pipe(command) for component, command in commands.items()}
     finally:
         out.unlink(missing_ok=True)
 
