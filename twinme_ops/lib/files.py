@@ -159,6 +159,9 @@ def tar_stream(root: Path, facts: FilesFacts) -> Iterator[bytes]:
                 dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
                 for d in dirnames:
                     _add(tar, root, base / d, facts)
+                # TarFile keeps every member's TarInfo (~1 KiB each), which a stream never
+                # reads back: drop them, so that memory stays flat whatever the file count
+                tar.members.clear()
 
     return chunks_from_writer(produce)
 
