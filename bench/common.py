@@ -44,6 +44,8 @@ from twinme_ops.sandbox.servers import SandboxInfo, ensure_sandbox, sandbox_stat
 
 MIB = 1024 * 1024
 DEFAULT_SCALE = 10.0
+# rounds alternate raw and ours; medians, so that a busy shared machine favours neither
+DEFAULT_ROUNDS = 3
 # --quick: the same code path on a database of a few MB, so that CI runs every benchmark
 QUICK_SCALE = 0.1
 DEFAULT_HOME = "/tmp/twinme-bench"
@@ -52,7 +54,8 @@ RAW_RESTORE_DB = "bench_raw_restore"
 
 
 def parse_args(description: str) -> argparse.Namespace:
-    """``--scale``, ``--quick`` and ``--home``; ``args.scale`` is resolved (quick: QUICK_SCALE)."""
+    """``--scale``, ``--rounds``, ``--quick`` and ``--home``, resolved (quick: QUICK_SCALE, 1
+    round)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--scale",
@@ -60,6 +63,12 @@ def parse_args(description: str) -> argparse.Namespace:
         default=None,
         help=f"sandbox scale, 10 is about 1 GB of database (default {DEFAULT_SCALE:g}; "
         f"--quick: {QUICK_SCALE:g})",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"rounds, each ours then the raw baseline (default {DEFAULT_ROUNDS}; --quick: 1)",
     )
     parser.add_argument(
         "--quick",
@@ -70,6 +79,10 @@ def parse_args(description: str) -> argparse.Namespace:
     args = parser.parse_args()
     if args.scale is None:
         args.scale = QUICK_SCALE if args.quick else DEFAULT_SCALE
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else DEFAULT_ROUNDS
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     args.home = Path(args.home).absolute()
     return args
 
