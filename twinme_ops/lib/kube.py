@@ -211,9 +211,9 @@ class KubernetesResource(dg.ConfigurableResource):
         default=600, description="How long wait_for_rollout waits before failing."
     )
     poll_interval_s: float = Field(
-        default=0.5,
+        default=0.25,
         description="Delay between two rollout polls: the end of a rollout is seen at most this "
-        "late (kubectl, which watches, sees it at once). A poll is one small GET.",
+        "late (kubectl, which watches, sees it at once). A poll is one GET of the Deployment.",
     )
 
     _api: client.AppsV1Api | None = PrivateAttr(default=None)
