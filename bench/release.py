@@ -18,7 +18,7 @@ receiver and a Prometheus Pushgateway.
   a busy machine favour neither. Goal: at most 1.1x. Launching the run itself (a run pod in
   production) is counted on neither side: like the sensor interval, it is push-to-run latency.
 - **Noise:** the image build is most of both totals, and the same buildah commands (same CPU
-  time) took anywhere from 12 to 27 s on two shared cores as other work came and went. The
+  time) took anywhere from 10 to 27 s on two shared cores as other work came and went. The
   report therefore also gives both sides without it, and the JSON every step of every round; on
   a busy machine, run more rounds.
 
