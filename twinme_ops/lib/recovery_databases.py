@@ -31,9 +31,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from twinme_ops.lib.postgres import connection_error_message
-from twinme_ops.lib.redact import redact, register_secret
+from twinme_ops.lib.redact import redact
 from twinme_ops.lib.restore import restore_error
+from twinme_ops.lib.restore_postgres import connect_admin
 
 MAINTENANCE_DATABASES = ("postgres", "template1")
 RESTORE_INFIX = "__restore_"
@@ -61,20 +61,7 @@ def maintenance_url(url: str, live: str) -> str:
 
 
 def _connect(admin_url: str, env: Mapping[str, str] | None) -> psycopg.Connection[Any]:
-    env = env or {}
-    password = env.get("PGPASSWORD")
-    register_secret(password)
-    kwargs: dict[str, Any] = {"password": password} if password else {}
-    try:
-        return psycopg.connect(
-            admin_url,
-            autocommit=True,
-            connect_timeout=int(env.get("PGCONNECT_TIMEOUT", "10")),
-            application_name="twinme_ops recovery",
-            **kwargs,
-        )
-    except psycopg.OperationalError as exc:
-        raise restore_error(connection_error_message(redact(admin_url), exc)) from None
+    return connect_admin(admin_url, env, application_name="twinme_ops recovery")
 
 
 def check_maintenance_access(admin_url: str, live: str, env: Mapping[str, str] | None) -> None:

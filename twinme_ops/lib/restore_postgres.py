@@ -171,7 +171,11 @@ def _pg_restore_message(dsn: str, code: int, stderr: IO[bytes]) -> str:
     )
 
 
-def _connect_admin(admin_url: str, env: Mapping[str, str] | None) -> psycopg.Connection[Any]:
+def connect_admin(
+    admin_url: str, env: Mapping[str, str] | None, application_name: str = "twinme_ops restore"
+) -> psycopg.Connection[Any]:
+    """An autocommit connection to a maintenance database, PGPASSWORD from ``env`` (masked in
+    every message), a connection failure turned into a restore error with its fix."""
     env = env or {}
     password = env.get("PGPASSWORD")
     register_secret(password)
@@ -181,7 +185,7 @@ def _connect_admin(admin_url: str, env: Mapping[str, str] | None) -> psycopg.Con
             admin_url,
             autocommit=True,
             connect_timeout=int(env.get("PGCONNECT_TIMEOUT", "10")),
-            application_name="twinme_ops restore",
+            application_name=application_name,
             **kwargs,
         )
     except psycopg.OperationalError as exc:
@@ -219,7 +223,7 @@ def create_database(
     extra objects. ``like`` copies the encoding and locale of an existing database (the live one)
     so that text sorts and indexes behave the same after the swap. Refuses an existing name.
     """
-    with _connect_admin(admin_url, env) as conn:
+    with connect_admin(admin_url, env) as conn:
         _check_not_current(conn, name)
         if _database_exists(conn, name):
             raise restore_error(
@@ -277,7 +281,7 @@ def drop_database(admin_url: str, name: str, env: Mapping[str, str] | None = Non
     Used to discard a failed or superseded restore (and old copies kept by
     :func:`swap_databases`). A no-op when the database does not exist.
     """
-    with _connect_admin(admin_url, env) as conn:
+    with connect_admin(admin_url, env) as conn:
         _check_not_current(conn, name)
         try:
             conn.execute(
@@ -318,7 +322,7 @@ def swap_databases(
     names = {live, restored, keep_old_as}
     if len(names) != 3:
         raise ValueError("live, restored and keep_old_as must be three different names")
-    with _connect_admin(admin_url, env) as conn:
+    with connect_admin(admin_url, env) as conn:
         _check_not_current(conn, *names)
         allow = dict(
             conn.execute(
