@@ -213,3 +213,36 @@ def test_drill_restores_policies_that_name_production_roles(
     assert manifest["artifacts"]["postgres"]["source"]["policy_roles"] == ["drill_app_users"]
     result = run_drill(store, "2026-11-20", key=None, log=print)
     assert result.passed, result.reason
+
+
+def test_redis_keys_whose_ttl_passed_before_the_snapshot_loaded_do_not_fail_the_drill(
+    tmp_path: Path,
+) -> None:
+    """INFO counts an expired key Redis has not evicted yet; loading the RDB drops it. Fewer
+    restored keys are accepted up to the number with a TTL, never more, never fewer still."""
+    from twinme_ops.lib.drill import _verify_redis
+    from twinme_ops.lib.redis_server import RedisServer
+
+    server = RedisServer.start(tmp_path / "src")
+    try:
+        client = server.client()
+        for i in range(9):
+            client.set(f"k{i}", "v")
+        client.expire("k0", 3600)
+        client.save()
+        rdb = (tmp_path / "src" / "dump.rdb").read_bytes()
+    finally:
+        server.stop()
+
+    def verify(keys: int, expires: int) -> None:
+        source = {"keys": {"db0": keys}, "expires": {"db0": expires}}
+        workdir = tmp_path / f"w{keys}-{expires}"
+        workdir.mkdir()
+        _verify_redis(iter([rdb]), source, workdir, None, lambda _: None)
+
+    verify(9, 1)  # exact
+    verify(10, 1)  # one key with a TTL expired between INFO and the load
+    with pytest.raises(RuntimeError, match="key counts differ"):
+        verify(10, 0)  # a key lost that had no TTL
+    with pytest.raises(RuntimeError, match="key counts differ"):
+        verify(8, 1)  # more keys than the manifest says
