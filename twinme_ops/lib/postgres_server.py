@@ -72,17 +72,19 @@ class PostgresServer:
         password: str | None = None,
         settings: Mapping[str, str] | None = None,
         timeout: float = 60.0,
+        system_user: str = PG_SYSTEM_USER,
     ) -> PostgresServer:
         """Initialise ``data_dir`` if needed and start the server; reuse it if already running.
 
         ``port`` None picks a free port (retrying on the rare race with another process).
         ``password`` and ``settings`` (written to postgresql.conf, so ``ALTER SYSTEM`` still
-        overrides them) only apply when the cluster is created.
+        overrides them) only apply when the cluster is created. ``system_user``: who the
+        server runs as when we are root (the app tests' throwaway server has a user of its own).
         """
         data_dir = Path(data_dir).absolute()
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         with dir_lock(data_dir.parent / f".{data_dir.name}.lock"):
-            return cls._start_locked(data_dir, port, password, settings, timeout)
+            return cls._start_locked(data_dir, port, password, settings, timeout, system_user)
 
     @classmethod
     def _start_locked(
@@ -92,6 +94,7 @@ class PostgresServer:
         password: str | None,
         settings: Mapping[str, str] | None,
         timeout: float,
+        system_user: str = PG_SYSTEM_USER,
     ) -> PostgresServer:
         running = cls.find(data_dir, password=password)
         if running is not None:
@@ -101,7 +104,7 @@ class PostgresServer:
                     f"stop it first"
                 )
             return running
-        run_as = PG_SYSTEM_USER if os.geteuid() == 0 else None
+        run_as = system_user if os.geteuid() == 0 else None
         if run_as:
             ensure_system_user(run_as)
             check_traversable(data_dir, run_as)  # before creating anything
