@@ -3,6 +3,14 @@
 The defaults are the specification's CI steps. ``npm audit`` asks the npm registry for
 advisories, so it needs the network: environments without it (air-gapped CI, tests) pass
 :data:`OFFLINE_COMMANDS` instead of :data:`DEFAULT_COMMANDS`.
+
+The commands are the pushed commit's code: they never inherit this process's environment (which
+holds DATABASE_URL, the AWS keys, the backup key, the Slack webhook, the git token...). They get
+:func:`clean_env`: an allowlist (PATH, LANG/LC_ALL/TZ, CI=true, NODE_ENV=test, :data:`TEST_ENV`)
+plus what the caller passes. Where and as whom they run is the runner's business:
+:mod:`twinme_ops.lib.app_tests_local` (network namespace, unprivileged user) and
+:mod:`twinme_ops.lib.app_tests_k8s` (a Job in the build namespace) build on :func:`run_command`
+and :class:`AppTestsFailed`.
 """
 
 from __future__ import annotations
@@ -16,10 +24,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+import dagster as dg
 
 from twinme_ops.lib.output_lines import read_bursts
 from twinme_ops.lib.redact import redact
@@ -40,11 +50,37 @@ TEST_ENV: dict[str, str] = {
 
 TAIL_LINES = 20
 
+# the only variables of this process the commands see (when set): nothing secret
+PASSED_THROUGH = ("LANG", "LC_ALL", "TZ")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def clean_env(extra: Mapping[str, str] | None = None, *, path: str | None = None) -> dict[str, str]:
+    """The whole environment of an app command: an allowlist, then ``extra``.
+
+    Nothing else of ``os.environ`` is inherited. ``path`` replaces this process's PATH.
+    """
+    env = {
+        "PATH": path or os.environ.get("PATH") or DEFAULT_PATH,
+        "LANG": "C.UTF-8",
+        "TZ": "UTC",
+        "NODE_ENV": "test",
+        **TEST_ENV,
+    }
+    env.update({name: os.environ[name] for name in PASSED_THROUGH if os.environ.get(name)})
+    env.update(extra or {})
+    return env
+
 
 class LineLogger(Protocol):
     """What :func:`run_commands` needs from a logger (``logging.Logger``, Dagster's log)."""
 
     def info(self, msg: str) -> object: ...
+
+
+# how a command is started: ``subprocess.Popen``'s signature (a runner may start it elsewhere,
+# e.g. from a thread in another network namespace)
+Spawn = Callable[..., "subprocess.Popen[str]"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +113,35 @@ class AppTestsFailed(Exception):
         super().__init__(f"app tests failed: `{failed.command}` {why}. Last lines:\n{tail}")
 
 
+class AppTestsUnavailable(RuntimeError):
+    """The tests could not be run at all (no isolation here, cluster error); names the fix."""
+
+
+class AppTestRunner(dg.ConfigurableResource):
+    """Where the pushed commit's commands run: subclassed by the local and Kubernetes runners."""
+
+    def run(
+        self,
+        checkout: Path,
+        *,
+        sha: str,
+        commands: Sequence[str],
+        log: LineLogger,
+        timeout_s: float = 900,
+        run_id: str = "",
+    ) -> list[CommandResult]:
+        """Run ``commands`` on ``checkout`` (commit ``sha``); raise :class:`AppTestsFailed` at
+        the first failure, :class:`AppTestsUnavailable` when they cannot run at all."""
+        raise NotImplementedError
+
+
+def combine(command: str, parts: Sequence[CommandResult]) -> CommandResult:
+    """One command's result from the steps it was run as (e.g. ``npm ci`` in two phases)."""
+    last = next((r for r in parts if not r.ok), parts[-1])
+    duration = sum(r.duration_s for r in parts)
+    return CommandResult(command, last.exit_code, duration, last.tail, last.timed_out)
+
+
 def _kill_group(proc: subprocess.Popen[str]) -> None:
     """Kill the command and everything it started (npm runs node, node may start servers)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -89,18 +154,28 @@ def run_command(
     env: Mapping[str, str] | None = None,
     log: LineLogger | None = None,
     timeout: float = 900,
+    *,
+    full_env: Mapping[str, str] | None = None,
+    prefix: Sequence[str] = (),
+    spawn: Spawn | None = None,
 ) -> CommandResult:
-    """Run one command (split like a shell would, no shell), streaming each line to ``log``."""
+    """Run one command (split like a shell would, no shell), streaming each line to ``log``.
+
+    Its environment is :func:`clean_env` plus ``env``, or exactly ``full_env``. ``prefix`` is
+    put before the command's arguments (a confinement wrapper); ``spawn`` starts the process
+    (default ``subprocess.Popen``).
+    """
     logger: LineLogger = log or logging.getLogger("twinme_ops.app_tests")
-    full_env = {**os.environ, **TEST_ENV, **(env or {})}
+    environment = dict(full_env) if full_env is not None else clean_env(env)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     logger.info(f"$ {command}")
     start = time.monotonic()
+    popen: Any = spawn or subprocess.Popen
     try:
-        proc = subprocess.Popen(
-            shlex.split(command),
+        proc = popen(
+            [*prefix, *shlex.split(command)],
             cwd=cwd,
-            env=full_env,
+            env=environment,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
