@@ -17,6 +17,7 @@ from twinme_ops.defs.release.assets import release_assets
 from twinme_ops.defs.release.checks import deployment_verification
 from twinme_ops.defs.release.jobs import release_job
 from twinme_ops.lib.app_tests import OFFLINE_COMMANDS
+from twinme_ops.lib.app_tests_local import LocalAppTestRunner
 from twinme_ops.lib.git import GitRepoResource
 from twinme_ops.lib.image import ImageBuilderResource
 from twinme_ops.lib.postgres_server import PostgresServer
@@ -49,6 +50,7 @@ def test_a_push_is_tested_built_deployed_by_digest_and_verified(
         resources={
             **resources,
             "git": git,
+            "app_test_runner": LocalAppTestRunner(),
             "image_builder": ImageBuilderResource(
                 registry=image_registry.host_port,
                 tls_verify=False,

@@ -19,6 +19,7 @@ from twinme_ops.defs.release.assets import app_tests, source_checkout
 from twinme_ops.defs.release.jobs import release_job
 from twinme_ops.defs.release.sensors import git_push_sensor
 from twinme_ops.lib.app_tests import OFFLINE_COMMANDS, AppTestsFailed, run_commands
+from twinme_ops.lib.app_tests_local import LocalAppTestRunner
 from twinme_ops.lib.git import GitError, GitRepoResource
 from twinme_ops.lib.slack import SlackNotifier
 
@@ -219,6 +220,7 @@ def release_defs(repo: Repo, tmp_path: Path, slack: SlackReceiver) -> dg.Definit
         resources={
             "git": resource(repo, tmp_path),
             "slack": SlackNotifier(webhook_url=slack.url, max_retries=0),
+            "app_test_runner": LocalAppTestRunner(),
         },
     )
 

@@ -15,6 +15,9 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from twinme_ops.lib.app_tests import AppTestRunner
+from twinme_ops.lib.app_tests_k8s import KubernetesAppTestRunner
+from twinme_ops.lib.app_tests_local import ISOLATION_MODES, LocalAppTestRunner
 from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.db_tuning import DatabaseTuning
 from twinme_ops.lib.files import FileStorageResource
@@ -115,6 +118,47 @@ def _image_builder() -> ImageBuilderResource:
     return KanikoImageBuilder(**common, **kaniko)
 
 
+APP_TEST_RUNNERS = ("local", "kubernetes")
+
+
+def make_app_test_runner(env: str, home: str) -> AppTestRunner:
+    """Where pushed code is tested: a Job in the build namespace in production, else here,
+    isolated (TWINME_APP_TESTS_RUNNER, TWINME_APP_TESTS_ISOLATION)."""
+    default = "kubernetes" if env == "production" else "local"
+    runner = (os.environ.get("TWINME_APP_TESTS_RUNNER") or default).strip()
+    if runner not in APP_TEST_RUNNERS:
+        raise ValueError(
+            redact(
+                f"TWINME_APP_TESTS_RUNNER={runner!r} is not one of {', '.join(APP_TEST_RUNNERS)}"
+            )
+        )
+    if runner == "local":
+        # what pushed code must not see even where file modes would let it
+        hidden = [home, os.environ.get("DAGSTER_HOME", ""), os.getcwd(), os.path.expanduser("~")]
+        hidden += os.environ.get("KUBECONFIG", "").split(os.pathsep)
+        isolation = (os.environ.get("TWINME_APP_TESTS_ISOLATION") or "namespaces").strip()
+        if isolation not in ISOLATION_MODES:
+            raise ValueError(
+                redact(
+                    f"TWINME_APP_TESTS_ISOLATION={isolation!r} is not one of "
+                    f"{', '.join(ISOLATION_MODES)}"
+                )
+            )
+        return LocalAppTestRunner(isolation=isolation, hidden_paths=[p for p in hidden if p])
+    settings: dict[str, Any] = {
+        field: os.environ[var]
+        for field, var in (
+            ("namespace", "TWINME_APP_TESTS_NAMESPACE"),
+            ("test_image", "TWINME_APP_TESTS_IMAGE"),
+            ("postgres_image", "TWINME_APP_TESTS_POSTGRES_IMAGE"),
+            ("redis_image", "TWINME_APP_TESTS_REDIS_IMAGE"),
+            ("npm_registry", "TWINME_APP_TESTS_NPM_REGISTRY"),
+        )
+        if os.environ.get(var)
+    }
+    return KubernetesAppTestRunner(**settings)
+
+
 # variables that may carry a password in a URL's user info (or a libpq password=...), and
 # variables whose whole value is a secret
 URL_SECRET_VARS = (
@@ -189,6 +233,8 @@ def build_resources() -> dict[str, Any]:
         ),
         # where release images go; unset locally until a registry is configured
         "image_builder": _image_builder(),
+        # where the pushed commit's tests run, away from everything above
+        "app_test_runner": make_app_test_runner(env, home),
         "git": GitRepoResource(
             remote=_env_or("TWINME_GIT_REMOTE", ""),
             branch=os.environ.get("TWINME_GIT_BRANCH") or "main",

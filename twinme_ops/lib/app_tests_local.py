@@ -303,7 +303,10 @@ class LocalAppTestRunner(AppTestRunner):
         hidden: list[Path] = []
         if isolated:
             candidates = [*self.hidden_paths, *ALWAYS_HIDDEN, str(checkout)]
-            hidden = hidden_paths(candidates, keep=[work, node, npm, *tools.values()])
+            keep = [work, node, npm, *tools.values()]
+            if self.services:
+                keep.append(redis_server_binary()[0])  # Redis runs confined too
+            hidden = hidden_paths(candidates, keep=keep)
             prefix = confinement_argv(tools, uid, gid, hidden)
             log.info(
                 f"isolation: user {TESTS_USER} (uid {uid}), no network but loopback for the "

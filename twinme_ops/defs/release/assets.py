@@ -17,9 +17,10 @@ from twinme_ops.defs.alerts.hooks import StepContext, send_step_alert, step_wher
 from twinme_ops.lib.alerts import release_failure
 from twinme_ops.lib.app_tests import (
     DEFAULT_COMMANDS,
+    AppTestRunner,
     AppTestsFailed,
+    AppTestsUnavailable,
     CommandResult,
-    run_commands,
 )
 from twinme_ops.lib.deploy_files import deploy_file
 from twinme_ops.lib.git import GitError, GitRepoResource, is_sha
@@ -187,17 +188,31 @@ def _results_metadata(results: list[CommandResult], failed_command: str | None) 
     kinds={"node"},
     description=(
         "The application's test commands (npm ci, test:ci, test:integration, audit) passed on "
-        "the checked-out commit. A failure stops the release before any image is built."
+        "the checked-out commit, isolated from production (no secret, no network but the npm "
+        "registry's, throwaway PostgreSQL and Redis). A failure stops the release before any "
+        "image is built."
     ),
 )
 def app_tests(
-    context: dg.AssetExecutionContext, config: AppTestsConfig, git: GitRepoResource
+    context: dg.AssetExecutionContext,
+    config: AppTestsConfig,
+    git: GitRepoResource,
+    app_test_runner: AppTestRunner,
 ) -> dg.MaterializeResult:
-    """Run the test commands in the checkout, streaming their output to the run's logs."""
+    """Run the test commands on the checkout, streaming their output to the run's logs."""
     sha, path = checkout_of_latest(context, git)
     context.log.info(f"testing {sha} in {path}: {', '.join(config.commands)}")
     try:
-        results = run_commands(config.commands, path, log=context.log, timeout=config.timeout_s)
+        results = app_test_runner.run(
+            Path(path),
+            sha=sha,
+            commands=config.commands,
+            log=context.log,
+            timeout_s=config.timeout_s,
+            run_id=context.run.run_id,
+        )
+    except AppTestsUnavailable as exc:
+        raise dg.Failure(description=f"app tests of {sha[:12]} cannot run: {exc}") from None
     except AppTestsFailed as exc:
         metadata = _results_metadata(exc.results, exc.failed.command)
         metadata["sha"] = sha
