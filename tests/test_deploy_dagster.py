@@ -81,6 +81,9 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 # the in-cluster image builder: its calls go to its own namespace (twinme-build)
 KANIKO_MODULE = REPO / "twinme_ops" / "lib" / "kaniko.py"
+# the app tests' Job (production): its calls go to the build namespace too
+APP_TESTS_MODULE = REPO / "twinme_ops" / "lib" / "app_tests_k8s.py"
+BUILD_NAMESPACE_MODULES = (KANIKO_MODULE, APP_TESTS_MODULE)
 EXAMPLES = REPO / "examples" / "run_config"
 
 # the Helm release and namespace dagster.yaml is rendered for (README: helm upgrade --install
@@ -1055,7 +1058,7 @@ def _role(namespace: str) -> dict[str, Any]:
 
 def test_the_api_namespace_role_grants_exactly_what_twinme_ops_calls() -> None:
     """twinme_ops reads and patches the API Deployment: get and patch on it, nothing else."""
-    sources = [p for p in (REPO / "twinme_ops").rglob("*.py") if p != KANIKO_MODULE]
+    sources = [p for p in (REPO / "twinme_ops").rglob("*.py") if p not in BUILD_NAMESPACE_MODULES]
     used = api_methods_used(sources)
     assert used, "no Kubernetes API call found in twinme_ops: is the derivation broken?"
     needed = {rbac_permission(m) for m in used}
@@ -1073,13 +1076,28 @@ def test_the_build_namespace_role_is_the_kaniko_builder_contract() -> None:
     The builder also calls through dagster_k8s's client (following the Job), which is why the
     module states its rules (KANIKO_RBAC_RULES) rather than this test deriving them alone.
     """
+    from twinme_ops.lib.app_tests_k8s import APP_TESTS_RBAC_RULES
     from twinme_ops.lib.kaniko import KANIKO_RBAC_RULES, KanikoImageBuilder
 
     namespace = KanikoImageBuilder.model_fields["namespace"].default
     granted = _granted(_role(namespace))
-    assert granted == _granted({"rules": KANIKO_RBAC_RULES})
+    assert granted == _granted({"rules": KANIKO_RBAC_RULES}) | _granted(
+        {"rules": APP_TESTS_RBAC_RULES}
+    )
     direct = {rbac_permission(m) for m in api_methods_used([KANIKO_MODULE])}
     assert direct <= granted, direct - granted
+
+
+def test_the_build_namespace_role_covers_the_app_tests_job_exactly() -> None:
+    """app_tests' Job in production: every call the module makes, in the same namespace, and
+    its declared rules are exactly those calls (no Secret, nothing else)."""
+    from twinme_ops.lib.app_tests_k8s import APP_TESTS_RBAC_RULES, KubernetesAppTestRunner
+
+    namespace = KubernetesAppTestRunner.model_fields["namespace"].default
+    direct = {rbac_permission(m) for m in api_methods_used([APP_TESTS_MODULE])}
+    assert direct == _granted({"rules": APP_TESTS_RBAC_RULES})
+    assert direct <= _granted(_role(namespace)), direct - _granted(_role(namespace))
+    assert not any(resource == "secrets" for _, resource, _ in direct)
 
 
 def test_the_dagster_namespace_role_grants_exactly_what_the_executor_calls() -> None:
