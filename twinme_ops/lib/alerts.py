@@ -59,6 +59,7 @@ STEP_LABELS = {
     "api_deployment_deployment_verification": "deployment verification",
     "deployment_tests": "deployment tests",
     "recovery_preflight": "recovery preflight",
+    "recovery_approval": "recovery approval (two-person rule)",
     "recovery_safety_backup": "recovery safety backup",
     "recovery_scale_down": "recovery: API scale down",
     "recovery_restore": "recovery restore",
@@ -95,6 +96,9 @@ ADVICE = {
     "deployment_tests": "Production was not changed by this job: look at the failing check "
     "and the API's dashboards.",
     "recovery_preflight": "Nothing was touched.",
+    "recovery_approval": "Nothing was touched: no safety backup, no scale-down, no restore. A "
+    "recovery approver other than the launcher approves on the webserver's /twinme/approvals "
+    "page; re-execute recover_job and have it approved (a re-execution needs its own approval).",
     "recovery_safety_backup": "Nothing was restored and the API was not scaled down: "
     "production is as it was.",
     "recovery_scale_down": "Nothing was restored yet: check the Deployment's replica count.",
@@ -135,6 +139,18 @@ class Fact:
     value: str
 
 
+def launcher_of(tags: Mapping[str, str]) -> str:
+    """Who started a run: the signed-in person (``twinme/launched_by``), else its schedule or
+    sensor, else ``""``."""
+    if tags.get("twinme/launched_by"):
+        return tags["twinme/launched_by"]
+    if tags.get("dagster/schedule_name"):
+        return f"schedule {tags['dagster/schedule_name']}"
+    if tags.get("dagster/sensor_name"):
+        return f"sensor {tags['dagster/sensor_name']}"
+    return ""
+
+
 @dataclass(frozen=True)
 class Where:
     """Where an alert comes from: the job, its run, the failing step, and what it was about."""
@@ -144,6 +160,7 @@ class Where:
     step: str = ""
     partition: str = ""
     sha: str = ""
+    launched_by: str = ""
 
     @classmethod
     def from_tags(cls, job: str, run_id: str, tags: Mapping[str, str], step: str = "") -> Where:
@@ -154,6 +171,7 @@ class Where:
             step=step,
             partition=tags.get("dagster/partition", ""),
             sha=tags.get("twinme/sha", ""),
+            launched_by=launcher_of(tags),
         )
 
     def subject(self) -> str:
@@ -197,6 +215,8 @@ class Alert:
             lines.append(f"Run: {url}")
         elif self.where.run_id:
             lines.append(f"Run: {self.where.run_id[:8]} (job {_esc(self.where.job)})")
+        if self.where.launched_by:
+            lines.append(f"Launched by: {_esc(self.where.launched_by)}")
         if self.advice:
             lines.append(f"Next: {_esc(self.advice)}")
         return redact("\n".join(lines))
@@ -218,6 +238,8 @@ class Alert:
         if self.where.run_id:
             short = self.where.run_id[:8]
             where.append(f"*Run*\n<{url}|{short}>" if url else f"*Run*\n{short}")
+        if self.where.launched_by:
+            where.append(f"*Launched by*\n{_esc(self.where.launched_by)}")
         blocks += _field_sections(where)
         if self.error:
             safe = _esc(self.error).replace("```", "'''")
@@ -515,8 +537,11 @@ def recovery_success(
     restored: Sequence[str],
     safety_set_id: str,
     checks: Mapping[str, Any],
+    approved_by: str = "",
 ) -> Alert:
-    """A recovery finished: which set, which components, where the pre-recovery state is."""
+    """A recovery finished: which set, which components, where the pre-recovery state is, and
+    the two people behind it (launcher in ``where``, approver)."""
+    approval = [Fact("Approved by", approved_by)] if approved_by else []
     return Alert(
         headline=f"TwinMe recovery completed for backup: {set_id}",
         severity="success",
@@ -526,7 +551,33 @@ def recovery_success(
             Fact("Restored", ", ".join(restored) or "nothing"),
             Fact("Safety backup", f"set {safety_set_id}" if safety_set_id else "none"),
             Fact("Checks", ", ".join(f"{k} {'ok' if v is True else v}" for k, v in checks.items())),
+            *approval,
         ],
+    )
+
+
+def approval_needed(
+    where: Where,
+    set_id: str,
+    components: Sequence[str],
+    target_db: str,
+    approval_url: str,
+    wait_s: float,
+) -> Alert:
+    """A recovery waits for its second person: what it would restore, where to approve."""
+    place = approval_url or "the webserver's /twinme/approvals page"
+    return Alert(
+        headline=f"TwinMe recovery of set {set_id} waits for approval — launched by "
+        f"{where.launched_by or 'unknown'}",
+        severity="warning",
+        emoji=":raised_hand:",
+        where=replace(where, step=""),
+        facts=[
+            Fact("Would restore", f"{', '.join(components)} into database {target_db}"),
+            Fact("Waits", f"{wait_s / 60:.0f} min, then stops with nothing changed"),
+        ],
+        advice=f"A recovery approver other than {where.launched_by or 'the launcher'}: check "
+        f"the set and the target with them, then approve at {place}.",
     )
 
 

@@ -6,6 +6,8 @@ builds. Either way the step is recorded in the run's ``twinme/slack-alerted`` ta
 ``slack_on_run_failure_sensor`` that this run's failure has been reported.
 """
 
+from dataclasses import replace
+
 import dagster as dg
 
 from twinme_ops.lib.alerts import (
@@ -35,7 +37,7 @@ def step_where(context: StepContext, sha: str = "") -> Where:
     op_context = _op_context(context)
     tags = op_context.run.tags
     where = Where.from_tags(op_context.job_name, op_context.run_id, tags, step=op_context.op.name)
-    return Where(where.job, where.run_id, where.step, where.partition, sha or where.sha)
+    return replace(where, sha=sha or where.sha)
 
 
 def alerted_steps(instance: dg.DagsterInstance, run_id: str) -> list[str]:

@@ -7,10 +7,17 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field
 
+from twinme_ops.access.approvals import ApprovalRefused
+from twinme_ops.access.mutations import LAUNCHED_BY_TAG
+from twinme_ops.access.recovery_gate import (
+    ApprovalTimeout,
+    RecoveryApprovalResource,
+    wait_for_approval,
+)
 from twinme_ops.defs.alerts.hooks import slack_on_failure, step_where
 from twinme_ops.defs.executors import PodResources, max_runtime
 from twinme_ops.defs.resources import twinme_env
-from twinme_ops.lib.alerts import recovery_success
+from twinme_ops.lib.alerts import approval_needed, recovery_success
 from twinme_ops.lib.backup import Sources, backup_all
 from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.files import FileStorageResource
@@ -55,6 +62,13 @@ class RecoverConfig(dg.Config):
         default="",
         description="API base URL whose /health and /ready are checked. Empty: TWINME_API_URL "
         "if set, else no HTTP check.",
+    )
+    approval_wait_minutes: float = Field(
+        default=30,
+        gt=0,
+        le=24 * 60,
+        description="How long recovery_approval waits for a second person before the run "
+        "stops (nothing changed).",
     )
 
 
@@ -124,6 +138,7 @@ def recovery_preflight(
         state = RecoveryState(set_id, list(config.components), target_db)
         state.details["targets"] = overrides
         state.details["api_url"] = config.api_url or os.environ.get("TWINME_API_URL", "")
+        state.details["approval_wait_s"] = config.approval_wait_minutes * 60
         if "postgres" in state.components:
             # before the safety backup and the scale-down: the swap must be possible
             check_postgres_target(targets.postgres, context.log.info)
@@ -133,6 +148,65 @@ def recovery_preflight(
     context.log.info(
         f"recovering {', '.join(state.components)} of set {set_id} "
         f"into {targets.postgres.describe()}"
+    )
+    return state
+
+
+@dg.op(
+    description="The two-person rule: wait until a recovery approver who did not launch this "
+    "run approves it on the webserver (production, and wherever access control is on); "
+    "touch nothing before."
+)
+def recovery_approval(
+    context: dg.OpExecutionContext,
+    state: RecoveryState,
+    recovery_approval: RecoveryApprovalResource,
+    slack: SlackNotifier,
+) -> RecoveryState:
+    if not recovery_approval.required:
+        context.log.info(
+            "two-person approval is off: access control is not enabled here (TWINME_ACCESS_POLICY "
+            "unset, TWINME_ENV=local); production always requires it"
+        )
+        return state
+    run_id = context.run_id
+
+    def read_tags() -> dict[str, str]:
+        run = context.instance.get_run_by_id(run_id)
+        return dict(run.tags) if run else {}
+
+    tags = read_tags()
+    where = step_where(context)
+    if tags.get(LAUNCHED_BY_TAG):
+        slack.send(
+            approval_needed(
+                where,
+                state.set_id,
+                state.components,
+                state.target_database,
+                recovery_approval.approval_url,
+                state.details["approval_wait_s"],
+            ),
+            log=context.log,
+        )
+    try:
+        approval = wait_for_approval(
+            run_id,
+            read_tags,
+            timeout_s=state.details["approval_wait_s"],
+            poll_interval_s=recovery_approval.poll_interval_s,
+            log=context.log.info,
+        )
+    except (ApprovalRefused, ApprovalTimeout) as exc:
+        raise dg.Failure(
+            description=f"recovery not approved: {exc}",
+            metadata={"launched_by": tags.get(LAUNCHED_BY_TAG, ""), "set_id": state.set_id},
+        ) from None
+    state.details["approved_by"] = approval.approved_by
+    context.log.info(
+        f"approved by {approval.approved_by} ({approval.roles}) at "
+        f"{approval.approved_at.isoformat(timespec='seconds')}; launched by "
+        f"{tags.get(LAUNCHED_BY_TAG)}: the recovery proceeds"
     )
     return state
 
@@ -238,7 +312,12 @@ def recovery_scale_up_and_verify(
     except Exception as exc:
         raise _fail(state, "scale up / verification", exc) from None
     alert = recovery_success(
-        step_where(context), state.set_id, state.restored, state.safety_set_id, checks
+        step_where(context),
+        state.set_id,
+        state.restored,
+        state.safety_set_id,
+        checks,
+        approved_by=state.details.get("approved_by", ""),
     )
     slack.send(alert, log=context.log)
 
@@ -271,6 +350,7 @@ RECOVERY_POD = PodResources(
 )
 def recover_job() -> None:
     state = recovery_preflight()
+    state = recovery_approval(state)
     state = recovery_safety_backup(state)
     state = recovery_scale_down(state)
     state = recovery_restore(state)
