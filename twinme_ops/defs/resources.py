@@ -15,6 +15,9 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from twinme_ops.access.approval_page import approval_url
+from twinme_ops.access.policy import POLICY_ENV
+from twinme_ops.access.recovery_gate import RecoveryApprovalResource
 from twinme_ops.lib.app_tests import AppTestRunner
 from twinme_ops.lib.app_tests_k8s import KubernetesAppTestRunner
 from twinme_ops.lib.app_tests_local import ISOLATION_MODES, LocalAppTestRunner
@@ -244,6 +247,12 @@ def build_resources() -> dict[str, Any]:
         "kubernetes": KubernetesResource(
             namespace=os.environ.get("TWINME_K8S_NAMESPACE") or "twinme-prod",
             enabled=env == "production" or bool(os.environ.get("KUBECONFIG")),
+        ),
+        # the two-person rule of recover_job: always in production, and wherever the
+        # webserver's access control is on (twinme_ops/access)
+        "recovery_approval": RecoveryApprovalResource(
+            required=env == "production" or bool(os.environ.get(POLICY_ENV, "").strip()),
+            approval_url=approval_url(os.environ.get("TWINME_DAGSTER_URL", "").strip()),
         ),
         # the URL may carry basic-auth userinfo: EnvVar keeps it out of the UI
         "metrics": MetricsResource(
