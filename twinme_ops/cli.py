@@ -9,9 +9,11 @@ one function plus one entry there.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -186,6 +188,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     result = job.execute_in_process(
         partition_key=partition,
         run_config=run_config,
+        # who ran it, as the machine knows them (the webserver writes a verified identity)
+        tags={"twinme/launched_by": f"{getpass.getuser()}@{socket.gethostname()} (cli)"},
         instance=_cli_instance(),
         raise_on_error=False,
     )
