@@ -24,6 +24,7 @@ from twinme_ops.lib.release import ReleaseSettings
 from twinme_ops.lib.slack import SlackNotifier
 
 SHA = "a" * 40
+LAUNCHER = "olga@twinme.ai"
 NEW_IMAGE = "127.0.0.1:5000/twinme-api@sha256:" + "2" * 64
 
 
@@ -70,7 +71,7 @@ def _deploy(
         dg.AssetMaterialization(CONTAINER_IMAGE, metadata={"image_ref": NEW_IMAGE, "sha": SHA})
     )
     result = defs.resolve_job_def("deploy").execute_in_process(
-        instance=instance, raise_on_error=False
+        instance=instance, raise_on_error=False, tags={"twinme/launched_by": LAUNCHER}
     )
     return result, kube
 
@@ -118,6 +119,8 @@ def test_rollout_past_its_deadline_rolls_back(
     assert "ProgressDeadlineExceeded" in alert and "rollback healthy" in alert.splitlines()[0]
     assert f"Rollback: rolled back to {INITIAL_IMAGE}: healthy" in alert
     assert f"Commit: {SHA}" in alert and f"Image: {NEW_IMAGE}" in alert
+    # whoever launched the release is named (issue 12)
+    assert f"Launched by: {LAUNCHER}" in alert
 
 
 @pytest.mark.parametrize("fault", ["slow", "failing"])
