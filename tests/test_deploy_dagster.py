@@ -143,8 +143,11 @@ def _image(values: Mapping[str, Any]) -> str:
 
 
 def _render_run_launcher(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The chart's dagsterYaml.runLauncher.k8s template."""
+    """The chart's dagsterYaml.runLauncher.custom (config as given) or .k8s template."""
     launcher = values["runLauncher"]
+    if launcher["type"] == "CustomRunLauncher":
+        custom = launcher["config"]["customRunLauncher"]
+        return {"module": custom["module"], "class": custom["class"], "config": custom["config"]}
     assert launcher["type"] == "K8sRunLauncher"
     cfg = launcher["config"]["k8sRunLauncher"]
     out: dict[str, Any] = {"load_incluster_config": cfg["loadInclusterConfig"]}
@@ -323,14 +326,16 @@ def render_instance(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def chart_container_context(values: Mapping[str, Any]) -> dict[str, Any]:
+def chart_container_context(values: Mapping[str, Any]) -> dict[str, Any] | None:
     """What the chart passes to ``dagster api grpc --container-context`` for the deployment.
 
     From dagster-user-deployments' k8sContainerContext helper (includeConfigInLaunchedRuns):
     runs launched from this code location get its env ConfigMap, secrets, resources, namespace
-    and ServiceAccount.
+    and ServiceAccount. Nothing (None) when includeConfigInLaunchedRuns is off.
     """
     dep = _user_deployment(values)
+    if not (dep.get("includeConfigInLaunchedRuns") or {"enabled": True})["enabled"]:
+        return None
     subchart = values["dagster-user-deployments"]
     fullname = f"{RELEASE}-dagster-user-deployments"
     k8s: dict[str, Any] = {
@@ -675,8 +680,10 @@ def code_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CodeServer
     image = _image(values)
     env = _pod_env(values, scratch)
     env["DAGSTER_CURRENT_IMAGE"] = image
-    # the chart passes --container-context through the CLI's environment prefix
-    env["DAGSTER_CLI_API_GRPC_CONTAINER_CONTEXT"] = json.dumps(chart_container_context(values))
+    # the chart passes --container-context through the CLI's environment prefix, if at all
+    container_context = chart_container_context(values)
+    if container_context is not None:
+        env["DAGSTER_CLI_API_GRPC_CONTAINER_CONTEXT"] = json.dumps(container_context)
     dagster_cli = str(Path(sys.executable).parent / "dagster")
     argv = [
         dagster_cli,
@@ -767,8 +774,16 @@ def _run_config(job_name: str) -> dict[str, Any]:
     return (_yaml(path) or {}) if path.exists() else {}
 
 
-def submit(production: Production, job_name: str, partition: str | None = None) -> dg.DagsterRun:
-    """Create and submit a run as the scheduler does: the job's run tags, the example config."""
+def submit(
+    production: Production,
+    job_name: str,
+    partition: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> dg.DagsterRun:
+    """Create and submit a run as the scheduler does: the job's run tags, the example config.
+
+    ``tags`` are added on top of the job's, as a person launching from the UI can add them.
+    """
     location = production.location()
     [repo_name] = location.get_repository_names()
     repo = location.get_repository(repo_name)
@@ -777,9 +792,9 @@ def submit(production: Production, job_name: str, partition: str | None = None) 
     plan = location.get_execution_plan(
         remote_job, run_config, step_keys_to_execute=None, known_state=None
     )
-    tags = dict(remote_job.run_tags)
+    run_tags = {**remote_job.run_tags, **(tags or {})}
     if partition:
-        tags["dagster/partition"] = partition
+        run_tags["dagster/partition"] = partition
     run = production.instance.create_run(
         job_name=job_name,
         run_id=None,
@@ -790,7 +805,7 @@ def submit(production: Production, job_name: str, partition: str | None = None) 
         status=dg.DagsterRunStatus.NOT_STARTED,
         root_run_id=None,
         parent_run_id=None,
-        tags=tags,
+        tags=run_tags,
         job_snapshot=remote_job.job_snapshot,
         execution_plan_snapshot=plan.execution_plan_snapshot,
         parent_job_snapshot=remote_job.parent_job_snapshot,
@@ -913,6 +928,115 @@ def test_the_production_instance_launches_runs_as_kubernetes_jobs(
         assert container["args"][:3] == ["dagster", "api", "execute_run"]
         assert job["spec"]["ttlSecondsAfterFinished"] == 86400
         assert job["spec"]["backoffLimit"] == 0
+
+
+# What a person launching a run could ask of its pod through the dagster-k8s/config tag (the UI's
+# launchpad lets anyone who may launch add tags), in both spellings dagster_k8s accepts.
+FORBIDDEN_POD_REQUESTS: dict[str, tuple[dict[str, Any], str]] = {
+    "privileged container": (
+        {"container_config": {"securityContext": {"privileged": True}}},
+        "container_config.security_context",
+    ),
+    "privileged container (snake_case)": (
+        {"container_config": {"security_context": {"privileged": True}}},
+        "container_config.security_context",
+    ),
+    "root pod": (
+        {"pod_spec_config": {"securityContext": {"runAsUser": 0, "runAsNonRoot": False}}},
+        "pod_spec_config.security_context",
+    ),
+    "the chart's ServiceAccount": (
+        {"pod_spec_config": {"serviceAccountName": "dagster"}},
+        "pod_spec_config.service_account_name",
+    ),
+    "the node's filesystem": (
+        {"pod_spec_config": {"volumes": [{"name": "host", "hostPath": {"path": "/"}}]}},
+        "pod_spec_config.volumes",
+    ),
+    "host network": ({"pod_spec_config": {"hostNetwork": True}}, "pod_spec_config.host_network"),
+    "webserver's labels (NetworkPolicies)": (
+        {"pod_template_spec_metadata": {"labels": {"component": "dagster-webserver"}}},
+        "pod_template_spec_metadata.labels",
+    ),
+    "environment": (
+        {"container_config": {"env": [{"name": "TWINME_ENV", "value": "local"}]}},
+        "container_config.env",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("request_", "violation"),
+    list(FORBIDDEN_POD_REQUESTS.values()),
+    ids=list(FORBIDDEN_POD_REQUESTS),
+)
+def test_the_launcher_refuses_a_run_whose_tag_asks_for_more_than_resources(
+    production: Production, request_: dict[str, Any], violation: str
+) -> None:
+    """only_allow_user_defined_k8s_config_fields: dagster_k8s raises at launch (it does not strip
+    the field and go on); the daemon fails the run with the reason, and no Job is created."""
+    resources = DRILL_POD.k8s_config()["container_config"]["resources"]
+    config = json.loads(json.dumps(request_))
+    # the forbidden ask rides along with the resources a heavy job's tag carries
+    config.setdefault("container_config", {})["resources"] = resources
+    run = submit(production, "restore_drill_job", tags={K8S_CONFIG_TAG: json.dumps(config)})
+    dequeue(production)
+    assert jobs_in(production.kubeconfig, NAMESPACE) == {}
+    assert _status(production, run) == dg.DagsterRunStatus.FAILURE
+    messages = "\n".join(
+        str(e.dagster_event.event_specific_data if e.dagster_event else "") + (e.message or "")
+        for e in production.instance.all_logs(run.run_id)
+    )
+    assert "violated the allowed list" in messages, messages[-2000:]
+    assert violation in messages, messages[-2000:]
+
+
+def test_a_run_whose_tag_sets_only_resources_keeps_them(production: Production) -> None:
+    """The allowed part of the tag still works: a run's own resources reach its pod, and the
+    pod is the launcher's (identity, non-root), with no privileged container."""
+    resources = {"requests": {"cpu": "300m", "memory": "700Mi"}, "limits": {"memory": "900Mi"}}
+    tag = {"container_config": {"resources": resources}}
+    run = submit(production, "retention_job", tags={K8S_CONFIG_TAG: json.dumps(tag)})
+    dequeue(production)
+    [job] = jobs_in(production.kubeconfig, NAMESPACE).values()
+    assert job["metadata"]["labels"]["dagster/run-id"] == run.run_id
+    spec = job["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert container["resources"] == resources
+    assert spec["serviceAccountName"] == RUNS_SERVICE_ACCOUNT
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert not (container.get("securityContext") or {}).get("privileged")
+    assert not [v for v in spec.get("volumes") or [] if "hostPath" in v]
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == (
+        "run_worker"
+    )
+
+
+def test_the_production_launcher_allows_only_container_resources() -> None:
+    """The allowlist is exactly what the code's own dagster-k8s/config tags use."""
+    launcher = _yaml(INSTANCE)["run_launcher"]["config"]
+    assert launcher["only_allow_user_defined_k8s_config_fields"] == {
+        "container_config": {"resources": True}
+    }
+    defs = build_definitions()
+    used: set[tuple[str, str]] = set()
+    for job in defs.resolve_all_job_defs():
+        if K8S_CONFIG_TAG in job.run_tags:
+            config = json.loads(job.run_tags[K8S_CONFIG_TAG])
+            used |= {(section, key) for section, fields in config.items() for key in fields}
+    assert used == {("container_config", "resources")}
+    # no container context from the code location either: it is checked against the same
+    # allowlist, and would otherwise need ServiceAccount and env sources allowed
+    assert chart_container_context(_values()) is None
+    run_settings = ("env_config_maps", "env_secrets", "service_account_name", "resources")
+    assert all(launcher.get(k) for k in run_settings)
+    dep = _user_deployment(_values())
+    assert launcher["resources"] == dep["resources"], "light jobs keep the code server's sizing"
+    assert launcher["env_config_maps"] == [
+        f"{RELEASE}-dagster-user-deployments-{dep['name']}-user-env"
+    ]
+    assert launcher["env_secrets"] == [s["name"] for s in dep["envSecrets"]]
+    assert launcher["service_account_name"] == RUNS_SERVICE_ACCOUNT
 
 
 def test_step_pods_run_each_step_as_a_job_with_the_job_resources(
