@@ -1301,8 +1301,9 @@ def test_the_dockerfile_builds_the_code_location_image() -> None:
         by_kind.setdefault(instruction, []).append(args)
 
     node_stage, base = by_kind["FROM"]
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), f"unpinned base image {base}"
-    assert re.fullmatch(r"node:20\.\d+\.\d+-bookworm-slim AS node", node_stage), node_stage
+    digest = r"@sha256:[0-9a-f]{64}"
+    assert re.fullmatch(rf"python:3\.11\.\d+-slim-\w+{digest}", base), f"unpinned base {base}"
+    assert re.fullmatch(rf"node:20\.\d+\.\d+-bookworm-slim{digest} AS node", node_stage)
 
     run = " ".join(by_kind["RUN"])
     for package in ("redis-server", "zstd", "git", "tini", "ca-certificates"):
@@ -1314,15 +1315,18 @@ def test_the_dockerfile_builds_the_code_location_image() -> None:
     assert "/usr/lib/postgresql/18/bin/pg_dump --version" in run
     assert "node --version" in run and "npm --version" in run
     # run pods read the instance's PostgreSQL storage: dagster-postgres, on dagster's release train
-    assert f'"dagster-postgres=={dagster_k8s.__version__}"' in run
-    assert re.search(r"pip install --no-cache-dir \. ", run)
+    # (from the hashed lock file; tests/test_deploy_access.py checks the lock itself)
+    lock = (DEPLOY / "requirements.lock").read_text()
+    assert f"\ndagster-postgres=={dagster_k8s.__version__} " in lock
+    assert "pip install --no-cache-dir --require-hashes -r requirements.lock" in run
+    assert "pip install --no-cache-dir --no-deps --no-build-isolation . " in run
 
     assert by_kind["USER"][-1] == "10001:10001"
     assert [k for k, _ in steps].index("USER") > max(
         i for i, (k, _) in enumerate(steps) if k == "RUN"
     ), "a RUN after USER would run as root"
-    run_pods = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
-    for security in (dep["podSecurityContext"], run_pods["podSpecConfig"]["securityContext"]):
+    run_pods = _render_run_launcher(values)["config"]["run_k8s_config"]
+    for security in (dep["podSecurityContext"], run_pods["pod_spec_config"]["securityContext"]):
         assert security["runAsUser"] == 10001 and security["runAsNonRoot"] is True
 
     for args in by_kind.get("ENV", []) + by_kind.get("ARG", []):
@@ -1334,7 +1338,12 @@ def test_the_dockerfile_builds_the_code_location_image() -> None:
 
     copied = [arg.split()[:-1] for arg in by_kind["COPY"] if not arg.startswith("--from=node ")]
     sources = {s for srcs in copied for s in srcs}
-    assert sources == {"pyproject.toml", "README.md", "twinme_ops"}
+    assert sources == {
+        "pyproject.toml",
+        "README.md",
+        "twinme_ops",
+        "deploy/dagster/requirements.lock",
+    }
     ignore = DOCKERIGNORE.read_text().splitlines()
     assert "*" in ignore, "the build context must exclude everything by default"
     for source in sources:
