@@ -16,9 +16,11 @@ Needs root (namespaces, system users), Node >= 18 and npm, like CI.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from twinme_ops.defs.release.assets import app_tests, source_checkout
 from twinme_ops.defs.release.jobs import release_job
 from twinme_ops.defs.resources import make_app_test_runner
 from twinme_ops.lib.app_isolation import TESTS_USER, hidden_paths
-from twinme_ops.lib.app_tests import OFFLINE_COMMANDS, AppTestRunner
+from twinme_ops.lib.app_tests import OFFLINE_COMMANDS, AppTestRunner, AppTestsFailed
 from twinme_ops.lib.app_tests_k8s import KubernetesAppTestRunner
 from twinme_ops.lib.app_tests_local import LocalAppTestRunner, Step, plan
 from twinme_ops.lib.git import GitRepoResource
@@ -364,3 +366,35 @@ def test_hiding_never_hides_the_sandbox_itself(tmp_path: Path) -> None:
     # tmp_path holds the work directory: not hidden; home/sub is inside home: hidden with it
     assert chosen == [tmp_path / "home"]
     assert TESTS_USER == "twinme-app-tests"
+
+
+def test_a_command_over_its_time_limit_is_killed_with_everything_it_started(
+    tmp_path: Path,
+) -> None:
+    """A daemon the pushed code detached (its own session) dies with its PID namespace."""
+    checkout = tmp_path / "app"
+    shutil.copytree(PROBE_APP, checkout)
+    marker = "twinme-leftover-41c9"
+    daemon = f'setsid node -e "setTimeout(() => {{}}, 300000)" {marker}'
+    hang = f"sh -c '{daemon} & sleep 300'"
+    runner = LocalAppTestRunner(services=False)
+    started = time.monotonic()
+    with pytest.raises(AppTestsFailed, match="timed out after 1 s"):
+        runner.run(checkout, sha="0" * 40, commands=[hang], log=logging.getLogger("t"), timeout_s=1)
+    assert time.monotonic() - started < 30
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _processes_named(marker):
+        time.sleep(0.1)
+    assert _processes_named(marker) == []
+
+
+def _processes_named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if name.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
