@@ -10,7 +10,6 @@ range, not the cloud's metadata service.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.network_policy import Endpoint, allowed, selects
 from tests.test_deploy_app import VERSIONS
 from twinme_ops.lib.app_tests_job import PodSettings, job_manifest
 from twinme_ops.lib.app_tests_k8s import (
@@ -59,25 +59,6 @@ def app_tests_pod_labels() -> dict[str, str]:
     return job["spec"]["template"]["metadata"]["labels"]
 
 
-def _selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
-    """A ``matchLabels`` selector; an empty one selects everything."""
-    assert set(selector or {}) <= {"matchLabels"}, "only matchLabels is evaluated here"
-    wanted = (selector or {}).get("matchLabels") or {}
-    return all(labels.get(k) == v for k, v in wanted.items())
-
-
-def _in_block(ip: str, block: dict[str, Any]) -> bool:
-    address = ipaddress.ip_address(ip)
-    network = ipaddress.ip_network(block["cidr"])
-    if address.version != network.version or address not in network:
-        return False
-    return not any(
-        address in ipaddress.ip_network(e)
-        for e in block.get("except") or []
-        if ipaddress.ip_network(e).version == address.version
-    )
-
-
 def egress_allowed(
     policy: dict[str, Any],
     *,
@@ -87,32 +68,10 @@ def egress_allowed(
     namespace: str | None = None,
     pod_labels: dict[str, str] | None = None,
 ) -> bool:
-    """Whether the policy lets its pods open ``protocol/port`` to a destination: an address
-    (``ip``) and/or a pod (``namespace`` + ``pod_labels``), as NetworkPolicy semantics say."""
-    for rule in policy["spec"].get("egress") or []:
-        ports = rule.get("ports")
-        if ports and not any(
-            p.get("protocol", "TCP") == protocol and p.get("port") in (None, port) for p in ports
-        ):
-            continue
-        peers = rule.get("to")
-        if not peers:
-            return True  # every destination
-        for peer in peers:
-            if "ipBlock" in peer:
-                if ip is not None and _in_block(ip, peer["ipBlock"]):
-                    return True
-                continue
-            if namespace is None:
-                continue
-            ns_labels = {"kubernetes.io/metadata.name": namespace}
-            if "namespaceSelector" in peer:
-                ns_ok = _selects(peer["namespaceSelector"], ns_labels)
-            else:
-                ns_ok = namespace == policy["metadata"]["namespace"]
-            if ns_ok and _selects(peer.get("podSelector"), pod_labels or {}):
-                return True
-    return False
+    """Whether the policy lets the app tests' pods open ``protocol/port`` to a destination: an
+    address (``ip``) and/or a pod (``namespace`` + ``pod_labels``)."""
+    source = Endpoint(NAMESPACE, app_tests_pod_labels())
+    return allowed([policy], source, Endpoint(namespace, pod_labels or {}, ip), port, protocol)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -145,9 +104,9 @@ def test_the_pods_account_is_the_runners_and_mounts_no_token() -> None:
 def test_the_policy_covers_exactly_the_app_tests_pods_and_admits_nothing() -> None:
     policy = one("NetworkPolicy")
     spec = policy["spec"]
-    assert _selects(spec["podSelector"], app_tests_pod_labels())
+    assert selects(spec["podSelector"], app_tests_pod_labels())
     assert spec["podSelector"]["matchLabels"], "an empty selector would cover the builder too"
-    assert not _selects(spec["podSelector"], {"app.kubernetes.io/name": "twinme-image-build"})
+    assert not selects(spec["podSelector"], {"app.kubernetes.io/name": "twinme-image-build"})
     assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
     assert spec["ingress"] == [], "no pod, namespace or address may connect to them"
     for rule in spec["egress"]:
