@@ -17,8 +17,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.k8s_job_cluster import restricted_violations
 from tests.network_policy import Endpoint, allowed, selects
 from tests.test_deploy_app import VERSIONS
+from twinme_ops.lib import cluster_build_job
 from twinme_ops.lib.app_tests_job import PodSettings, job_manifest
 from twinme_ops.lib.app_tests_k8s import (
     POSTGRES_IMAGE,
@@ -90,6 +92,41 @@ def test_the_namespace_is_the_runners_and_enforces_restricted() -> None:
     for doc in objects():
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == NAMESPACE
+
+
+def test_the_image_builders_pod_passes_the_namespaces_restricted_level() -> None:
+    """The rootless buildah Job needs no exception: the namespace stays "restricted", and the
+    builder's real manifest (push and git Secrets, Dockerfile ConfigMap) passes it, is valid
+    Kubernetes, and runs in this namespace by default."""
+    from twinme_ops.lib.cluster_build import ClusterImageBuilder
+
+    assert ClusterImageBuilder.model_fields["namespace"].default == NAMESPACE
+    labels = one("Namespace")["metadata"]["labels"]
+    assert {
+        labels[f"pod-security.kubernetes.io/{mode}"] for mode in ("enforce", "warn", "audit")
+    } == {"restricted"}
+    job = cluster_build_job.job_manifest(
+        "twinme-build-x",
+        pod=cluster_build_job.BuildPod(
+            build_image=cluster_build_job.BUILDAH_IMAGE,
+            git_image=cluster_build_job.GIT_IMAGE,
+            resources={"requests": {"cpu": "1"}},
+            push_secret="regcred",
+            git_secret="github-read",
+            dockerfile_configmap="twinme-dockerfile-0",
+        ),
+        clone="true",
+        build="true",
+        timeout_s=60,
+        ttl_s=60,
+    )
+    spec = job["spec"]["template"]["spec"]
+    assert restricted_violations(spec) == []
+    for version in VERSIONS:
+        kubernetes_validate.validate(job, version, strict=True)
+    for container in [*spec["initContainers"], *spec["containers"]]:
+        assert container["securityContext"]["privileged"] is False
+        assert "add" not in container["securityContext"]["capabilities"]
 
 
 def test_the_pods_account_is_the_runners_and_mounts_no_token() -> None:

@@ -79,11 +79,14 @@ INSTANCE = DEPLOY / "dagster.yaml"
 RBAC = DEPLOY / "rbac.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
-# the in-cluster image builder: its calls go to its own namespace (twinme-build)
-KANIKO_MODULE = REPO / "twinme_ops" / "lib" / "kaniko.py"
+# the in-cluster image builder: its calls go to the build namespace (twinme-build)
+LIB = REPO / "twinme_ops" / "lib"
+CLUSTER_BUILD_MODULES = (LIB / "cluster_build.py", LIB / "cluster_build_follow.py")
 # the app tests' Job (production): its calls go to the build namespace too
-APP_TESTS_MODULE = REPO / "twinme_ops" / "lib" / "app_tests_k8s.py"
-BUILD_NAMESPACE_MODULES = (KANIKO_MODULE, APP_TESTS_MODULE)
+APP_TESTS_MODULE = LIB / "app_tests_k8s.py"
+# the Job-following helpers both share
+K8S_JOB_MODULE = LIB / "k8s_job.py"
+BUILD_NAMESPACE_MODULES = (*CLUSTER_BUILD_MODULES, APP_TESTS_MODULE, K8S_JOB_MODULE)
 EXAMPLES = REPO / "examples" / "run_config"
 
 # the Helm release and namespace dagster.yaml is rendered for (README: helm upgrade --install
@@ -1194,22 +1197,24 @@ def test_the_api_namespace_role_grants_exactly_what_twinme_ops_calls() -> None:
         assert rule.get("resourceNames") == [deployment], rule
 
 
-def test_the_build_namespace_role_is_the_kaniko_builder_contract() -> None:
-    """release_job's kaniko builds: the Role its module declares, covering every call it makes.
-
-    The builder also calls through dagster_k8s's client (following the Job), which is why the
-    module states its rules (KANIKO_RBAC_RULES) rather than this test deriving them alone.
-    """
+def test_the_build_namespace_role_is_the_cluster_builder_contract() -> None:
+    """release_job's in-cluster builds: the Role is exactly the rules the builder's module
+    declares (BUILD_RBAC_RULES) with the app tests', and those rules are exactly the calls its
+    modules make (with the shared Job-following helpers): no Secret is ever read."""
     from twinme_ops.lib.app_tests_k8s import APP_TESTS_RBAC_RULES
-    from twinme_ops.lib.kaniko import KANIKO_RBAC_RULES, KanikoImageBuilder
+    from twinme_ops.lib.cluster_build import ClusterImageBuilder
+    from twinme_ops.lib.cluster_build_job import BUILD_RBAC_RULES
 
-    namespace = KanikoImageBuilder.model_fields["namespace"].default
+    namespace = ClusterImageBuilder.model_fields["namespace"].default
     granted = _granted(_role(namespace))
-    assert granted == _granted({"rules": KANIKO_RBAC_RULES}) | _granted(
+    assert granted == _granted({"rules": BUILD_RBAC_RULES}) | _granted(
         {"rules": APP_TESTS_RBAC_RULES}
     )
-    direct = {rbac_permission(m) for m in api_methods_used([KANIKO_MODULE])}
-    assert direct <= granted, direct - granted
+    direct = {
+        rbac_permission(m) for m in api_methods_used([*CLUSTER_BUILD_MODULES, K8S_JOB_MODULE])
+    }
+    assert direct == _granted({"rules": BUILD_RBAC_RULES})
+    assert not any(resource == "secrets" for _, resource, _ in direct)
 
 
 def test_the_build_namespace_role_covers_the_app_tests_job_exactly() -> None:
@@ -1218,7 +1223,7 @@ def test_the_build_namespace_role_covers_the_app_tests_job_exactly() -> None:
     from twinme_ops.lib.app_tests_k8s import APP_TESTS_RBAC_RULES, KubernetesAppTestRunner
 
     namespace = KubernetesAppTestRunner.model_fields["namespace"].default
-    direct = {rbac_permission(m) for m in api_methods_used([APP_TESTS_MODULE])}
+    direct = {rbac_permission(m) for m in api_methods_used([APP_TESTS_MODULE, K8S_JOB_MODULE])}
     assert direct == _granted({"rules": APP_TESTS_RBAC_RULES})
     assert direct <= _granted(_role(namespace)), direct - _granted(_role(namespace))
     assert not any(resource == "secrets" for _, resource, _ in direct)

@@ -21,12 +21,12 @@ from twinme_ops.access.recovery_gate import RecoveryApprovalResource
 from twinme_ops.lib.app_tests import AppTestRunner
 from twinme_ops.lib.app_tests_k8s import KubernetesAppTestRunner
 from twinme_ops.lib.app_tests_local import ISOLATION_MODES, LocalAppTestRunner
+from twinme_ops.lib.cluster_build import ClusterImageBuilder
 from twinme_ops.lib.crypto import BackupEncryption
 from twinme_ops.lib.db_tuning import DatabaseTuning
 from twinme_ops.lib.files import FileStorageResource
 from twinme_ops.lib.git import GitRepoResource
 from twinme_ops.lib.image import ImageBuilderResource
-from twinme_ops.lib.kaniko import KanikoImageBuilder
 from twinme_ops.lib.kube import KubernetesResource
 from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
@@ -78,12 +78,34 @@ def _tuning() -> DatabaseTuning:
     return DatabaseTuning(**declared)
 
 
-IMAGE_BUILDERS = ("buildah", "docker", "kaniko")
+IMAGE_BUILDERS = ("buildah", "docker", "cluster")
+# the in-cluster builder's settings: TWINME_BUILD_* (ClusterImageBuilder, lib/cluster_build.py)
+_CLUSTER_SETTINGS = (
+    ("namespace", "TWINME_BUILD_NAMESPACE"),
+    ("build_image", "TWINME_BUILD_IMAGE"),
+    ("git_image", "TWINME_BUILD_GIT_IMAGE"),
+    ("service_account", "TWINME_BUILD_SERVICE_ACCOUNT"),
+    ("push_secret", "TWINME_BUILD_PUSH_SECRET"),
+    ("git_secret", "TWINME_BUILD_GIT_SECRET"),
+    ("git_url", "TWINME_BUILD_GIT_URL"),
+)
+_KANIKO_REMOVED = (
+    "kaniko was replaced by a rootless buildah Job (its upstream was archived in 2025, and it "
+    "needs root): set TWINME_IMAGE_BUILDER=cluster, with TWINME_BUILD_NAMESPACE, "
+    "TWINME_BUILD_IMAGE, TWINME_BUILD_SERVICE_ACCOUNT, TWINME_BUILD_PUSH_SECRET, "
+    "TWINME_BUILD_GIT_SECRET, TWINME_BUILD_GIT_URL and TWINME_BUILD_TIMEOUT_S in place of the "
+    "TWINME_KANIKO_* variables (README, 'Building in the cluster')"
+)
 
 
 def _image_builder() -> ImageBuilderResource:
-    """buildah (default) or docker here, or a kaniko Job in the cluster (TWINME_IMAGE_BUILDER)."""
+    """buildah (default) or docker here, or a rootless buildah Job in the cluster
+    (TWINME_IMAGE_BUILDER=cluster, TWINME_BUILD_*)."""
     tool = (os.environ.get("TWINME_IMAGE_BUILDER") or "buildah").strip()
+    leftover = sorted(var for var in os.environ if var.startswith("TWINME_KANIKO_"))
+    if tool == "kaniko" or leftover:
+        found = f"TWINME_IMAGE_BUILDER={tool}" if tool == "kaniko" else ", ".join(leftover)
+        raise ValueError(f"{found}: {_KANIKO_REMOVED}")
     if tool not in IMAGE_BUILDERS:
         raise ValueError(
             redact(f"TWINME_IMAGE_BUILDER={tool!r} is not one of {', '.join(IMAGE_BUILDERS)}")
@@ -92,33 +114,23 @@ def _image_builder() -> ImageBuilderResource:
         "registry": os.environ.get("TWINME_REGISTRY", ""),
         "repository": os.environ.get("TWINME_IMAGE_REPOSITORY") or "twinme-api",
     }
-    if tool != "kaniko":
+    if tool != "cluster":
         return ImageBuilderResource(tool=tool, **common)
     # names of Secrets, not their values: the kubelet mounts them into the build pod
-    kaniko: dict[str, Any] = {
-        field: os.environ[var]
-        for field, var in (
-            ("namespace", "TWINME_KANIKO_NAMESPACE"),
-            ("kaniko_image", "TWINME_KANIKO_IMAGE"),
-            ("service_account", "TWINME_KANIKO_SERVICE_ACCOUNT"),
-            ("push_secret", "TWINME_KANIKO_PUSH_SECRET"),
-            ("git_secret", "TWINME_KANIKO_GIT_SECRET"),
-            ("git_url", "TWINME_KANIKO_GIT_URL"),
-        )
-        if os.environ.get(var)
+    cluster: dict[str, Any] = {
+        field: os.environ[var] for field, var in _CLUSTER_SETTINGS if os.environ.get(var)
     }
-    kaniko["cache"] = os.environ.get("TWINME_KANIKO_CACHE", "").lower() in ("1", "true", "yes")
-    if os.environ.get("TWINME_KANIKO_TIMEOUT_S"):
+    if os.environ.get("TWINME_BUILD_TIMEOUT_S"):
         try:
-            kaniko["timeout_s"] = float(os.environ["TWINME_KANIKO_TIMEOUT_S"])
+            cluster["timeout_s"] = float(os.environ["TWINME_BUILD_TIMEOUT_S"])
         except ValueError:
             raise ValueError(
                 redact(
-                    f"TWINME_KANIKO_TIMEOUT_S={os.environ['TWINME_KANIKO_TIMEOUT_S']!r} is not a "
+                    f"TWINME_BUILD_TIMEOUT_S={os.environ['TWINME_BUILD_TIMEOUT_S']!r} is not a "
                     "number of seconds"
                 )
             ) from None
-    return KanikoImageBuilder(**common, **kaniko)
+    return ClusterImageBuilder(**common, **cluster)
 
 
 APP_TEST_RUNNERS = ("local", "kubernetes")
@@ -169,7 +181,7 @@ URL_SECRET_VARS = (
     "REDIS_URL",
     "TWINME_BACKUP_URL",
     "TWINME_GIT_REMOTE",
-    "TWINME_KANIKO_GIT_URL",
+    "TWINME_BUILD_GIT_URL",
     "TWINME_PUSHGATEWAY_URL",
     "TWINME_API_URL",
     "TWINME_DAGSTER_URL",

@@ -17,21 +17,16 @@ own) are exactly :data:`APP_TESTS_RBAC_RULES` in the build namespace.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import queue
 import secrets
 import subprocess
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
 from pydantic import Field
 
 from twinme_ops.lib.app_tests import (
@@ -53,6 +48,15 @@ from twinme_ops.lib.app_tests_job import (
     job_manifest,
     source_configmaps,
 )
+from twinme_ops.lib.k8s_job import (
+    FATAL_WAITING,
+    REQUEST_TIMEOUT_S,
+    LogFollower,
+    api_error_detail,
+    container_statuses,
+    load_api_client,
+    warning_events,
+)
 from twinme_ops.lib.redact import redact
 
 # Pinned: a floating tag would change what tests run on under a release. The Node image is the
@@ -62,14 +66,7 @@ TEST_IMAGE = "node:20.19.5-bookworm-slim"
 POSTGRES_IMAGE = "pgvector/pgvector:0.8.2-pg18-bookworm"
 REDIS_IMAGE = "redis:7.4.6-alpine"
 MAX_SOURCE_BYTES = 20 * 1024 * 1024
-_REQUEST_TIMEOUT_S = (10.0, 30.0)
-_FATAL_WAITING = {
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-}
+_REQUEST_TIMEOUT_S = REQUEST_TIMEOUT_S
 _IMAGE_VARIABLE = {
     SOURCE_CONTAINER: "TWINME_APP_TESTS_IMAGE",
     TESTS_CONTAINER: "TWINME_APP_TESTS_IMAGE",
@@ -103,51 +100,6 @@ def git_archive(checkout: Path) -> bytes:
             redact(f"git archive of {checkout} failed: {proc.stderr.decode(errors='replace')}")
         )
     return proc.stdout
-
-
-class _LogFollower(threading.Thread):
-    """Follows one container's log (``follow=true``) into a queue, off the polling thread."""
-
-    def __init__(self, core: client.CoreV1Api, namespace: str, pod: str) -> None:
-        super().__init__(name=f"app-tests-log-{pod}", daemon=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.error = ""
-        self._core, self._namespace, self._pod = core, namespace, pod
-        self._response: Any = None
-
-    def run(self) -> None:
-        try:
-            self._response = self._core.read_namespaced_pod_log(
-                self._pod,
-                self._namespace,
-                container=TESTS_CONTAINER,
-                follow=True,
-                _preload_content=False,
-                _request_timeout=(_REQUEST_TIMEOUT_S[0], None),
-            )
-            for line in iter_resp_lines(self._response):
-                self.lines.put(line)
-        except Exception as exc:  # reported by the run, which still has the exit code
-            self.error = redact(f"{type(exc).__name__}: {exc}")[:300]
-        finally:
-            if self._response is not None:
-                self._response.release_conn()
-
-    def stop(self, timeout_s: float) -> None:
-        self.join(timeout_s)
-        if self.is_alive() and self._response is not None:
-            with contextlib.suppress(Exception):
-                self._response.close()
-            self.join(5)
-
-
-def _statuses(pod: Any) -> dict[str, Any]:
-    """Container name -> status, init containers (and sidecars) included."""
-    status = pod.status if pod is not None else None
-    if status is None:
-        return {}
-    every = [*(status.init_container_statuses or []), *(status.container_statuses or [])]
-    return {s.name: s for s in every}
 
 
 class KubernetesAppTestRunner(AppTestRunner):
@@ -187,28 +139,16 @@ class KubernetesAppTestRunner(AppTestRunner):
     )
 
     def _api_client(self) -> client.ApiClient:
-        cfg = client.Configuration()
-        path = self.kubeconfig or os.environ.get("KUBECONFIG", "")
-        try:
-            if path:
-                config.load_kube_config(
-                    config_file=path, client_configuration=cfg, persist_config=False
-                )
-            else:
-                config.load_incluster_config(client_configuration=cfg)
-        except Exception as exc:
-            raise AppTestsUnavailable(
-                redact(
-                    f"cannot reach the cluster for the app tests ({type(exc).__name__}: {exc})"
-                    ". Fix: set KUBECONFIG, run in the cluster, or TWINME_APP_TESTS_RUNNER=local"
-                )
-            ) from None
-        return client.ApiClient(cfg)
+        return load_api_client(
+            self.kubeconfig,
+            lambda why: AppTestsUnavailable(
+                f"cannot reach the cluster for the app tests through {why}. Fix: set "
+                "KUBECONFIG, run in the cluster, or TWINME_APP_TESTS_RUNNER=local"
+            ),
+        )
 
     def _api_error(self, exc: ApiException, what: str) -> AppTestsUnavailable:
-        detail = ""
-        with contextlib.suppress(TypeError, ValueError, AttributeError):
-            detail = str(json.loads(exc.body or "{}").get("message") or "")
+        detail = api_error_detail(exc)
         fix = {
             403: "grant the run's ServiceAccount APP_TESTS_RBAC_RULES in namespace "
             f"{self.namespace} (deploy/dagster/rbac.yaml)",
@@ -303,7 +243,7 @@ class KubernetesAppTestRunner(AppTestRunner):
         """Poll the Job and its pod until the tests container ends: (exit code, why if not)."""
         started = time.monotonic()
         deadline = started + self.start_timeout_s + timeout_s * max(len(commands), 1)
-        follower: _LogFollower | None = None
+        follower: LogFollower | None = None
         pending: list[str] = []
 
         def drain(wait_s: float) -> None:
@@ -323,12 +263,12 @@ class KubernetesAppTestRunner(AppTestRunner):
         try:
             while True:
                 pod, job_status = self._observe(core, batch, name)
-                states = _statuses(pod)
+                states = container_statuses(pod)
                 self._fail_fast(core, name, pod, states, follower is None)
                 tests = states.get(TESTS_CONTAINER)
                 state = tests.state if tests is not None else None
                 if follower is None and state is not None and (state.running or state.terminated):
-                    follower = _LogFollower(core, self.namespace, pod.metadata.name)
+                    follower = LogFollower(core, self.namespace, pod.metadata.name, TESTS_CONTAINER)
                     follower.start()
                 if state is not None and state.terminated is not None:
                     break
@@ -386,7 +326,7 @@ class KubernetesAppTestRunner(AppTestRunner):
             return
         for container, status in states.items():
             waiting = status.state.waiting if status.state is not None else None
-            if waiting is not None and waiting.reason in _FATAL_WAITING:
+            if waiting is not None and waiting.reason in FATAL_WAITING:
                 raise AppTestsUnavailable(
                     redact(
                         f"{where}: container {container} cannot start: {waiting.reason}: "
@@ -420,15 +360,7 @@ class KubernetesAppTestRunner(AppTestRunner):
         return ":\n" + redact(str(text).rstrip()) if text else ""
 
     def _events(self, core: client.CoreV1Api, name: str) -> list[Any]:
-        try:
-            events: Any = core.list_namespaced_event(
-                self.namespace,
-                field_selector=f"involvedObject.name={name}",
-                _request_timeout=_REQUEST_TIMEOUT_S,
-            )
-        except ApiException:
-            return []  # a diagnosis aid: the start timeout still applies
-        return [e for e in events.items if (e.involved_object and e.involved_object.name) == name]
+        return warning_events(core, self.namespace, name)  # [] if unreadable: a diagnosis aid
 
     def _not_started(self, name: str, pod: Any) -> str:
         where = "no pod was created"

@@ -108,7 +108,7 @@ class ImageBuilderResource(dg.ConfigurableResource):
 
     registry: str  # host:port (or host) of the registry
     repository: str = "twinme-api"
-    tool: str = "buildah"  # "buildah" (daemonless) or "docker"; "kaniko": lib/kaniko.py
+    tool: str = "buildah"  # "buildah" (daemonless) or "docker"; "cluster": lib/cluster_build.py
     storage_driver: str = "vfs"
     isolation: str = "chroot"
     tls_verify: bool = True
@@ -130,7 +130,7 @@ class ImageBuilderResource(dg.ConfigurableResource):
         if self.tool not in ("buildah", "docker"):
             raise ImageBuildError(
                 f"unknown image build tool {self.tool!r}: use 'buildah' or 'docker' here, or "
-                "KanikoImageBuilder (TWINME_IMAGE_BUILDER=kaniko) to build in the cluster"
+                "ClusterImageBuilder (TWINME_IMAGE_BUILDER=cluster) to build in the cluster"
             )
         if shutil.which(self.tool) is None:
             hint = "apt-get install buildah" if self.tool == "buildah" else "install Docker"

@@ -22,10 +22,10 @@ from twinme_ops.lib.app_tests import (
     AppTestsUnavailable,
     CommandResult,
 )
+from twinme_ops.lib.cluster_build import ClusterImageBuilder
 from twinme_ops.lib.deploy_files import deploy_file
 from twinme_ops.lib.git import GitError, GitRepoResource, is_sha
 from twinme_ops.lib.image import ImageBuilderResource, ImageBuildError
-from twinme_ops.lib.kaniko import KanikoImageBuilder
 from twinme_ops.lib.kube import KubernetesResource, RolloutFailed
 from twinme_ops.lib.metrics import MetricsResource
 from twinme_ops.lib.postgres import PostgresResource
@@ -247,8 +247,8 @@ class ContainerImageConfig(dg.Config):
     kinds={"docker"},
     description=(
         "The application image built from the tested commit with buildah (daemonless), "
-        "docker, or a kaniko Job in the cluster, tagged with the commit sha (never :latest) "
-        "and pushed; the digest recorded here is what api_deployment deploys."
+        "docker, or a rootless buildah Job in the cluster, tagged with the commit sha (never "
+        ":latest) and pushed; the digest recorded here is what api_deployment deploys."
     ),
 )
 def container_image(
@@ -269,7 +269,7 @@ def container_image(
         else deploy_file("app/Dockerfile.production", "Dockerfile.production")
     )
     try:
-        if isinstance(image_builder, KanikoImageBuilder):
+        if isinstance(image_builder, ClusterImageBuilder):
             # the cluster clones the commit itself: the checkout only locates the Dockerfile
             built = image_builder.build_from_git(
                 remote=git.remote,
@@ -293,7 +293,7 @@ def container_image(
         "builder": image_builder.tool,
         "build_s": round(built.duration_s, 2),
     }
-    if built.size_bytes is not None:  # kaniko reports none: no made-up 0 on the size plot
+    if built.size_bytes is not None:  # none from the cluster: no made-up 0 on the size plot
         metadata["size_bytes"] = dg.MetadataValue.int(built.size_bytes)
     return dg.MaterializeResult(metadata=metadata)
 
