@@ -13,6 +13,7 @@ against the registry's own (``skopeo inspect``).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -50,10 +51,7 @@ from twinme_ops.lib.image import ImageBuildError
 
 NAMESPACE = "twinme-build"
 GIT_TOKEN = "ghp_" + "S3cr3tT0k3n" * 3
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("buildah", "skopeo", "git", "setpriv")),
-    reason="needs buildah, skopeo, git and setpriv (.ci/deps)",
-)
+TOOLS = ("buildah", "skopeo", "git", "setpriv")
 
 
 class ListLog:
@@ -114,6 +112,9 @@ def git_server() -> Iterator[GitServer]:
 
 @pytest.fixture
 def kubelet(k8s_emulator: tuple[Path, EmulatorHandle]) -> Iterator[BuildKubelet]:
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: apt-get install buildah skopeo git (.ci/deps)")
     kubeconfig, handle = k8s_emulator
     fake = BuildKubelet(
         kubeconfig,
@@ -601,3 +602,60 @@ def test_the_environment_selects_the_cluster_builder_and_kaniko_is_a_clear_error
     monkeypatch.setenv("TWINME_IMAGE_BUILDER", "podman")
     with pytest.raises(ValueError, match="TWINME_IMAGE_BUILDER"):
         build_resources()
+
+
+# --- a real cluster (optional) ------------------------------------------------------------------
+
+HELLO_REPO = "https://github.com/octocat/Hello-World.git"
+HELLO_BRANCH = "master"
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(
+    not os.environ.get("TWINME_TEST_CLUSTER"),
+    reason="real-cluster tests: set TWINME_TEST_CLUSTER=1, KUBECONFIG and "
+    "TWINME_TEST_BUILD_REGISTRY (a registry the cluster can push to, e.g. ttl.sh)",
+)
+def test_a_build_on_a_real_cluster(tmp_path: Path) -> None:
+    """Builds a tiny image from a public repository in a throwaway "restricted" namespace, then a
+    failing one: the digest comes back from the pod, the failure names the Job."""
+    registry = os.environ.get("TWINME_TEST_BUILD_REGISTRY", "")
+    assert registry, "TWINME_TEST_BUILD_REGISTRY must name a registry the cluster can push to"
+    git = GitRepoResource(
+        remote=os.environ.get("TWINME_TEST_BUILD_GIT_URL", HELLO_REPO),
+        branch=os.environ.get("TWINME_TEST_BUILD_GIT_BRANCH", HELLO_BRANCH),
+        workdir_root=str(tmp_path / "checkouts"),
+    )
+    commit = git.ls_remote_head()
+    assert commit, f"{git.remote_display} has no branch {git.branch}"
+    kubeconfig = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    core = client.CoreV1Api(api_client(Path(kubeconfig)))
+    namespace = f"twinme-build-test-{secrets.token_hex(3)}"
+    level = {f"pod-security.kubernetes.io/{m}": "restricted" for m in ("enforce", "warn")}
+    core.create_namespace({"metadata": {"name": namespace, "labels": level}})
+    build = ClusterImageBuilder(
+        registry=registry,
+        repository=f"twinme-build-test-{secrets.token_hex(4)}",
+        namespace=namespace,
+        kubeconfig=kubeconfig,
+        tls_verify=os.environ.get("TWINME_TEST_BUILD_INSECURE") != "1",
+        pod_resources={"requests": {"cpu": "100m", "memory": "256Mi"}},
+        timeout_s=600,
+        poll_interval_s=2,
+    )
+    good, bad = tmp_path / "Dockerfile.good", tmp_path / "Dockerfile.bad"
+    good.write_text("FROM registry.k8s.io/pause:3.10\nCOPY README /README\n")
+    bad.write_text("FROM registry.k8s.io/pause:3.10\nRUN false\n")
+    log = ListLog()
+    try:
+        built = build.build_from_git(
+            remote=git.remote, branch=git.branch, commit=commit, dockerfile=good, log=log
+        )
+        assert built.image_ref == f"{registry}/{build.repository}@{built.digest}"
+        assert digest_from_termination_message(built.digest) == built.digest
+        with pytest.raises(ImageBuildError, match=f"build Job {namespace}/twinme-build-"):
+            build.build_from_git(
+                remote=git.remote, branch=git.branch, commit=commit, dockerfile=bad, log=log
+            )
+    finally:
+        core.delete_namespace(namespace)
