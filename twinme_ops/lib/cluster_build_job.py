@@ -13,11 +13,12 @@ The pod (``restricted`` Pod Security level, nothing more):
   /dev/termination-log``: the kubelet copies that file into ``state.terminated.message``,
   which is how the digest leaves the pod;
 - both as uid/gid 1000 (the buildah image's ``build`` user), ``runAsNonRoot``,
-  ``allowPrivilegeEscalation: false``, every capability dropped, seccomp ``RuntimeDefault``,
-  read-only root filesystems; ``hostUsers: false`` (a user namespace of the pod's own where
-  the cluster supports it, Kubernetes >= 1.33 by default); no ServiceAccount token, no
-  service links; no volume but ``emptyDir``s, the Dockerfile's ConfigMap and the optional
-  registry push Secret (mounted as ``REGISTRY_AUTH_FILE``).
+  ``allowPrivilegeEscalation: false``, every capability dropped, seccomp ``RuntimeDefault``
+  (the clone's root filesystem read-only; the build's writable, as buildah's defaults in the
+  image may write under ``/var/tmp``: "restricted" does not ask for it); ``hostUsers: false``
+  (a user namespace of the pod's own where the cluster supports it, Kubernetes >= 1.33 by
+  default); no ServiceAccount token, no service links; no volume but ``emptyDir``s, the
+  Dockerfile's ConfigMap and the optional registry push Secret (as ``REGISTRY_AUTH_FILE``).
 """
 
 from __future__ import annotations
@@ -173,6 +174,13 @@ def build_script(
         [
             "set -eu",
             f"mkdir -p {WORK_DIR}/home {WORK_DIR}/tmp {WORK_DIR}/run",
+            # storage of its own: not the image's storage.conf (fuse-overlayfs, shared stores)
+            f"cat > {WORK_DIR}/storage.conf <<'EOF'",
+            "[storage]",
+            'driver = "vfs"',
+            f'runroot = "{WORK_DIR}/run"',
+            f'graphroot = "{WORK_DIR}/storage"',
+            "EOF",
             f"cat > {WORK_DIR}/registries.conf <<'EOF'",
             registries_conf(registry, tls_verify).rstrip("\n"),
             "EOF",
@@ -233,6 +241,7 @@ def job_manifest(
         "BUILDAH_FORMAT": "docker",
         "STORAGE_DRIVER": "vfs",
         "CONTAINERS_REGISTRIES_CONF": f"{WORK_DIR}/registries.conf",
+        "CONTAINERS_STORAGE_CONF": f"{WORK_DIR}/storage.conf",
     }
     if pod.dockerfile_configmap:
         volumes.append({"name": "dockerfile", "configMap": {"name": pod.dockerfile_configmap}})
@@ -267,7 +276,7 @@ def job_manifest(
         "command": ["/bin/sh", "-c", build],
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "volumeMounts": mounts,
-        "securityContext": _restricted(),
+        "securityContext": _restricted(read_only=False),
         "resources": pod.resources,
         # the digest travels in the termination message: never replace it by the log tail
         "terminationMessagePath": DIGEST_FILE,
