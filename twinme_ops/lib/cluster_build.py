@@ -22,9 +22,11 @@ rootful recipes set, tells it not to, so it is *not* set here). What the pod may
 - ``--isolation chroot`` (``BUILDAH_ISOLATION=chroot``): ``RUN`` steps are chrooted processes,
   no OCI runtime, no cgroups, no network namespace to set up; ``--storage-driver vfs``: plain
   directory copies, no overlay or fuse mount, no ``/dev/fuse`` device;
-- seccomp ``RuntimeDefault``: the default profiles of containerd and CRI-O let an unprivileged
-  process create a user namespace (``unshare(CLONE_NEWUSER)``), but not other namespaces
-  without one. ``hostUsers: false`` (Kubernetes user namespaces, on by default from 1.33) adds
+- seccomp ``RuntimeDefault``: whether it lets an unprivileged process create a user namespace
+  (``unshare(CLONE_NEWUSER)``) depends on the runtime: Docker-derived profiles (containerd's)
+  allow ``unshare`` and namespace flags of ``clone`` only with ``CAP_SYS_ADMIN``; such nodes need
+  a ``Localhost`` profile that allows them (still "restricted"). README says how to check.
+  ``hostUsers: false`` (Kubernetes user namespaces, on by default from 1.33) adds
   a namespace of the pod's own under it: uid 1000 of the pod is an unmapped uid of the node.
 
 Sources: buildah's issue containers/buildah#6947 and its fix #6961 (July 2026): under exactly

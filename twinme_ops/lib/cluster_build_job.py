@@ -361,7 +361,8 @@ def failure_hint(
             "the node refused the unprivileged user namespace buildah needs (kernel "
             "user.max_user_namespaces, Ubuntu's apparmor_restrict_unprivileged_userns, or the "
             "runtime's default seccomp/AppArmor profile): run the build pods on nodes that allow "
-            "it (a nodeSelector, or hostUsers: false on Kubernetes >= 1.33)"
+            "it (a nodeSelector, or a Localhost seccomp profile that allows unshare and clone "
+            "of namespaces; README, 'Building in the cluster')"
         )
     if any(word in low for word in ("unauthorized", "denied", "authentication required")):
         secret = (
