@@ -167,6 +167,15 @@ def test_parse_key_accepts_standard_and_urlsafe_base64() -> None:
     assert parse_key("  " + base64.b64encode(raw).decode() + "\n") == raw
 
 
+PROBLEMS = {
+    "is empty",
+    "is not valid base64",
+    "decodes to 20 bytes",
+    "decodes to 48 bytes",
+    "looks like a hex string",
+}
+
+
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
@@ -176,6 +185,7 @@ def test_parse_key_accepts_standard_and_urlsafe_base64() -> None:
         (base64.b64encode(os.urandom(48)).decode(), "decodes to 48 bytes"),
         (os.urandom(32).hex(), "looks like a hex string"),
     ],
+    ids=lambda v: v if v in PROBLEMS else "",  # by problem: the random keys are not test names
 )
 def test_malformed_keys_explain_and_do_not_echo(value: str, problem: str) -> None:
     with pytest.raises(ValueError) as info:
