@@ -8,7 +8,7 @@ The raw baselines are what an operator would type, with the same settings as our
   for the whole backup part;
 * restore: ``zstd -d | pg_restore --exit-on-error --no-owner --no-privileges
   --single-transaction`` (the flags of the drill) into a fresh database of a scratch PostgreSQL
-  started exactly as the drill starts its own (:data:`twinme_ops.lib.drill.SCRATCH_SETTINGS`).
+  started exactly as the drill starts its own (:data:`twinme_ops.backups.drill.SCRATCH_SETTINGS`).
 
 Artifact names always come from the set's manifest, never from a naming convention.
 """
@@ -34,13 +34,13 @@ import psycopg
 import redis
 from psycopg import sql
 
-from twinme_ops.lib.drill import SCRATCH_SETTINGS
-from twinme_ops.lib.manifest import MANIFEST
-from twinme_ops.lib.pgtools import pg_bin
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.backups.drill import SCRATCH_SETTINGS
+from twinme_ops.backups.manifest import MANIFEST
+from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.common.pgtools import pg_bin
 from twinme_ops.sandbox.seed import SeedCounts, SeedReport, seed, seed_redis
 from twinme_ops.sandbox.servers import SandboxInfo, ensure_sandbox, sandbox_status, stop_sandbox
+from twinme_ops.scratch.postgres import PostgresServer
 
 MIB = 1024 * 1024
 DEFAULT_SCALE = 10.0

@@ -54,15 +54,15 @@ from tests.registry_fixtures import build_node_base_image, start_registry
 from tests.slack_receiver import SlackReceiver
 from tests.test_metrics import _start_gateway, _stop  # pyright: ignore[reportPrivateUsage]
 from tests.test_release_trigger import Repo
+from twinme_ops.common.deploy_files import deploy_file
 from twinme_ops.defs.release.sensors import git_push_sensor
-from twinme_ops.lib.app_tests import OFFLINE_COMMANDS
-from twinme_ops.lib.deploy_files import deploy_file
-from twinme_ops.lib.git import GitRepoResource
-from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.redis_server import RedisServer
-from twinme_ops.lib.redis_snapshot import RedisResource
-from twinme_ops.lib.release import ReleaseSettings, service_checks, verification_for
+from twinme_ops.release.app_tests.runner import OFFLINE_COMMANDS
+from twinme_ops.release.git import GitRepoResource
+from twinme_ops.release.rollback import ReleaseSettings, service_checks, verification_for
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import RedisServer
+from twinme_ops.servers.postgres import PostgresResource
+from twinme_ops.servers.redis import RedisResource
 
 SENSOR_INTERVAL_S = 30
 # direct step -> the release_job step doing the same work

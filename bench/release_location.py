@@ -20,8 +20,8 @@ import os
 import dagster as dg
 
 from twinme_ops.definitions import build_definitions
-from twinme_ops.lib.image import ImageBuilderResource
-from twinme_ops.lib.release import ReleaseSettings
+from twinme_ops.release.images.local import ImageBuilderResource
+from twinme_ops.release.rollback import ReleaseSettings
 
 
 def bench_definitions() -> dg.Definitions:

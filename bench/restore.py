@@ -34,7 +34,7 @@ from bench.common import (
     speed,
 )
 from bench.results_io import report
-from twinme_ops.lib.drill import DrillResult, run_drill
+from twinme_ops.backups.drill import DrillResult, run_drill
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from twinme_ops.lib.local_servers import LOCALHOST
+from twinme_ops.scratch.local import LOCALHOST
 
 AUDIENCE = "twinme-ops"
 GROUPS = {

@@ -6,7 +6,8 @@ a node would run them:
 - **volumes**: an ``emptyDir`` is an empty 0777 directory; a ``projected`` volume of ConfigMaps
   holds their ``binaryData``/``data`` as files (a ConfigMap that does not exist: a
   ``FailedMount`` event, and the pod stays ``Pending``);
-- **one network namespace per pod** (:class:`~twinme_ops.lib.app_isolation.NetworkNamespace`:
+- **one network namespace per pod**
+(:class:`~twinme_ops.release.app_tests.isolation.NetworkNamespace`:
   only loopback), shared by its containers as in a pod, so the tests reach their sidecars on
   127.0.0.1:5432 and :6379 and nothing else;
 - **containers** run as their ``securityContext``'s uid and gid (``setpriv``), with exactly the
@@ -43,8 +44,8 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from tests.k8s_job_cluster import NOW, FakeJobCluster, PodRun
-from twinme_ops.lib.app_isolation import NetworkNamespace
-from twinme_ops.lib.pgtools import pg_bin
+from twinme_ops.common.pgtools import pg_bin
+from twinme_ops.release.app_tests.isolation import NetworkNamespace
 
 STAND_IN_ENTRYPOINT = """\
 #!/bin/sh

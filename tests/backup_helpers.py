@@ -17,11 +17,11 @@ import pytest
 from psycopg import sql
 
 from tests.slack_receiver import SlackReceiver
+from twinme_ops.backups.crypto import Decryptor
+from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.backups.window import TIMEZONE, frozen_backup_clock
+from twinme_ops.common.pgtools import pg_bin
 from twinme_ops.definitions import build_definitions
-from twinme_ops.lib.backup_window import TIMEZONE, frozen_backup_clock
-from twinme_ops.lib.crypto import Decryptor
-from twinme_ops.lib.pgtools import pg_bin
-from twinme_ops.lib.store import BackupStore
 
 PARTITION = "2026-11-24"
 

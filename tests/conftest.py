@@ -23,9 +23,9 @@ from tests.pg_fixtures import conn, db, pg  # noqa: F401
 from tests.registry_fixtures import image_registry, node_base_image  # noqa: F401
 from tests.s3_fixtures import s3_bucket, s3_server, store  # noqa: F401
 from tests.slack_receiver import slack_receiver  # noqa: F401
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.redis_server import RedisServer
 from twinme_ops.sandbox.servers import SandboxInfo, ensure_sandbox, stop_sandbox
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import RedisServer
 
 PG_TEST_PASSWORD = "pg-test-Passw0rd"
 REDIS_TEST_PASSWORD = "redis-test-Passw0rd"

@@ -34,8 +34,8 @@ import yaml
 from dagster_graphql import DagsterGraphQLClient
 
 from tests.slack_receiver import SlackReceiver
-from twinme_ops.lib.local_servers import LOCALHOST, free_port
 from twinme_ops.sandbox.servers import SandboxInfo
+from twinme_ops.scratch.local import LOCALHOST, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCATION_NAME = "twinme_ops"

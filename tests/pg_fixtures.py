@@ -17,13 +17,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from twinme_ops.lib.convergence import ConvergeReport
-from twinme_ops.lib.pg_partitions import converge_partitions, partitions_drift
-from twinme_ops.lib.pg_publication import converge_publication, publication_drift
-from twinme_ops.lib.pg_rls import converge_rls, rls_drift
-from twinme_ops.lib.postgres_server import PostgresServer
+from twinme_ops.database.convergence import ConvergeReport
+from twinme_ops.database.postgres.partitions import converge_partitions, partitions_drift
+from twinme_ops.database.postgres.publication import converge_publication, publication_drift
+from twinme_ops.database.postgres.rls import converge_rls, rls_drift
 from twinme_ops.sandbox.seed import SeedCounts, SeedReport, default_anchor, seed_postgres
 from twinme_ops.sandbox.servers import DATABASE, prepare_database
+from twinme_ops.scratch.postgres import PostgresServer
 
 PASSWORD = "pg-objects-Passw0rd"
 # The schema creates partitions up to 3 months ahead: ask for more so the first run has work.

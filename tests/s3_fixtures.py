@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import boto3
 import pytest
 
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.backups.store.base import BackupStore
 
 # Everything boto3 would otherwise pick up from the developer's machine or CI runner: a real
 # profile or session token must never leak into tests that talk to the fake endpoint.

@@ -33,8 +33,8 @@ from tests.dagster_dev import LOCATION_NAME, REPO_ROOT, DagsterDev, sandbox_dags
 from twinme_ops.access.audit import read_records
 from twinme_ops.access.mutations import MUTATION_ACTIONS
 from twinme_ops.defs.backups.assets import backup_partitions
-from twinme_ops.lib.local_servers import LOCALHOST, free_port
 from twinme_ops.sandbox.servers import SandboxInfo
+from twinme_ops.scratch.local import LOCALHOST, free_port
 
 RUN_TIMEOUT_S = 300.0
 SELECTOR = {"repositoryLocationName": LOCATION_NAME, "repositoryName": "__repository__"}

@@ -1,6 +1,7 @@
 """Slack alerts that help at 3 a.m., delivered to a real HTTP receiver on 127.0.0.1.
 
-Every alert kind goes through the one formatter (twinme_ops.lib.alerts) and SlackNotifier: backup
+Every alert kind goes through the one formatter (twinme_ops.alerting.messages) and SlackNotifier:
+backup
 and drill failures (with the last good set's id, size and age read from the store), releases
 rolled back to a healthy or an unhealthy version, a recovery that stopped half-way, runs that no
 step reported (never started; a job without the hook), rate limits, a Slack that keeps failing,
@@ -25,6 +26,10 @@ from tests.backup_helpers import read_manifest, run_backup, run_text, store_for
 from tests.slack_receiver import SlackReceiver
 from tests.test_drill import run_drill_job
 from tests.test_recovery import _recover, production  # noqa: F401 (fixture)
+from twinme_ops.alerting.messages import ALERTED_TAG, Where, release_failure, step_failure
+from twinme_ops.alerting.slack import SlackNotifier, retry_after_seconds
+from twinme_ops.backups.store.base import MIB, BackupStore
+from twinme_ops.common.redact import register_secret
 from twinme_ops.definitions import build_definitions
 from twinme_ops.defs.alerts.sensors import (
     slack_on_run_canceled_sensor,
@@ -32,11 +37,7 @@ from twinme_ops.defs.alerts.sensors import (
 )
 from twinme_ops.defs.backups.retention import backup_retention, retention_job
 from twinme_ops.defs.resources import build_resources
-from twinme_ops.lib.alerts import ALERTED_TAG, Where, release_failure, step_failure
-from twinme_ops.lib.redact import register_secret
-from twinme_ops.lib.release import RollbackOutcome
-from twinme_ops.lib.slack import SlackNotifier, retry_after_seconds
-from twinme_ops.lib.store import MIB, BackupStore
+from twinme_ops.release.rollback import RollbackOutcome
 from twinme_ops.sandbox.servers import DATABASE
 
 DAGSTER_URL = "https://dagster.twinme.example"

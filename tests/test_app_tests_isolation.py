@@ -30,17 +30,17 @@ import pytest
 
 from tests.test_release_trigger import Repo
 from tests.unprivileged import run_unprivileged
+from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.release.assets import app_tests, source_checkout
 from twinme_ops.defs.release.jobs import release_job
 from twinme_ops.defs.resources import make_app_test_runner
-from twinme_ops.lib.app_isolation import TESTS_USER, hidden_paths
-from twinme_ops.lib.app_tests import OFFLINE_COMMANDS, AppTestRunner, AppTestsFailed
-from twinme_ops.lib.app_tests_k8s import KubernetesAppTestRunner
-from twinme_ops.lib.app_tests_local import LocalAppTestRunner, Step, plan
-from twinme_ops.lib.git import GitRepoResource
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.slack import SlackNotifier
+from twinme_ops.release.app_tests.isolation import TESTS_USER, hidden_paths
+from twinme_ops.release.app_tests.k8s import KubernetesAppTestRunner
+from twinme_ops.release.app_tests.local import LocalAppTestRunner, Step, plan
+from twinme_ops.release.app_tests.runner import OFFLINE_COMMANDS, AppTestRunner, AppTestsFailed
+from twinme_ops.release.git import GitRepoResource
 from twinme_ops.sandbox.servers import SandboxInfo
+from twinme_ops.scratch.postgres import PostgresServer
 
 PROBE_APP = Path(__file__).resolve().parent / "app_probe"
 pytestmark = pytest.mark.skipif(

@@ -34,15 +34,19 @@ from tests.test_app_tests_isolation import (
 )
 from tests.test_deploy_app import VERSIONS
 from tests.test_release_trigger import Repo
-from twinme_ops.lib.app_tests import OFFLINE_COMMANDS, AppTestsFailed, AppTestsUnavailable
-from twinme_ops.lib.app_tests_job import MARKER
-from twinme_ops.lib.app_tests_k8s import (
+from twinme_ops.release.app_tests.job import MARKER
+from twinme_ops.release.app_tests.k8s import (
     POSTGRES_IMAGE,
     REDIS_IMAGE,
     TEST_IMAGE,
     KubernetesAppTestRunner,
 )
-from twinme_ops.lib.git import GitRepoResource
+from twinme_ops.release.app_tests.runner import (
+    OFFLINE_COMMANDS,
+    AppTestsFailed,
+    AppTestsUnavailable,
+)
+from twinme_ops.release.git import GitRepoResource
 
 NAMESPACE = "twinme-build"
 pytestmark = pytest.mark.skipif(shutil.which("npm") is None, reason="needs npm and node")
@@ -234,7 +238,7 @@ def test_an_image_that_cannot_be_pulled_fails_at_once_and_names_its_variable(
 
 def test_the_restricted_check_catches_what_admission_would_refuse() -> None:
     """The checker the fake admission and the tests rely on does refuse the usual mistakes."""
-    from twinme_ops.lib.app_tests_job import PodSettings, job_manifest
+    from twinme_ops.release.app_tests.job import PodSettings, job_manifest
 
     job = job_manifest(
         "j",

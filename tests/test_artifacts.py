@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from twinme_ops.lib.artifacts import (
+from twinme_ops.backups.artifacts import (
     ArtifactResult,
     _ZstdFrameSplitter,
     read_artifact,
     verify_artifact,
     write_artifact,
 )
-from twinme_ops.lib.crypto import KEY_ENV, encryption_info
-from twinme_ops.lib.store import MIB, BackupStore
+from twinme_ops.backups.crypto import KEY_ENV, encryption_info
+from twinme_ops.backups.store.base import MIB, BackupStore
 
 SET = "2024-06-01"
 

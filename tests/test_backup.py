@@ -26,9 +26,9 @@ from tests.backup_helpers import (
 )
 from tests.compare import redis_snapshot_of, table_digest, tree_of
 from tests.slack_receiver import SlackReceiver
+from twinme_ops.backups.window import frozen_backup_clock
 from twinme_ops.defs.backups.assets import backup_partitions
-from twinme_ops.lib.backup_window import frozen_backup_clock
-from twinme_ops.lib.redis_server import RedisServer
+from twinme_ops.scratch.redis import RedisServer
 
 
 def _verify_restores(sandbox, store_url: str, workdir: Path, key: bytes | None = None) -> dict:

@@ -33,13 +33,13 @@ from tests.backup_helpers import (
     store_for,
 )
 from tests.slack_receiver import SlackReceiver
+from twinme_ops.backups.artifacts import verify_artifact
+from twinme_ops.backups.drill import run_drill
+from twinme_ops.backups.manifest import DRILL, MANIFEST, manifest_bytes
+from twinme_ops.backups.sets import read_set, sweep_leftovers
+from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.cli import today_partition
 from twinme_ops.definitions import build_definitions
-from twinme_ops.lib.artifacts import verify_artifact
-from twinme_ops.lib.backup_sets import read_set, sweep_leftovers
-from twinme_ops.lib.drill import run_drill
-from twinme_ops.lib.manifest import DRILL, MANIFEST, manifest_bytes
-from twinme_ops.lib.store import BackupStore
 
 
 @contextmanager

@@ -16,17 +16,17 @@ import redis
 
 from tests.compare import redis_snapshot_of
 from tests.slack_receiver import SlackReceiver
+from twinme_ops.alerting.slack import SlackNotifier
+from twinme_ops.backups.artifacts import write_artifact
+from twinme_ops.backups.manifest import ManifestError, build_manifest
+from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.common.pgtools import pg_bin, pg_bin_dir
+from twinme_ops.common.redact import redact, register_secret
 from twinme_ops.definitions import build_definitions
-from twinme_ops.lib.artifacts import write_artifact
-from twinme_ops.lib.manifest import ManifestError, build_manifest
-from twinme_ops.lib.pgtools import pg_bin, pg_bin_dir
-from twinme_ops.lib.postgres import PostgresError, PostgresResource, snapshot_dump
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.redact import redact, register_secret
-from twinme_ops.lib.redis_server import RedisServer
-from twinme_ops.lib.redis_snapshot import RedisResource, rdb_snapshot
-from twinme_ops.lib.slack import SlackNotifier
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import RedisServer
+from twinme_ops.servers.postgres import PostgresError, PostgresResource, snapshot_dump
+from twinme_ops.servers.redis import RedisResource, rdb_snapshot
 
 SET = "2026-11-24"
 

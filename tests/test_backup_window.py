@@ -39,19 +39,19 @@ from dagster._daemon.backfill import execute_backfill_iteration
 from tests.backup_helpers import run_backup
 from tests.dagster_dev import LOCATION_NAME, REPO_ROOT, DagsterDev, sandbox_dagster_dev
 from tests.slack_receiver import SlackReceiver
-from twinme_ops.definitions import build_definitions
-from twinme_ops.defs.alerts.sensors import slack_on_run_failure_sensor
-from twinme_ops.defs.backups.assets import backup_partitions
-from twinme_ops.lib.backup_window import (
+from twinme_ops.alerting.slack import SlackNotifier
+from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.backups.window import (
     CATCH_UP_CLOSES,
     TIMEZONE,
     BackupPartitionRefused,
     check_backup_partition,
     frozen_backup_clock,
 )
-from twinme_ops.lib.run_coordinator import REFUSED_TAG, TwinmeRunCoordinator, takes_backup
-from twinme_ops.lib.slack import SlackNotifier
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.definitions import build_definitions
+from twinme_ops.defs.alerts.sensors import slack_on_run_failure_sensor
+from twinme_ops.defs.backups.assets import backup_partitions
+from twinme_ops.instance.run_coordinator import REFUSED_TAG, TwinmeRunCoordinator, takes_backup
 from twinme_ops.sandbox.servers import SandboxInfo
 
 OLD = "2026-03-02"

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client, config
 
-from twinme_ops.lib.kube import KubernetesResource, RolloutFailed
-from twinme_ops.lib.release import rollback
+from twinme_ops.release.rollback import rollback
+from twinme_ops.servers.kube import KubernetesResource, RolloutFailed
 
 pytestmark = [
     pytest.mark.cluster,

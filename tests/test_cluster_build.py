@@ -37,8 +37,9 @@ from tests.registry_fixtures import RegistryServer
 from tests.test_deploy_app import VERSIONS
 from tests.test_release_trigger import Repo
 from twinme_ops.defs.release.assets import container_image, source_checkout
-from twinme_ops.lib.cluster_build import ClusterImageBuilder
-from twinme_ops.lib.cluster_build_job import (
+from twinme_ops.release.git import GitRepoResource
+from twinme_ops.release.images.cluster import ClusterImageBuilder
+from twinme_ops.release.images.cluster_job import (
     BUILDAH_IMAGE,
     DIGEST_FILE,
     GIT_IMAGE,
@@ -46,8 +47,7 @@ from twinme_ops.lib.cluster_build_job import (
     git_source,
     validate_pinned_image,
 )
-from twinme_ops.lib.git import GitRepoResource
-from twinme_ops.lib.image import ImageBuildError
+from twinme_ops.release.images.local import ImageBuildError
 
 NAMESPACE = "twinme-build"
 GIT_TOKEN = "ghp_" + "S3cr3tT0k3n" * 3
@@ -496,7 +496,7 @@ def test_a_foreign_configmap_under_the_dockerfile_name_is_refused(
     image_registry: RegistryServer,
     tmp_path: Path,
 ) -> None:
-    from twinme_ops.lib.cluster_build_job import dockerfile_configmap_name
+    from twinme_ops.release.images.cluster_job import dockerfile_configmap_name
 
     kubeconfig, _ = k8s_emulator
     path = dockerfile(tmp_path, "COPY . /app\n")

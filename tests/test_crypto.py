@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from twinme_ops.lib.crypto import (
+from twinme_ops.backups.crypto import (
     ENCRYPTION_INFO,
     HEADER_SIZE,
     KEY_ENV,
@@ -21,7 +21,7 @@ from twinme_ops.lib.crypto import (
     key_id,
     parse_key,
 )
-from twinme_ops.lib.redact import redact
+from twinme_ops.common.redact import redact
 
 CHUNK = 64
 

@@ -11,10 +11,10 @@ import psycopg
 import pytest
 
 from twinme_ops.definitions import build_definitions
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.redis_server import RedisServer
 from twinme_ops.sandbox.seed import SeedCounts, SeedReport, default_anchor, seed_postgres
 from twinme_ops.sandbox.servers import DATABASE, prepare_database
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import RedisServer
 
 REDIS_PASSWORD = "Tuning-Redis-Pass-9"
 PG_ASSETS = [

@@ -499,5 +499,5 @@ def test_every_base_image_is_pinned_by_digest(path: str) -> None:
         assert re.search(r"^[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}$", base), f"{path}: {base}"
     # the application template twinme_ops ships is the same file
     if path.endswith("Dockerfile.production"):
-        shipped = REPO / "twinme_ops" / "lib" / "templates" / "Dockerfile.production"
+        shipped = REPO / "twinme_ops" / "common" / "templates" / "Dockerfile.production"
         assert shipped.read_text() == text

@@ -26,13 +26,13 @@ from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 
 from tests.k8s_emulator import DeploymentController, EmulatorHandle, apps_api
+from twinme_ops.alerting.metrics import MetricsResource
+from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
-from twinme_ops.lib.kube import KubernetesResource
-from twinme_ops.lib.metrics import MetricsResource
-from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.redis_snapshot import RedisResource
-from twinme_ops.lib.release import ReleaseSettings
-from twinme_ops.lib.slack import SlackNotifier
+from twinme_ops.release.rollback import ReleaseSettings
+from twinme_ops.servers.kube import KubernetesResource
+from twinme_ops.servers.postgres import PostgresResource
+from twinme_ops.servers.redis import RedisResource
 
 APP_DIR = Path(__file__).resolve().parents[1] / "deploy" / "app"
 SECRET_TEMPLATE = APP_DIR / "templates" / "secret.template.yaml"

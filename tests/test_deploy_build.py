@@ -20,14 +20,14 @@ import yaml
 from tests.k8s_job_cluster import restricted_violations
 from tests.network_policy import Endpoint, allowed, selects
 from tests.test_deploy_app import VERSIONS
-from twinme_ops.lib import cluster_build_job
-from twinme_ops.lib.app_tests_job import PodSettings, job_manifest
-from twinme_ops.lib.app_tests_k8s import (
+from twinme_ops.release.app_tests.job import PodSettings, job_manifest
+from twinme_ops.release.app_tests.k8s import (
     POSTGRES_IMAGE,
     REDIS_IMAGE,
     TEST_IMAGE,
     KubernetesAppTestRunner,
 )
+from twinme_ops.release.images import cluster_job as cluster_build_job
 
 BUILD_DIR = Path(__file__).resolve().parents[1] / "deploy" / "build"
 NAMESPACE = KubernetesAppTestRunner.model_fields["namespace"].default
@@ -98,7 +98,7 @@ def test_the_image_builders_pod_passes_the_namespaces_restricted_level() -> None
     """The rootless buildah Job needs no exception: the namespace stays "restricted", and the
     builder's real manifest (push and git Secrets, Dockerfile ConfigMap) passes it, is valid
     Kubernetes, and runs in this namespace by default."""
-    from twinme_ops.lib.cluster_build import ClusterImageBuilder
+    from twinme_ops.release.images.cluster import ClusterImageBuilder
 
     assert ClusterImageBuilder.model_fields["namespace"].default == NAMESPACE
     labels = one("Namespace")["metadata"]["labels"]

@@ -68,9 +68,9 @@ from twinme_ops.defs.database.jobs import TUNING_POD
 from twinme_ops.defs.executors import K8S_CONFIG_TAG, PodResources, step_pods_enabled
 from twinme_ops.defs.recovery.jobs import RECOVERY_POD
 from twinme_ops.defs.release.jobs import RELEASE_POD
-from twinme_ops.lib.kube import KubernetesResource
-from twinme_ops.lib.local_servers import free_port
-from twinme_ops.lib.run_coordinator import REFUSED_TAG, TwinmeRunCoordinator
+from twinme_ops.instance.run_coordinator import REFUSED_TAG, TwinmeRunCoordinator
+from twinme_ops.scratch.local import free_port
+from twinme_ops.servers.kube import KubernetesResource
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy" / "dagster"
@@ -80,12 +80,15 @@ RBAC = DEPLOY / "rbac.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 # the in-cluster image builder: its calls go to the build namespace (twinme-build)
-LIB = REPO / "twinme_ops" / "lib"
-CLUSTER_BUILD_MODULES = (LIB / "cluster_build.py", LIB / "cluster_build_follow.py")
+RELEASE = REPO / "twinme_ops" / "release"
+CLUSTER_BUILD_MODULES = (
+    RELEASE / "images" / "cluster.py",
+    RELEASE / "images" / "cluster_follow.py",
+)
 # the app tests' Job (production): its calls go to the build namespace too
-APP_TESTS_MODULE = LIB / "app_tests_k8s.py"
+APP_TESTS_MODULE = RELEASE / "app_tests" / "k8s.py"
 # the Job-following helpers both share
-K8S_JOB_MODULE = LIB / "k8s_job.py"
+K8S_JOB_MODULE = RELEASE / "k8s_job.py"
 BUILD_NAMESPACE_MODULES = (*CLUSTER_BUILD_MODULES, APP_TESTS_MODULE, K8S_JOB_MODULE)
 EXAMPLES = REPO / "examples" / "run_config"
 
@@ -388,14 +391,14 @@ def test_the_instance_config_is_accepted_by_dagster(tmp_path: Path) -> None:
     # the queue with the backup partition gate, configured as the queue it extends
     coordinator = config["run_coordinator"]
     assert (coordinator["module"], coordinator["class"]) == (
-        "twinme_ops.lib.run_coordinator",
+        "twinme_ops.instance.run_coordinator",
         "TwinmeRunCoordinator",
     )
     assert issubclass(TwinmeRunCoordinator, QueuedRunCoordinator)
     result = process_config(TwinmeRunCoordinator.config_type(), coordinator["config"])
     assert result.success, [e.message for e in result.errors or []]
     assert _yaml(REPO / "dagster.yaml")["run_coordinator"] == {
-        "module": "twinme_ops.lib.run_coordinator",
+        "module": "twinme_ops.instance.run_coordinator",
         "class": "TwinmeRunCoordinator",
     }
 
@@ -1201,9 +1204,9 @@ def test_the_build_namespace_role_is_the_cluster_builder_contract() -> None:
     """release_job's in-cluster builds: the Role is exactly the rules the builder's module
     declares (BUILD_RBAC_RULES) with the app tests', and those rules are exactly the calls its
     modules make (with the shared Job-following helpers): no Secret is ever read."""
-    from twinme_ops.lib.app_tests_k8s import APP_TESTS_RBAC_RULES
-    from twinme_ops.lib.cluster_build import ClusterImageBuilder
-    from twinme_ops.lib.cluster_build_job import BUILD_RBAC_RULES
+    from twinme_ops.release.app_tests.k8s import APP_TESTS_RBAC_RULES
+    from twinme_ops.release.images.cluster import ClusterImageBuilder
+    from twinme_ops.release.images.cluster_job import BUILD_RBAC_RULES
 
     namespace = ClusterImageBuilder.model_fields["namespace"].default
     granted = _granted(_role(namespace))
@@ -1220,7 +1223,7 @@ def test_the_build_namespace_role_is_the_cluster_builder_contract() -> None:
 def test_the_build_namespace_role_covers_the_app_tests_job_exactly() -> None:
     """app_tests' Job in production: every call the module makes, in the same namespace, and
     its declared rules are exactly those calls (no Secret, nothing else)."""
-    from twinme_ops.lib.app_tests_k8s import APP_TESTS_RBAC_RULES, KubernetesAppTestRunner
+    from twinme_ops.release.app_tests.k8s import APP_TESTS_RBAC_RULES, KubernetesAppTestRunner
 
     namespace = KubernetesAppTestRunner.model_fields["namespace"].default
     direct = {rbac_permission(m) for m in api_methods_used([APP_TESTS_MODULE, K8S_JOB_MODULE])}

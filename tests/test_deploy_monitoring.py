@@ -32,8 +32,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from twinme_ops.lib.local_servers import free_port
-from twinme_ops.lib.metrics import METRICS
+from twinme_ops.alerting.metrics import METRICS
+from twinme_ops.scratch.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "deploy" / "monitoring"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from twinme_ops.lib.local_servers import LOCALHOST, free_port
+from twinme_ops.scratch.local import LOCALHOST, free_port
 
 NGINX_SRC = Path(__file__).resolve().parents[1] / "deploy" / "nginx"
 NGINX = "/usr/sbin/nginx"

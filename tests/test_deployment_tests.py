@@ -8,13 +8,13 @@ import dagster as dg
 
 from tests.api_app import ControlledApp
 from tests.slack_receiver import SlackReceiver
+from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.recovery.jobs import deployment_tests_job
-from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.redis_server import RedisServer
-from twinme_ops.lib.redis_snapshot import RedisResource
-from twinme_ops.lib.release import ReleaseSettings
-from twinme_ops.lib.slack import SlackNotifier
+from twinme_ops.release.rollback import ReleaseSettings
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import RedisServer
+from twinme_ops.servers.postgres import PostgresResource
+from twinme_ops.servers.redis import RedisResource
 
 
 def _run(

@@ -15,10 +15,10 @@ import pytest
 
 from tests.backup_helpers import PARTITION, read_manifest, run_backup, run_text, store_for
 from tests.slack_receiver import SlackReceiver
+from twinme_ops.backups.drill import backup_freshness, same_database
+from twinme_ops.backups.manifest import DRILL
 from twinme_ops.definitions import build_definitions
 from twinme_ops.defs.resources import build_resources
-from twinme_ops.lib.drill import backup_freshness, same_database
-from twinme_ops.lib.manifest import DRILL
 
 
 def run_drill_job(
@@ -179,12 +179,12 @@ def test_drill_restores_policies_that_name_production_roles(
 ) -> None:
     """RLS policies name roles (e.g. authenticated_users) that only production has: the drill
     creates them on its scratch server, so the restore of the policies does not fail."""
-    from twinme_ops.lib.backup import Sources, backup_all
-    from twinme_ops.lib.drill import run_drill
-    from twinme_ops.lib.files import FileStorageResource
-    from twinme_ops.lib.postgres import PostgresResource
-    from twinme_ops.lib.redis_snapshot import RedisResource
-    from twinme_ops.lib.store import BackupStore
+    from twinme_ops.backups.drill import run_drill
+    from twinme_ops.backups.store.base import BackupStore
+    from twinme_ops.backups.take import Sources, backup_all
+    from twinme_ops.servers.files import FileStorageResource
+    from twinme_ops.servers.postgres import PostgresResource
+    from twinme_ops.servers.redis import RedisResource
 
     with pg_server.connect() as conn:
         conn.execute("DROP DATABASE IF EXISTS rls_src")
@@ -220,8 +220,8 @@ def test_redis_keys_whose_ttl_passed_before_the_snapshot_loaded_do_not_fail_the_
 ) -> None:
     """INFO counts an expired key Redis has not evicted yet; loading the RDB drops it. Fewer
     restored keys are accepted up to the number with a TTL, never more, never fewer still."""
-    from twinme_ops.lib.drill import _verify_redis
-    from twinme_ops.lib.redis_server import RedisServer
+    from twinme_ops.backups.drill import _verify_redis
+    from twinme_ops.scratch.redis import RedisServer
 
     server = RedisServer.start(tmp_path / "src")
     try:

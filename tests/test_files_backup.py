@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.unprivileged import run_unprivileged
-from twinme_ops.lib.files import FilesBackupError, FilesFacts, tar_stream
+from twinme_ops.servers.files import FilesBackupError, FilesFacts, tar_stream
 
 
 def _archive(root: Path) -> Callable[[], str]:

@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.registry_fixtures import RegistryServer
-from twinme_ops.lib.image import BuiltImage, ImageBuilderResource, ImageBuildError, validate_tag
+from twinme_ops.release.images.local import (
+    BuiltImage,
+    ImageBuilderResource,
+    ImageBuildError,
+    validate_tag,
+)
 
 APP_DIR = Path(__file__).resolve().parent.parent / "examples" / "twinme-api"
 DOCKERFILE = APP_DIR.parents[1] / "deploy" / "app" / "Dockerfile.production"
@@ -221,7 +226,7 @@ def test_failing_dockerfile_names_the_step(
 
 def test_packaged_dockerfile_is_identical_to_deploy_app() -> None:
     """A wheel builds with the packaged copy: it must be the Dockerfile in deploy/app/."""
-    packaged = APP_DIR.parents[1] / "twinme_ops/lib/templates/Dockerfile.production"
+    packaged = APP_DIR.parents[1] / "twinme_ops/common/templates/Dockerfile.production"
     assert packaged.read_text() == DOCKERFILE.read_text(), (
-        "copy deploy/app/Dockerfile.production to twinme_ops/lib/templates/Dockerfile.production"
+        "copy deploy/app/Dockerfile.production to twinme_ops/common/templates/Dockerfile.production"
     )

@@ -27,7 +27,7 @@ from tests.k8s_emulator import (
     create_deployment,
     write_kubeconfig,
 )
-from twinme_ops.lib.kube import (
+from twinme_ops.servers.kube import (
     CHANGE_CAUSE_ANNOTATION,
     KubernetesApiError,
     KubernetesNotConfiguredError,

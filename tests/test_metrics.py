@@ -28,20 +28,20 @@ from tests.backup_helpers import read_manifest, run_backup, run_text, store_for
 from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController, stuck_once
 from tests.slack_receiver import SlackReceiver
 from tests.test_release_deploy import deploy_resources
-from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
-from twinme_ops.defs.release.checks import deployment_verification
-from twinme_ops.defs.resources import build_resources
-from twinme_ops.lib.drill import DrillResult
-from twinme_ops.lib.kube import KubernetesResource
-from twinme_ops.lib.local_servers import free_port
-from twinme_ops.lib.metrics import (
+from twinme_ops.alerting.metrics import (
     METRICS,
     MetricSpec,
     MetricsResource,
     build_registry,
 )
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.redis_server import RedisServer
+from twinme_ops.backups.drill import DrillResult
+from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
+from twinme_ops.defs.release.checks import deployment_verification
+from twinme_ops.defs.resources import build_resources
+from twinme_ops.scratch.local import free_port
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import RedisServer
+from twinme_ops.servers.kube import KubernetesResource
 
 PUSHGATEWAY = "prometheus-pushgateway"
 USER = "twinme"

@@ -6,14 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from twinme_ops.lib.pg_extensions import (
+from twinme_ops.database.postgres.extensions import (
     MissingExtensionError,
     ensure_extensions,
     extensions_drift,
     missing_extension_message,
 )
-from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.sandbox.servers import DATABASE, prepare_database
+from twinme_ops.scratch.postgres import PostgresServer
 
 
 def test_missing_extension_message_says_how_to_install() -> None:

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from twinme_ops.lib.pg_indexes import (
+from twinme_ops.database.postgres.indexes import (
     REBUILD_SUFFIX,
     SPEC_INDEXES,
     VECTOR_INDEX,
@@ -19,9 +19,9 @@ from twinme_ops.lib.pg_indexes import (
     indexes_drift,
     ivfflat_lists,
 )
-from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.sandbox.seed import SeedCounts, SeedReport, default_anchor, seed_postgres
 from twinme_ops.sandbox.servers import DATABASE, prepare_database, schema_sql
+from twinme_ops.scratch.postgres import PostgresServer
 
 SCALE = 0.02
 NAMES = [s.name for s in SPEC_INDEXES]

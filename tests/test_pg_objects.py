@@ -12,20 +12,20 @@ import psycopg
 import pytest
 
 from tests.pg_fixtures import AHEAD, assert_converged, converge_all, drift_all, scalar
-from twinme_ops.lib import pg_partitions
-from twinme_ops.lib.pg_objects import MissingTablesError
-from twinme_ops.lib.pg_partitions import (
+from twinme_ops.database.postgres import partitions as pg_partitions
+from twinme_ops.database.postgres.objects import MissingTablesError
+from twinme_ops.database.postgres.partitions import (
     converge_partitions,
     partition_months,
     partitions_drift,
 )
-from twinme_ops.lib.pg_publication import (
+from twinme_ops.database.postgres.publication import (
     PUBLICATION_TABLES,
     converge_publication,
     publication_drift,
 )
-from twinme_ops.lib.pg_rls import converge_rls, rls_drift
-from twinme_ops.lib.postgres_server import PostgresServer
+from twinme_ops.database.postgres.rls import converge_rls, rls_drift
+from twinme_ops.scratch.postgres import PostgresServer
 
 
 def partition_of(conn: psycopg.Connection[Any], month: pg_partitions.MonthPartition) -> str | None:

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 
 from tests.pg_fixtures import AHEAD, assert_converged, converge_all, scalar
-from twinme_ops.lib import pg_partitions
-from twinme_ops.lib.pg_partitions import (
+from twinme_ops.database.postgres import partitions as pg_partitions
+from twinme_ops.database.postgres.partitions import (
     PartitionLayoutError,
     converge_partitions,
     current_month,
     partition_months,
     partitions_drift,
 )
-from twinme_ops.lib.postgres_server import PostgresServer
+from twinme_ops.scratch.postgres import PostgresServer
 
 # --------------------------------------------------------------------------------------------
 # Partitions

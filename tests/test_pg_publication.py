@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.pg_fixtures import assert_converged, converge_all, scalar
-from twinme_ops.lib.pg_publication import (
+from twinme_ops.database.postgres.publication import (
     PUBLICATION_TABLES,
     converge_publication,
     publication_drift,

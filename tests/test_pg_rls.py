@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from tests.pg_fixtures import assert_converged, converge_all, scalar
-from twinme_ops.lib.pg_rls import converge_rls, rls_drift
-from twinme_ops.lib.postgres_server import PostgresServer
+from twinme_ops.database.postgres.rls import converge_rls, rls_drift
+from twinme_ops.scratch.postgres import PostgresServer
 
 API_USER = "api_user"
 API_PASSWORD = "api-user-Passw0rd"

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from twinme_ops.lib.pg_tuning import (
+from twinme_ops.database.postgres.settings import (
     SPEC_INSTANCE,
     InstanceResources,
     SettingsError,
@@ -19,9 +19,9 @@ from twinme_ops.lib.pg_tuning import (
     normalize,
     settings_drift,
 )
-from twinme_ops.lib.postgres_server import PostgresServer
 from twinme_ops.sandbox.seed import SeedCounts, SeedReport, default_anchor, seed_postgres
 from twinme_ops.sandbox.servers import DATABASE, prepare_database
+from twinme_ops.scratch.postgres import PostgresServer
 
 RESTART_ONLY_IN_SPEC = {"max_connections", "shared_buffers", "wal_buffers"}
 

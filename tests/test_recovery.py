@@ -15,13 +15,13 @@ from kubernetes.client import V1Deployment
 from tests.backup_helpers import PARTITION, run_backup, store_for
 from tests.compare import redis_snapshot_of, table_digest, tree_of
 from tests.slack_receiver import SlackReceiver
+from twinme_ops.backups import recovery as recovery_lib
+from twinme_ops.backups.manifest import MANIFEST
 from twinme_ops.definitions import build_definitions
-from twinme_ops.lib import recovery as recovery_lib
-from twinme_ops.lib.manifest import MANIFEST
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.redis_server import RedisServer
 from twinme_ops.sandbox.seed import seed
 from twinme_ops.sandbox.servers import DATABASE, prepare_database
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import RedisServer
 
 PROD_REDIS_PASSWORD = "Prod-Redis-Secret-77"
 

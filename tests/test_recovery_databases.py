@@ -29,12 +29,12 @@ import redis
 from tests.backup_helpers import PARTITION, run_backup, store_for
 from tests.compare import table_digest
 from tests.test_recovery import _damage, _recover, _state, production  # noqa: F401
-from twinme_ops.lib.manifest import MANIFEST
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.recovery_databases import restore_lock
-from twinme_ops.lib.redis_server import RedisServer
+from twinme_ops.backups.manifest import MANIFEST
+from twinme_ops.backups.recovery_databases import restore_lock
 from twinme_ops.sandbox.seed import seed
 from twinme_ops.sandbox.servers import DATABASE, schema_sql
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import RedisServer
 
 KILL_WAIT_S = 120.0
 

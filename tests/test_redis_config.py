@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from twinme_ops.lib.local_servers import LOCALHOST, free_port
-from twinme_ops.lib.redis_config import (
+from twinme_ops.database.redis_config import (
     METHOD_CONFIG,
     METHOD_INFO,
     PASSWORD_PLACEHOLDER,
@@ -34,11 +33,12 @@ from twinme_ops.lib.redis_config import (
     render,
     write_rendered,
 )
-from twinme_ops.lib.redis_server import redis_server_binary
+from twinme_ops.scratch.local import LOCALHOST, free_port
+from twinme_ops.scratch.redis import redis_server_binary
 
 PASSWORD = "Prod-Test_pw#1$x"
 PACKAGED_COPY = (
-    Path(__file__).resolve().parents[1] / "twinme_ops/lib/templates/redis-production.conf"
+    Path(__file__).resolve().parents[1] / "twinme_ops/common/templates/redis-production.conf"
 )
 # What INFO shows of the production file's settings; the rest is unverifiable through INFO.
 INFO_VISIBLE = ["maxmemory", "maxmemory-policy", "appendonly"]
@@ -183,7 +183,7 @@ def test_template_has_the_placeholder_and_renders_without_any() -> None:
 
 def test_packaged_copy_is_identical_to_the_deployed_template() -> None:
     assert PACKAGED_COPY.read_text() == REPO_TEMPLATE.read_text(), (
-        "copy deploy/redis/production.conf to twinme_ops/lib/templates/redis-production.conf"
+        "copy deploy/redis/production.conf to twinme_ops/common/templates/redis-production.conf"
     )
     assert load_template(PACKAGED_COPY) == load_template()
 

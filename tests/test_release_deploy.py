@@ -11,17 +11,17 @@ import pytest
 from tests.api_app import ControlledApp
 from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController, stuck_once
 from tests.slack_receiver import SlackReceiver
+from twinme_ops.alerting.metrics import MetricsResource
+from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.alerts.hooks import slack_on_failure
 from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
 from twinme_ops.defs.release.checks import deployment_verification
-from twinme_ops.lib.kube import KubernetesResource
-from twinme_ops.lib.metrics import MetricsResource
-from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.redis_server import RedisServer
-from twinme_ops.lib.redis_snapshot import RedisResource
-from twinme_ops.lib.release import ReleaseSettings
-from twinme_ops.lib.slack import SlackNotifier
+from twinme_ops.release.rollback import ReleaseSettings
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import RedisServer
+from twinme_ops.servers.kube import KubernetesResource
+from twinme_ops.servers.postgres import PostgresResource
+from twinme_ops.servers.redis import RedisResource
 
 SHA = "a" * 40
 LAUNCHER = "olga@twinme.ai"

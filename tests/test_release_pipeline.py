@@ -16,12 +16,12 @@ from tests.test_release_trigger import Repo, tick
 from twinme_ops.defs.release.assets import release_assets
 from twinme_ops.defs.release.checks import deployment_verification
 from twinme_ops.defs.release.jobs import release_job
-from twinme_ops.lib.app_tests import OFFLINE_COMMANDS
-from twinme_ops.lib.app_tests_local import LocalAppTestRunner
-from twinme_ops.lib.git import GitRepoResource
-from twinme_ops.lib.image import ImageBuilderResource
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.redis_server import RedisServer
+from twinme_ops.release.app_tests.local import LocalAppTestRunner
+from twinme_ops.release.app_tests.runner import OFFLINE_COMMANDS
+from twinme_ops.release.git import GitRepoResource
+from twinme_ops.release.images.local import ImageBuilderResource
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import RedisServer
 
 
 def test_a_push_is_tested_built_deployed_by_digest_and_verified(

@@ -15,13 +15,13 @@ import dagster as dg
 import pytest
 
 from tests.slack_receiver import SlackReceiver
+from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.release.assets import app_tests, source_checkout
 from twinme_ops.defs.release.jobs import release_job
 from twinme_ops.defs.release.sensors import git_push_sensor
-from twinme_ops.lib.app_tests import OFFLINE_COMMANDS, AppTestsFailed, run_commands
-from twinme_ops.lib.app_tests_local import LocalAppTestRunner
-from twinme_ops.lib.git import GitError, GitRepoResource
-from twinme_ops.lib.slack import SlackNotifier
+from twinme_ops.release.app_tests.local import LocalAppTestRunner
+from twinme_ops.release.app_tests.runner import OFFLINE_COMMANDS, AppTestsFailed, run_commands
+from twinme_ops.release.git import GitError, GitRepoResource
 
 SAMPLE_APP = Path(__file__).resolve().parents[1] / "examples" / "twinme-api"
 GIT_ENV = {

@@ -12,9 +12,14 @@ from typing import Any
 import pytest
 
 from tests.compare import tree_of
-from twinme_ops.lib.files import FilesFacts, tar_stream
-from twinme_ops.lib.restore import RestoreError
-from twinme_ops.lib.restore_files import TRASH_PREFIX, replace_tree, safe_extract, staging_dir_for
+from twinme_ops.backups.restore.common import RestoreError
+from twinme_ops.backups.restore.files import (
+    TRASH_PREFIX,
+    replace_tree,
+    safe_extract,
+    staging_dir_for,
+)
+from twinme_ops.servers.files import FilesFacts, tar_stream
 
 
 def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> list[bytes]:

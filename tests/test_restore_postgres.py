@@ -14,16 +14,16 @@ import pytest
 
 from tests.compare import table_digest
 from tests.conftest import PG_TEST_PASSWORD
-from twinme_ops.lib.pgtools import pg_bin
-from twinme_ops.lib.postgres import user_tables
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.restore import RestoreError
-from twinme_ops.lib.restore_postgres import (
+from twinme_ops.backups.restore.common import RestoreError
+from twinme_ops.backups.restore.postgres import (
     create_database,
     drop_database,
     pg_restore_stream,
     swap_databases,
 )
+from twinme_ops.common.pgtools import pg_bin
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.servers.postgres import user_tables
 
 CHUNK = 64 << 10
 

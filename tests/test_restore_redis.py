@@ -13,10 +13,10 @@ import redis
 
 from tests.compare import redis_snapshot_of
 from tests.conftest import REDIS_TEST_PASSWORD
-from twinme_ops.lib.redis_server import RedisServer, redis_server_candidates
-from twinme_ops.lib.redis_snapshot import RedisResource, rdb_snapshot
-from twinme_ops.lib.restore import RestoreError
-from twinme_ops.lib.restore_redis import replay_redis, scratch_redis_from_rdb
+from twinme_ops.backups.restore.common import RestoreError
+from twinme_ops.backups.restore.redis import replay_redis, scratch_redis_from_rdb
+from twinme_ops.scratch.redis import RedisServer, redis_server_candidates
+from twinme_ops.servers.redis import RedisResource, rdb_snapshot
 
 PRODUCTION_LIKE = [
     "appendonly yes",

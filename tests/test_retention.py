@@ -21,13 +21,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from twinme_ops.defs.backups.retention import (
-    RetentionConfig,
-    backup_retention,
-    retention_job,
-    retention_schedule,
-)
-from twinme_ops.lib.manifest import (
+from twinme_ops.backups.manifest import (
     COMPONENTS,
     DRILL,
     FORMAT,
@@ -36,7 +30,7 @@ from twinme_ops.lib.manifest import (
     manifest_bytes,
     parse_manifest,
 )
-from twinme_ops.lib.retention import (
+from twinme_ops.backups.retention import (
     Decision,
     DrillStatus,
     RetentionPolicy,
@@ -46,7 +40,13 @@ from twinme_ops.lib.retention import (
     parse_set_date,
     plan_retention,
 )
-from twinme_ops.lib.store import BackupStore, StoreError
+from twinme_ops.backups.store.base import BackupStore, StoreError
+from twinme_ops.defs.backups.retention import (
+    RetentionConfig,
+    backup_retention,
+    retention_job,
+    retention_schedule,
+)
 
 PARIS = ZoneInfo("Europe/Paris")
 EXAMPLE = Path(__file__).parents[1] / "examples" / "run_config" / "retention_job.yaml"

@@ -22,8 +22,8 @@ from tests.api_app import ControlledApp
 from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController
 from tests.slack_receiver import SlackReceiver
 from twinme_ops.cli import today_partition
-from twinme_ops.lib.kube import KubernetesResource
 from twinme_ops.sandbox.servers import DATABASE, SandboxInfo, ensure_sandbox, stop_sandbox
+from twinme_ops.servers.kube import KubernetesResource
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NEW_IMAGE = "127.0.0.1:5000/twinme-api@sha256:" + "3" * 64

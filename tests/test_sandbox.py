@@ -20,17 +20,7 @@ import redis
 from tests.compare import redis_snapshot_of, table_digest, tree_of
 from tests.conftest import PG_TEST_PASSWORD, REDIS_TEST_PASSWORD
 from twinme_ops import cli
-from twinme_ops.lib import redis_server
-from twinme_ops.lib.local_servers import LocalServerError, pid_alive
-from twinme_ops.lib.pgtools import pg_bin
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.redis_server import (
-    RedisServer,
-    rdb_min_redis_version,
-    redis_binary_version,
-    redis_server_binary,
-    redis_server_candidates,
-)
+from twinme_ops.common.pgtools import pg_bin
 from twinme_ops.sandbox.seed import REDIS_PREFIXES, TABLES, SeedCounts, SeedReport, seed
 from twinme_ops.sandbox.servers import (
     DATABASE,
@@ -40,6 +30,16 @@ from twinme_ops.sandbox.servers import (
     sandbox_status,
     schema_sql,
     stop_sandbox,
+)
+from twinme_ops.scratch import redis as redis_server
+from twinme_ops.scratch.local import LocalServerError, pid_alive
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import (
+    RedisServer,
+    rdb_min_redis_version,
+    redis_binary_version,
+    redis_server_binary,
+    redis_server_candidates,
 )
 
 ANCHOR = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)

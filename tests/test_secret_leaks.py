@@ -27,10 +27,10 @@ import pytest
 
 from tests.backup_helpers import run_backup, run_text
 from tests.slack_receiver import SlackReceiver
-from twinme_ops.lib.git import GitError, GitRepoResource
-from twinme_ops.lib.postgres import PostgresError, PostgresResource
-from twinme_ops.lib.redact import redact
-from twinme_ops.lib.redis_snapshot import RedisResource, RedisSnapshotError
+from twinme_ops.common.redact import redact
+from twinme_ops.release.git import GitError, GitRepoResource
+from twinme_ops.servers.postgres import PostgresError, PostgresResource
+from twinme_ops.servers.redis import RedisResource, RedisSnapshotError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_redact_leaves_what_is_not_a_secret(text: str) -> None:
 
 
 def test_registered_secrets_are_masked_in_their_encoded_forms() -> None:
-    from twinme_ops.lib.redact import register_secrets_in
+    from twinme_ops.common.redact import register_secrets_in
 
     register_secrets_in("postgresql//app:Reg'd p@ss&<7>/x@db/twinme")  # unparseable as a URL
     secret = "Reg'd p@ss&<7>/x"

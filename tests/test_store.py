@@ -11,8 +11,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from twinme_ops.lib.store import MIB, ArtifactNotFoundError, BackupStore, StoreError
-from twinme_ops.lib.store_s3 import MAX_PART_SIZE, MAX_PARTS, SPOOL_MAX_SIZE, part_size
+from twinme_ops.backups.store.base import MIB, ArtifactNotFoundError, BackupStore, StoreError
+from twinme_ops.backups.store.s3 import MAX_PART_SIZE, MAX_PARTS, SPOOL_MAX_SIZE, part_size
 
 TIB = 1 << 40
 
@@ -308,7 +308,7 @@ def test_s3_large_parts_are_spooled_to_disk(s3_bucket: str) -> None:
 
 
 def test_create_bytes_refuses_an_existing_name(store: BackupStore) -> None:
-    from twinme_ops.lib.store import ArtifactExistsError
+    from twinme_ops.backups.store.base import ArtifactExistsError
 
     store.create_bytes("2026-01-05", "manifest.json", b"first")
     with pytest.raises(ArtifactExistsError, match="already exists"):
@@ -322,7 +322,7 @@ def test_create_bytes_race_has_exactly_one_winner(store: BackupStore) -> None:
     """Eight threads create the same name at once: one wins, seven are refused, none overwrites."""
     import threading
 
-    from twinme_ops.lib.store import ArtifactExistsError
+    from twinme_ops.backups.store.base import ArtifactExistsError
 
     barrier = threading.Barrier(8)
     outcome: dict[int, str] = {}
@@ -347,7 +347,7 @@ def test_create_bytes_race_has_exactly_one_winner(store: BackupStore) -> None:
 
 _KILLED_WRITER = """
 import sys, time
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.backups.store.base import BackupStore
 store = BackupStore(url=sys.argv[1])
 with store.open_writer("2026-01-05", "postgres.run1.dump.zst") as w:
     w.write(b"x" * 1000)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.api_app import ControlledApp
-from twinme_ops.lib.verification import (
+from twinme_ops.release.verification import (
     LoadTestError,
     LoadTestSettings,
     probe,

@@ -139,18 +139,18 @@ def cmd_backup(args: argparse.Namespace) -> int:
     """Run nightly_backup_job for one partition; print where the set is and what it holds."""
     import yaml
 
-    from twinme_ops.definitions import build_definitions
-    from twinme_ops.defs.backups.assets import backup_partitions
-    from twinme_ops.defs.resources import build_resources
-    from twinme_ops.lib.backup_sets import read_set
-    from twinme_ops.lib.backup_window import (
+    from twinme_ops.backups.crypto import BackupEncryption
+    from twinme_ops.backups.manifest import COMPONENT_LABELS, MANIFEST
+    from twinme_ops.backups.sets import read_set
+    from twinme_ops.backups.window import (
         BackupPartitionRefused,
         backup_now,
         check_backup_partition,
     )
-    from twinme_ops.lib.crypto import BackupEncryption
-    from twinme_ops.lib.manifest import COMPONENT_LABELS, MANIFEST
-    from twinme_ops.lib.redact import redact
+    from twinme_ops.common.redact import redact
+    from twinme_ops.definitions import build_definitions
+    from twinme_ops.defs.backups.assets import backup_partitions
+    from twinme_ops.defs.resources import build_resources
 
     # a malformed key is refused before anything starts
     BackupEncryption(key=os.environ.get("TWINME_BACKUP_ENCRYPTION_KEY", "")).get_key()
@@ -240,9 +240,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     import dagster as dg
 
+    from twinme_ops.alerting.messages import Alert, Fact
     from twinme_ops.defs.resources import build_resources
-    from twinme_ops.lib.alerts import Alert, Fact
-    from twinme_ops.lib.release import rollback, service_checks, verification_for
+    from twinme_ops.release.rollback import rollback, service_checks, verification_for
 
     log = logging.getLogger("twinme_ops.rollback")
     keys = ("kubernetes", "release_settings", "postgres", "redis", "slack")
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except Exception as exc:
-        from twinme_ops.lib.redact import redact
+        from twinme_ops.common.redact import redact
 
         if args.verbose:
             raise

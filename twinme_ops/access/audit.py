@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from twinme_ops.lib.redact import redact
+from twinme_ops.common.redact import redact
 
 AUDIT_FIELDS = (
     "time",

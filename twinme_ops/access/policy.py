@@ -25,7 +25,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from twinme_ops.lib.redact import redact
+from twinme_ops.common.redact import redact
 
 Role = Literal["viewer", "operator", "recovery_approver"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "recovery_approver")

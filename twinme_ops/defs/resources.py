@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -18,23 +18,26 @@ from dagster_aws.s3 import S3Resource
 from twinme_ops.access.approval_page import approval_url
 from twinme_ops.access.policy import POLICY_ENV
 from twinme_ops.access.recovery_gate import RecoveryApprovalResource
-from twinme_ops.lib.app_tests import AppTestRunner
-from twinme_ops.lib.app_tests_k8s import KubernetesAppTestRunner
-from twinme_ops.lib.app_tests_local import ISOLATION_MODES, LocalAppTestRunner
-from twinme_ops.lib.cluster_build import ClusterImageBuilder
-from twinme_ops.lib.crypto import BackupEncryption
-from twinme_ops.lib.db_tuning import DatabaseTuning
-from twinme_ops.lib.files import FileStorageResource
-from twinme_ops.lib.git import GitRepoResource
-from twinme_ops.lib.image import ImageBuilderResource
-from twinme_ops.lib.kube import KubernetesResource
-from twinme_ops.lib.metrics import MetricsResource
-from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.redact import redact, register_secret, register_secrets_in
-from twinme_ops.lib.redis_snapshot import RedisResource
-from twinme_ops.lib.release import ReleaseSettings
-from twinme_ops.lib.slack import SlackNotifier
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.alerting.metrics import MetricsResource
+from twinme_ops.alerting.slack import SlackNotifier
+from twinme_ops.backups.crypto import BackupEncryption
+from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.common.redact import redact, register_secret, register_secrets_in
+from twinme_ops.database.declared_state import DatabaseTuning
+from twinme_ops.release.app_tests.k8s import KubernetesAppTestRunner
+from twinme_ops.release.app_tests.local import ISOLATION_MODES, LocalAppTestRunner
+from twinme_ops.release.app_tests.runner import AppTestRunner
+from twinme_ops.release.git import GitRepoResource
+from twinme_ops.release.images.cluster import ClusterImageBuilder
+from twinme_ops.release.images.local import ImageBuilderResource
+from twinme_ops.release.rollback import ReleaseSettings
+from twinme_ops.servers.files import FileStorageResource
+from twinme_ops.servers.kube import KubernetesResource
+from twinme_ops.servers.postgres import PostgresResource
+from twinme_ops.servers.redis import RedisResource
+
+if TYPE_CHECKING:
+    from twinme_ops.sandbox.servers import SandboxInfo
 
 ENVIRONMENTS = ("local", "production")
 
@@ -79,7 +82,7 @@ def _tuning() -> DatabaseTuning:
 
 
 IMAGE_BUILDERS = ("buildah", "docker", "cluster")
-# the in-cluster builder's settings: TWINME_BUILD_* (ClusterImageBuilder, lib/cluster_build.py)
+# the in-cluster builder's settings: TWINME_BUILD_* (ClusterImageBuilder, release/images/cluster.py)
 _CLUSTER_SETTINGS = (
     ("namespace", "TWINME_BUILD_NAMESPACE"),
     ("build_image", "TWINME_BUILD_IMAGE"),
@@ -197,6 +200,40 @@ WHOLE_SECRET_VARS = (
 )
 
 
+class SandboxPostgres(PostgresResource):
+    """Locally, an empty ``url`` is the embedded sandbox under ``sandbox_home``, started on first
+    use. This module is the one place that knows the sandbox exists."""
+
+    sandbox_home: str = ".twinme"
+
+    def resolved_url(self) -> str:
+        return self.url or _sandbox(self.sandbox_home).database_url
+
+
+class SandboxRedis(RedisResource):
+    """Locally, an empty ``url`` is the embedded sandbox's Redis."""
+
+    sandbox_home: str = ".twinme"
+
+    def configured_url(self) -> str:
+        return self.url or _sandbox(self.sandbox_home).redis_url
+
+
+class SandboxFiles(FileStorageResource):
+    """Locally, an empty ``path`` is the embedded sandbox's file storage."""
+
+    sandbox_home: str = ".twinme"
+
+    def resolved_path(self) -> Path:
+        return Path(self.path) if self.path else _sandbox(self.sandbox_home).files_dir
+
+
+def _sandbox(home: str) -> SandboxInfo:
+    from twinme_ops.sandbox.servers import ensure_sandbox  # starts it only when first used
+
+    return ensure_sandbox(Path(home))
+
+
 def register_configured_secrets() -> None:
     """Register the configured secrets before any resource parses (and may echo) its value.
 
@@ -228,12 +265,18 @@ def build_resources() -> dict[str, Any]:
                 "(see README, 'Configuring production')"
             )
     backup_url = os.environ.get("TWINME_BACKUP_URL") or f"file://{home}/backups"
+    if env == "production":
+        postgres: PostgresResource = PostgresResource(url=_env_or("DATABASE_URL", ""))
+        redis: RedisResource = RedisResource(url=_env_or("REDIS_URL", ""))
+        files: FileStorageResource = FileStorageResource(path=_env_or("TWINME_FILES_DIR", ""))
+    else:
+        postgres = SandboxPostgres(url=_env_or("DATABASE_URL", ""), sandbox_home=home)
+        redis = SandboxRedis(url=_env_or("REDIS_URL", ""), sandbox_home=home)
+        files = SandboxFiles(path=_env_or("TWINME_FILES_DIR", ""), sandbox_home=home)
     return {
-        "postgres": PostgresResource(url=_env_or("DATABASE_URL", ""), sandbox_home=home),
-        "redis": RedisResource(url=_env_or("REDIS_URL", ""), sandbox_home=home),
-        "file_storage": FileStorageResource(
-            path=_env_or("TWINME_FILES_DIR", ""), sandbox_home=home
-        ),
+        "postgres": postgres,
+        "redis": redis,
+        "file_storage": files,
         "backup_store": BackupStore(url=backup_url, s3=S3Resource()),
         "backup_encryption": BackupEncryption(key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", "")),
         # alerts link to <TWINME_DAGSTER_URL>/runs/<run_id> (not a secret: plain value)

@@ -21,15 +21,15 @@ from typing import Any
 
 import psycopg
 
-from twinme_ops.lib.local_servers import (
+from twinme_ops.scratch.local import (
     LocalServerError,
     dir_lock,
     pid_alive,
     read_json_file,
     write_json_atomic,
 )
-from twinme_ops.lib.postgres_server import PostgresServer
-from twinme_ops.lib.redis_server import RedisServer
+from twinme_ops.scratch.postgres import PostgresServer
+from twinme_ops.scratch.redis import RedisServer
 
 logger = logging.getLogger(__name__)
 

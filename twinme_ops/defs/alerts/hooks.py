@@ -1,7 +1,8 @@
 """Slack failure hooks, and the helpers steps use to alert by the same rules.
 
 A failed step alerts once: either the step sent its own, richer alert (a release rolled back,
-see :func:`send_step_alert`) or the hook sends the one :func:`~twinme_ops.lib.alerts.step_failure`
+see :func:`send_step_alert`) or the hook sends the one
+:func:`~twinme_ops.alerting.messages.step_failure`
 builds. Either way the step is recorded in the run's ``twinme/slack-alerted`` tag, which tells
 ``slack_on_run_failure_sensor`` that this run's failure has been reported.
 """
@@ -10,7 +11,7 @@ from dataclasses import replace
 
 import dagster as dg
 
-from twinme_ops.lib.alerts import (
+from twinme_ops.alerting.messages import (
     ALERTED_TAG,
     Alert,
     Where,
@@ -19,9 +20,9 @@ from twinme_ops.lib.alerts import (
     last_good_set,
     step_failure,
 )
-from twinme_ops.lib.redact import redact
-from twinme_ops.lib.slack import SlackNotifier
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.alerting.slack import SlackNotifier
+from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.common.redact import redact
 
 StepContext = dg.AssetExecutionContext | dg.AssetCheckExecutionContext | dg.OpExecutionContext
 

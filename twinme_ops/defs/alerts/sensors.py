@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 
-from twinme_ops.defs.alerts.hooks import alerted_steps
-from twinme_ops.lib.alerts import (
+from twinme_ops.alerting.messages import (
     BACKUP_JOBS,
     FRESHNESS_MAX_AGE_HOURS,
     Alert,
@@ -23,11 +22,12 @@ from twinme_ops.lib.alerts import (
     run_failure,
     step_failure,
 )
-from twinme_ops.lib.drill import backup_freshness
-from twinme_ops.lib.redact import redact
-from twinme_ops.lib.run_coordinator import REFUSED_TAG
-from twinme_ops.lib.slack import SlackNotifier
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.alerting.slack import SlackNotifier
+from twinme_ops.backups.drill import backup_freshness
+from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.common.redact import redact
+from twinme_ops.defs.alerts.hooks import alerted_steps
+from twinme_ops.instance.run_coordinator import REFUSED_TAG
 
 # the error class of a step Dagster interrupted (run terminated, or past its max runtime)
 INTERRUPTED = "DagsterExecutionInterruptedError"

@@ -7,32 +7,32 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.defs.alerts.hooks import step_where
-from twinme_ops.defs.resources import twinme_env
-from twinme_ops.lib.alerts import backup_success
-from twinme_ops.lib.artifacts import ArtifactResult
-from twinme_ops.lib.backup import (
+from twinme_ops.alerting.messages import backup_success
+from twinme_ops.alerting.metrics import MetricsResource
+from twinme_ops.alerting.slack import SlackNotifier
+from twinme_ops.backups.artifacts import ArtifactResult
+from twinme_ops.backups.crypto import BackupEncryption
+from twinme_ops.backups.manifest import (
+    COMPONENT_LABELS,
+    MANIFEST,
+    ManifestError,
+    set_id_for_partition,
+)
+from twinme_ops.backups.sets import sweep_leftovers
+from twinme_ops.backups.store.base import BackupStore, StoreError
+from twinme_ops.backups.take import (
     SetCompleteError,
     Sources,
     backup_component,
     complete_set_error,
     write_manifest,
 )
-from twinme_ops.lib.backup_sets import sweep_leftovers
-from twinme_ops.lib.crypto import BackupEncryption
-from twinme_ops.lib.files import FilesBackupError, FileStorageResource
-from twinme_ops.lib.manifest import (
-    COMPONENT_LABELS,
-    MANIFEST,
-    ManifestError,
-    set_id_for_partition,
-)
-from twinme_ops.lib.metrics import MetricsResource
-from twinme_ops.lib.postgres import DEFAULT_LOCK_WAIT_TIMEOUT_S, PostgresError, PostgresResource
-from twinme_ops.lib.redact import redact
-from twinme_ops.lib.redis_snapshot import RedisResource, RedisSnapshotError
-from twinme_ops.lib.slack import SlackNotifier
-from twinme_ops.lib.store import BackupStore, StoreError
+from twinme_ops.common.redact import redact
+from twinme_ops.defs.alerts.hooks import step_where
+from twinme_ops.defs.resources import twinme_env
+from twinme_ops.servers.files import FilesBackupError, FileStorageResource
+from twinme_ops.servers.postgres import DEFAULT_LOCK_WAIT_TIMEOUT_S, PostgresError, PostgresResource
+from twinme_ops.servers.redis import RedisResource, RedisSnapshotError
 
 MIB = 1024 * 1024
 
@@ -157,7 +157,7 @@ def _backup_component(
     sources: Sources,
 ) -> tuple[str, ArtifactResult, Any]:
     """Run one component of the set, turning expected errors into a Failure with the fix."""
-    from twinme_ops.lib.backup_window import refuse_unless_present  # issue 11, defect 4
+    from twinme_ops.backups.window import refuse_unless_present  # issue 11, defect 4
 
     refuse_unless_present(context)  # a backup is a copy of the present: no past partitions
     label = COMPONENT_LABELS[component]

@@ -2,14 +2,14 @@
 
 import dagster as dg
 
+from twinme_ops.alerting.metrics import MetricsResource
+from twinme_ops.backups.crypto import BackupEncryption
+from twinme_ops.backups.drill import DrillResult, run_drill
+from twinme_ops.backups.manifest import set_id_for_partition
+from twinme_ops.backups.sets import SetNotFoundError
+from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.defs.backups.assets import backup_partitions, backup_set
-from twinme_ops.lib.backup_sets import SetNotFoundError
-from twinme_ops.lib.crypto import BackupEncryption
-from twinme_ops.lib.drill import DrillResult, run_drill
-from twinme_ops.lib.manifest import set_id_for_partition
-from twinme_ops.lib.metrics import MetricsResource
-from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.servers.postgres import PostgresResource
 
 DRILL_CHECK = "restore_drill"
 

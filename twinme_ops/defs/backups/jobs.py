@@ -5,15 +5,15 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
+from twinme_ops.alerting.metrics import MetricsResource
+from twinme_ops.backups.crypto import BackupEncryption
+from twinme_ops.backups.sets import newest_complete_set
+from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.defs.alerts.hooks import slack_on_backup_failure
 from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS, backup_set
 from twinme_ops.defs.backups.checks import DRILL_CHECK, drill_metadata, drill_set
 from twinme_ops.defs.executors import PodResources, max_runtime, step_pod_executor
-from twinme_ops.lib.backup_sets import newest_complete_set
-from twinme_ops.lib.crypto import BackupEncryption
-from twinme_ops.lib.metrics import MetricsResource
-from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.servers.postgres import PostgresResource
 
 # dumps stream through zstd (all cores), then the drill runs scratch PostgreSQL and Redis on disk
 BACKUP_POD = PodResources(

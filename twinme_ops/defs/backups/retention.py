@@ -1,6 +1,7 @@
 """Retention of backup sets: the ``backup_retention`` asset, ``retention_job`` and its schedule.
 
-The policy itself is plain Python in :mod:`twinme_ops.lib.retention`; this module wires it to the
+The policy itself is plain Python in :mod:`twinme_ops.backups.retention`; this module wires it to
+the
 store resource, the run config and the UI. It replaces the spec's ``find -mtime +30 -delete``,
 which only cleaned local copies (S3 was never cleaned) and trusted file times.
 """
@@ -10,18 +11,18 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.defs.backups.assets import backup_set, run_status
-from twinme_ops.defs.executors import max_runtime
-from twinme_ops.lib.backup_sets import LEFTOVER_GRACE_S, read_set, sweep_leftovers
-from twinme_ops.lib.redact import redact
-from twinme_ops.lib.retention import (
+from twinme_ops.backups.retention import (
     RetentionPolicy,
     apply_retention,
     decisions_markdown,
     inspect_sets,
     plan_retention,
 )
-from twinme_ops.lib.store import BackupStore, StoreError
+from twinme_ops.backups.sets import LEFTOVER_GRACE_S, read_set, sweep_leftovers
+from twinme_ops.backups.store.base import BackupStore, StoreError
+from twinme_ops.common.redact import redact
+from twinme_ops.defs.backups.assets import backup_set, run_status
+from twinme_ops.defs.executors import max_runtime
 
 
 class RetentionConfig(dg.Config):

@@ -11,36 +11,36 @@ from urllib.parse import unquote, urlsplit
 
 import dagster as dg
 
-from twinme_ops.defs.resources import twinme_env, twinme_home
-from twinme_ops.lib.convergence import ConvergeReport
-from twinme_ops.lib.db_tuning import DatabaseTuning
-from twinme_ops.lib.pg_extensions import (
+from twinme_ops.common.redact import redact, register_secret
+from twinme_ops.database.convergence import ConvergeReport
+from twinme_ops.database.declared_state import DatabaseTuning
+from twinme_ops.database.postgres.extensions import (
     MissingExtensionError,
     ensure_extensions,
     extensions_drift,
 )
-from twinme_ops.lib.pg_indexes import IndexBuildError, converge_indexes, indexes_drift
-from twinme_ops.lib.pg_objects import PgObjectsError
-from twinme_ops.lib.pg_partitions import converge_partitions, partitions_drift
-from twinme_ops.lib.pg_publication import converge_publication, publication_drift
-from twinme_ops.lib.pg_rls import converge_rls, rls_drift
-from twinme_ops.lib.pg_tuning import (
+from twinme_ops.database.postgres.indexes import IndexBuildError, converge_indexes, indexes_drift
+from twinme_ops.database.postgres.objects import PgObjectsError
+from twinme_ops.database.postgres.partitions import converge_partitions, partitions_drift
+from twinme_ops.database.postgres.publication import converge_publication, publication_drift
+from twinme_ops.database.postgres.rls import converge_rls, rls_drift
+from twinme_ops.database.postgres.settings import (
     InstanceResources,
     SettingsError,
     converge_settings,
     desired_settings,
     settings_drift,
 )
-from twinme_ops.lib.postgres import PostgresError, PostgresResource
-from twinme_ops.lib.redact import redact, register_secret
-from twinme_ops.lib.redis_config import (
+from twinme_ops.database.redis_config import (
     converge_redis,
     load_template,
     render,
     write_rendered,
 )
-from twinme_ops.lib.redis_config import desired_settings as redis_desired_settings
-from twinme_ops.lib.redis_snapshot import RedisResource
+from twinme_ops.database.redis_config import desired_settings as redis_desired_settings
+from twinme_ops.defs.resources import twinme_env, twinme_home
+from twinme_ops.servers.postgres import PostgresError, PostgresResource
+from twinme_ops.servers.redis import RedisResource
 
 EXTENSIONS = ("vector", "pg_trgm")
 # Errors whose message names the problem and the fix: they fail only the affected asset

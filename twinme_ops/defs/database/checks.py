@@ -2,6 +2,14 @@
 
 import dagster as dg
 
+from twinme_ops.common.redact import redact
+from twinme_ops.database.declared_state import DatabaseTuning
+from twinme_ops.database.redis_config import (
+    desired_settings,
+    load_template,
+    redis_config_drift,
+    render,
+)
 from twinme_ops.defs.database.assets import (
     EXPECTED_ERRORS,
     PG_STEPS,
@@ -10,11 +18,8 @@ from twinme_ops.defs.database.assets import (
     redis_configuration,
     redis_password,
 )
-from twinme_ops.lib.db_tuning import DatabaseTuning
-from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.redact import redact
-from twinme_ops.lib.redis_config import desired_settings, load_template, redis_config_drift, render
-from twinme_ops.lib.redis_snapshot import RedisResource
+from twinme_ops.servers.postgres import PostgresResource
+from twinme_ops.servers.redis import RedisResource
 
 PENDING = "restart"
 

@@ -14,16 +14,10 @@ from twinme_ops.access.recovery_gate import (
     RecoveryApprovalResource,
     wait_for_approval,
 )
-from twinme_ops.defs.alerts.hooks import slack_on_failure, step_where
-from twinme_ops.defs.executors import PodResources, max_runtime
-from twinme_ops.defs.resources import twinme_env
-from twinme_ops.lib.alerts import approval_needed, recovery_success
-from twinme_ops.lib.backup import Sources, backup_all
-from twinme_ops.lib.crypto import BackupEncryption
-from twinme_ops.lib.files import FileStorageResource
-from twinme_ops.lib.kube import KubernetesResource
-from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.recovery import (
+from twinme_ops.alerting.messages import approval_needed, recovery_success
+from twinme_ops.alerting.slack import SlackNotifier
+from twinme_ops.backups.crypto import BackupEncryption
+from twinme_ops.backups.recovery import (
     RecoveryError,
     RecoveryState,
     check_postgres_target,
@@ -35,11 +29,17 @@ from twinme_ops.lib.recovery import (
     verify_services,
     verify_set,
 )
-from twinme_ops.lib.redact import redact
-from twinme_ops.lib.redis_snapshot import RedisResource
-from twinme_ops.lib.release import ReleaseSettings, service_checks, verification_for
-from twinme_ops.lib.slack import SlackNotifier
-from twinme_ops.lib.store import BackupStore
+from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.backups.take import Sources, backup_all
+from twinme_ops.common.redact import redact
+from twinme_ops.defs.alerts.hooks import slack_on_failure, step_where
+from twinme_ops.defs.executors import PodResources, max_runtime
+from twinme_ops.defs.resources import twinme_env
+from twinme_ops.release.rollback import ReleaseSettings, service_checks, verification_for
+from twinme_ops.servers.files import FileStorageResource
+from twinme_ops.servers.kube import KubernetesResource
+from twinme_ops.servers.postgres import PostgresResource
+from twinme_ops.servers.redis import RedisResource
 
 
 class RecoverConfig(dg.Config):

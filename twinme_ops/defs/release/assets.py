@@ -13,25 +13,23 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from twinme_ops.alerting.messages import release_failure
+from twinme_ops.alerting.metrics import MetricsResource
+from twinme_ops.alerting.slack import SlackNotifier
+from twinme_ops.common.deploy_files import deploy_file
+from twinme_ops.common.redact import redact
 from twinme_ops.defs.alerts.hooks import StepContext, send_step_alert, step_where
-from twinme_ops.lib.alerts import release_failure
-from twinme_ops.lib.app_tests import (
+from twinme_ops.release.app_tests.runner import (
     DEFAULT_COMMANDS,
     AppTestRunner,
     AppTestsFailed,
     AppTestsUnavailable,
     CommandResult,
 )
-from twinme_ops.lib.cluster_build import ClusterImageBuilder
-from twinme_ops.lib.deploy_files import deploy_file
-from twinme_ops.lib.git import GitError, GitRepoResource, is_sha
-from twinme_ops.lib.image import ImageBuilderResource, ImageBuildError
-from twinme_ops.lib.kube import KubernetesResource, RolloutFailed
-from twinme_ops.lib.metrics import MetricsResource
-from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.redact import redact
-from twinme_ops.lib.redis_snapshot import RedisResource
-from twinme_ops.lib.release import (
+from twinme_ops.release.git import GitError, GitRepoResource, is_sha
+from twinme_ops.release.images.cluster import ClusterImageBuilder
+from twinme_ops.release.images.local import ImageBuilderResource, ImageBuildError
+from twinme_ops.release.rollback import (
     ReleaseSettings,
     RollbackOutcome,
     latest_metadata,
@@ -39,8 +37,10 @@ from twinme_ops.lib.release import (
     service_checks,
     verification_for,
 )
-from twinme_ops.lib.slack import SlackNotifier
-from twinme_ops.lib.verification import VerificationResult
+from twinme_ops.release.verification import VerificationResult
+from twinme_ops.servers.kube import KubernetesResource, RolloutFailed
+from twinme_ops.servers.postgres import PostgresResource
+from twinme_ops.servers.redis import RedisResource
 
 RELEASE_GROUP = "release"
 SOURCE_CHECKOUT = dg.AssetKey("source_checkout")

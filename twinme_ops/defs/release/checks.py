@@ -5,20 +5,20 @@ from typing import Any
 
 import dagster as dg
 
+from twinme_ops.alerting.messages import release_success
+from twinme_ops.alerting.metrics import MetricsResource
+from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.alerts.hooks import step_where
 from twinme_ops.defs.release.assets import API_DEPLOYMENT, CONTAINER_IMAGE, roll_back_and_report
-from twinme_ops.lib.alerts import release_success
-from twinme_ops.lib.kube import KubernetesResource
-from twinme_ops.lib.metrics import MetricsResource
-from twinme_ops.lib.postgres import PostgresResource
-from twinme_ops.lib.redis_snapshot import RedisResource
-from twinme_ops.lib.release import (
+from twinme_ops.release.rollback import (
     ReleaseSettings,
     latest_metadata,
     service_checks,
     verification_for,
 )
-from twinme_ops.lib.slack import SlackNotifier
+from twinme_ops.servers.kube import KubernetesResource
+from twinme_ops.servers.postgres import PostgresResource
+from twinme_ops.servers.redis import RedisResource
 
 
 @dg.asset_check(

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
+from twinme_ops.common.redact import redact
 from twinme_ops.defs.release.jobs import release_job
-from twinme_ops.lib.git import GitError, GitRepoResource
-from twinme_ops.lib.redact import redact
+from twinme_ops.release.git import GitError, GitRepoResource
 
 
 @dg.sensor(

@@ -1,0 +1,254 @@
+"""Production recovery, step by step (no Dagster): each function does one step and raises a
+:class:`RecoveryError` whose message says what was restored, what was not, and where to return.
+
+PostgreSQL is restored into a fresh database that then takes the live one's name, so the result
+equals the backup exactly; Redis keys are replayed with DUMP/RESTORE from a scratch server loaded
+with the RDB (no FLUSHALL or CONFIG needed); files are extracted safely, then swapped in.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from twinme_ops.backups.artifacts import read_manifest_artifact, verify_artifact
+from twinme_ops.backups.manifest import COMPONENTS, MANIFEST, parse_manifest
+from twinme_ops.backups.recovery_databases import (
+    check_maintenance_access,
+    drop_restore_leftovers,
+    maintenance_url,
+    pre_recovery_name,
+    restore_database_name,
+    restore_lock,
+)
+from twinme_ops.backups.restore.common import RestoreError
+from twinme_ops.backups.restore.files import replace_tree, safe_extract, staging_dir_for
+from twinme_ops.backups.restore.postgres import (
+    create_database,
+    drop_database,
+    pg_restore_stream,
+    swap_databases,
+)
+from twinme_ops.backups.restore.redis import replay_redis, scratch_redis_from_rdb
+from twinme_ops.backups.sets import SetNotFoundError, read_set, require_complete_set
+from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.common.redact import redact
+from twinme_ops.servers.files import FileStorageResource
+from twinme_ops.servers.postgres import PostgresResource
+from twinme_ops.servers.redis import RedisResource
+
+Log = Callable[[str], None]
+LATEST_VERIFIED = "latest-verified"
+
+
+class RecoveryError(RuntimeError):
+    """A recovery step failed or was refused; the message says what state production is in."""
+
+
+@dataclass
+class RecoveryState:
+    """What the recovery has done so far; every step adds to it and reports it on failure."""
+
+    set_id: str
+    components: list[str]
+    target_database: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+    safety_set_id: str = ""
+    replicas_found: int | None = None
+    restored: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    stamp: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+
+    def summary(self) -> str:
+        """Restored / not restored / where to return: the line every failure message carries."""
+        pending = [c for c in self.components if c not in self.restored]
+        parts = [
+            f"restored: {', '.join(self.restored) or 'nothing'}",
+            f"not restored: {', '.join(pending) or 'nothing'}",
+        ]
+        if self.safety_set_id:
+            parts.append(
+                f"safety backup of the pre-recovery state: set {self.safety_set_id} "
+                f"(recover_job with set_id {self.safety_set_id} returns to it)"
+            )
+        else:
+            parts.append("no safety backup was taken yet: production was not modified")
+        return "; ".join(parts)
+
+
+def resolve_set(store: BackupStore, requested: str) -> str:
+    """The set to restore: an id with a manifest, or the newest set whose drill passed (a
+    verdict about a manifest since replaced does not count)."""
+    if requested == LATEST_VERIFIED:
+        for set_id in sorted(store.list_sets(), reverse=True):
+            if read_set(store, set_id).verdict == "passed":
+                return set_id
+        raise RecoveryError(
+            f"no set in {store.describe()} has passed a restore drill. Fix: run "
+            "restore_drill_job, or name a set_id explicitly."
+        )
+    try:
+        require_complete_set(store, requested)
+    except SetNotFoundError as exc:
+        raise RecoveryError(f"{exc} Or use latest-verified.") from None
+    return requested
+
+
+def check_request(components: list[str], confirm: str, target_database: str) -> None:
+    """Refuse before touching anything unless the operator typed the target database's name."""
+    unknown = sorted(set(components) - set(COMPONENTS))
+    if unknown or not components:
+        raise RecoveryError(
+            f"components must be a non-empty subset of {', '.join(COMPONENTS)}; got {components}"
+        )
+    if confirm != target_database:
+        raise RecoveryError(
+            f"refusing to recover: confirm must equal the target database name "
+            f"({target_database!r}), got {confirm!r}. Nothing was touched. Fix: set "
+            f"confirm: {target_database} in the run config once you are sure."
+        )
+
+
+def verify_set(store: BackupStore, state: RecoveryState, log: Log) -> None:
+    """Load the manifest and check every selected artifact's sha256 before anything changes."""
+    state.manifest = parse_manifest(store.get_bytes(state.set_id, MANIFEST))
+    for component in state.components:
+        art = state.manifest["artifacts"][component]
+        try:
+            size = verify_artifact(store, state.set_id, art["name"], art["sha256"])
+        except Exception as exc:
+            raise RecoveryError(
+                f"set {state.set_id}: {art['name']} failed verification ({redact(exc)}); "
+                "nothing was touched. Fix: recover from another set (latest-verified)."
+            ) from None
+        log(f"{component}: {art['name']} verified ({size:,} bytes, sha256 ok)")
+
+
+def check_postgres_target(pg: PostgresResource, log: Log) -> None:
+    """Preflight: the restore's CREATE/RENAME DATABASE can run (see recovery_databases)."""
+    live = pg.database_name
+    admin = maintenance_url(pg.tool_dsn(), live)
+    try:
+        check_maintenance_access(admin, live, pg.tool_env())
+    except RestoreError as exc:
+        raise RecoveryError(f"{exc} Nothing was touched.") from None
+    log(f"postgres: {live} can be swapped from the maintenance database {urlsplit(admin).path[1:]}")
+
+
+def restore_postgres(
+    store: BackupStore, state: RecoveryState, pg: PostgresResource, key: bytes | None, log: Log
+) -> None:
+    """pg_restore into a fresh database, then swap it in under the live name (old one kept).
+
+    First drops the restore databases of earlier recoveries that were killed (never a
+    ``__pre_recovery_`` copy, never one a running recovery holds).
+    """
+    art = state.manifest["artifacts"]["postgres"]
+    live = pg.database_name
+    restored_db = restore_database_name(live, state.stamp)
+    keep_old = pre_recovery_name(live, state.stamp)
+    admin = maintenance_url(pg.tool_dsn(), live)
+    env = pg.tool_env()
+    with restore_lock(admin, restored_db, env):
+        leftovers = drop_restore_leftovers(admin, live, state.stamp, env)
+        for name in leftovers.dropped:
+            log(f"postgres: dropped {name}, left by a recovery that did not finish")
+        for name, why in leftovers.kept.items():
+            log(f"postgres: kept {name}: {why}")
+        log(
+            f"postgres: restoring into {restored_db}, swapped in from the maintenance database "
+            f"{urlsplit(admin).path[1:]}"
+        )
+        create_database(admin, restored_db, env)
+        try:
+            chunks = read_manifest_artifact(store, state.set_id, art, key)
+            dsn = urlunsplit(urlsplit(pg.tool_dsn())._replace(path=f"/{restored_db}"))
+            pg_restore_stream(chunks, dsn, env, no_owner=True)
+        except Exception:
+            drop_database(admin, restored_db, env)
+            raise
+        swap_databases(admin, live, restored_db, keep_old, env)
+    state.details["postgres"] = {"previous_database_kept_as": keep_old}
+    log(f"postgres: {live} now holds set {state.set_id}; the previous one is kept as {keep_old}")
+
+
+def restore_redis(
+    store: BackupStore, state: RecoveryState, res: RedisResource, key: bytes | None, log: Log
+) -> None:
+    """Load the RDB into a scratch server and replay every key into the live Redis."""
+    art = state.manifest["artifacts"]["redis"]
+    workdir = Path(tempfile.mkdtemp(prefix="twinme-recover-redis-"))
+    try:
+        chunks = read_manifest_artifact(store, state.set_id, art, key)
+        scratch = scratch_redis_from_rdb(chunks, workdir)
+        try:
+            target = res.get_client()
+            counts = replay_redis(scratch.client(), target, delete_extra=True)
+        finally:
+            scratch.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    state.details["redis"] = counts
+    log(f"redis: replayed {counts}")
+
+
+def restore_files(
+    store: BackupStore,
+    state: RecoveryState,
+    storage: FileStorageResource,
+    key: bytes | None,
+    log: Log,
+) -> None:
+    """Extract safely next to the target (same file system), then make the target equal to it."""
+    art = state.manifest["artifacts"]["files"]
+    target = storage.resolved_path()
+    target.mkdir(parents=True, exist_ok=True)
+    # inside the target's file system (even when it is a mount point), so the swap is renames
+    staging = staging_dir_for(target)
+    try:
+        chunks = read_manifest_artifact(store, state.set_id, art, key)
+        counts = safe_extract(chunks, staging / "files")
+        replace_tree(staging / "files", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    state.details["files"] = counts
+    log(f"files: {target} now holds {counts['files']:,} files from set {state.set_id}")
+
+
+def verify_services(
+    pg: PostgresResource, res: RedisResource, api_url: str, log: Log, timeout_s: float = 120
+) -> dict[str, Any]:
+    """SELECT 1, PING and, when an API URL is configured, /health and /ready answering 200."""
+    with pg.get_connection() as conn:
+        conn.execute("SELECT 1")
+    client = res.get_client()
+    try:
+        client.ping()
+    finally:
+        client.close()
+    checks: dict[str, Any] = {"select_1": True, "ping": True}
+    for path in ("/health", "/ready") if api_url else ():
+        url = api_url.rstrip("/") + path
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (configured URL)
+                    checks[path] = resp.status
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError) as exc:
+                checks[path] = redact(exc)
+            if time.monotonic() > deadline:
+                raise RecoveryError(f"{redact(url)} did not answer 200 within {timeout_s:.0f} s")
+            time.sleep(2)
+    log(f"verification: {checks}")
+    return checks
