@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -355,3 +357,44 @@ def test_cli_backup_with_the_example_run_config_prints_the_set(
     assert "restore drill passed" in lines[0]
     assert lines[1] == "to replace it: twinme-ops backup --force"
     assert cli.main([*argv, "--force"]) == 0
+
+
+def test_cli_run_from_the_repository_shows_in_the_repositorys_web_ui(
+    sandbox,
+    backup_env,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    partition_day_clock,
+) -> None:
+    """README command 1 then ``DAGSTER_HOME=$PWD dagster dev``: the CLI, run from the repository
+    with neither DAGSTER_HOME nor TWINME_HOME set, records its run in the repository's instance
+    (the one that UI opens), and says nothing of alembic's migrations or the absent Pushgateway."""
+    from twinme_ops import cli
+
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "dagster.yaml", repo / "dagster.yaml")
+    monkeypatch.chdir(repo)
+    for var in ("DAGSTER_HOME", "TWINME_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    # the shared sandbox's servers, so that no second sandbox starts under the checkout
+    monkeypatch.setenv("DATABASE_URL", sandbox.database_url)
+    monkeypatch.setenv("REDIS_URL", sandbox.redis_url)
+    monkeypatch.setenv("TWINME_FILES_DIR", str(sandbox.files_dir))
+    caplog.set_level(logging.DEBUG)
+
+    assert cli.main(["backup", "--partition", PARTITION, "--force"]) == 0
+
+    instance = dg.DagsterInstance.from_config(str(repo))
+    try:
+        runs = instance.get_runs()
+        assert [(r.job_name, r.status) for r in runs] == [
+            ("nightly_backup_job", dg.DagsterRunStatus.SUCCESS)
+        ]
+    finally:
+        instance.dispose()
+    assert not [r for r in caplog.records if r.name.startswith("alembic")]
+    shown = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [m for m in shown if "Pushgateway" in m or "metrics not pushed" in m], shown
+    assert not (repo / ".twinme").exists()

@@ -106,17 +106,36 @@ def register_sandbox(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _cli_instance() -> Any:
-    """The Dagster instance of ``$DAGSTER_HOME`` when set (runs show in ``dagster dev``), else a
-    persistent one under ``$TWINME_HOME/dagster``."""
+    """The Dagster instance the CLI records its runs in, so that the web UI shows them:
+
+    - ``$DAGSTER_HOME`` when set;
+    - else, run from the repository (its ``dagster.yaml`` in the working directory) with no
+      ``TWINME_HOME`` either, the repository's instance: the one ``DAGSTER_HOME=$PWD dagster dev``
+      opens (README, command 1 and the web UI);
+    - else a persistent one under ``$TWINME_HOME/dagster``, telemetry off.
+    """
     import dagster as dg
 
     from twinme_ops.sandbox.servers import default_home
 
     if os.environ.get("DAGSTER_HOME"):
         return dg.DagsterInstance.get()
+    here = Path.cwd()
+    if not os.environ.get("TWINME_HOME") and _is_repository_instance(here / "dagster.yaml"):
+        return dg.DagsterInstance.from_config(str(here))
     home = default_home() / "dagster"
     home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.local_temp(tempdir=str(home))
+    return dg.DagsterInstance.local_temp(
+        tempdir=str(home), overrides={"telemetry": {"enabled": False}}
+    )
+
+
+def _is_repository_instance(config: Path) -> bool:
+    """The repository's own instance config (it names twinme_ops' run coordinator)."""
+    try:
+        return "twinme_ops.instance.run_coordinator" in config.read_text()
+    except OSError:
+        return False
 
 
 def today_partition() -> str:
@@ -344,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # Dagster's SQLite storage migrates through alembic: a dozen INFO lines per run that say
+        # nothing to a person (-v shows them)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     handler: Handler = args.handler
     try:
         return handler(args)

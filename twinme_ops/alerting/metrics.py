@@ -375,9 +375,9 @@ class MetricsResource(dg.ConfigurableResource):
             f"{spec.name}{_fmt_labels(labels)}={value:.15g}" for spec, labels, value in samples
         )
         if not self.pushgateway_url:
-            logger.info(
-                f"Pushgateway not configured (TWINME_PUSHGATEWAY_URL unset); {operation} metrics "
-                f"not pushed: {summary}"
+            # debug: locally (no gateway) this is expected, and a person reads the run's summary
+            logger.debug(
+                f"{operation} metrics not pushed (TWINME_PUSHGATEWAY_URL unset): {summary}"
             )
             return False
         try:
