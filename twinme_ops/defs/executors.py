@@ -22,8 +22,8 @@ from typing import Any, cast
 import dagster as dg
 from dagster._config import process_config
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
-from dagster_k8s import K8sRunLauncher, k8s_job_executor
-from kubernetes.utils import parse_quantity
+
+from twinme_ops.common.quantity import parse_quantity
 
 K8S_CONFIG_TAG = "dagster-k8s/config"
 # read by Dagster's run monitoring (enabled in dagster.yaml and the Helm values)
@@ -113,6 +113,10 @@ def step_pods_enabled() -> bool:
 
 def _k8s_executor(context: dg.InitExecutorContext, pod: PodResources) -> dg.Executor:
     """``k8s_job_executor`` with ``pod`` on every step, and the run's multiprocess settings."""
+    # imported when a run starts step pods, not when the code location loads (the kubernetes
+    # client costs about half a second)
+    from dagster_k8s import K8sRunLauncher, k8s_job_executor
+
     if not isinstance(context.instance.run_launcher, K8sRunLauncher):
         raise dg.DagsterInvariantViolationError(
             f"{K8S_EXECUTOR_VAR}=1 but this instance launches runs with "

@@ -24,11 +24,9 @@ from twinme_ops.backups.crypto import BackupEncryption
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.common.redact import redact, register_secret, register_secrets_in
 from twinme_ops.database.declared_state import DatabaseTuning
-from twinme_ops.release.app_tests.k8s import KubernetesAppTestRunner
 from twinme_ops.release.app_tests.local import ISOLATION_MODES, LocalAppTestRunner
 from twinme_ops.release.app_tests.runner import AppTestRunner
 from twinme_ops.release.git import GitRepoResource
-from twinme_ops.release.images.cluster import ClusterImageBuilder
 from twinme_ops.release.images.local import ImageBuilderResource
 from twinme_ops.release.rollback import ReleaseSettings
 from twinme_ops.servers.files import FileStorageResource
@@ -133,6 +131,9 @@ def _image_builder() -> ImageBuilderResource:
                     "number of seconds"
                 )
             ) from None
+    # imported here: the kubernetes client is loaded only where a build runs in the cluster
+    from twinme_ops.release.images.cluster import ClusterImageBuilder
+
     return ClusterImageBuilder(**common, **cluster)
 
 
@@ -174,6 +175,8 @@ def make_app_test_runner(env: str, home: str) -> AppTestRunner:
         )
         if os.environ.get(var)
     }
+    from twinme_ops.release.app_tests.k8s import KubernetesAppTestRunner
+
     return KubernetesAppTestRunner(**settings)
 
 

@@ -23,15 +23,17 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dagster as dg
 import urllib3.exceptions
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 from pydantic import Field, PrivateAttr
 
 from twinme_ops.common.redact import redact, redact_url
+
+if TYPE_CHECKING:  # the client costs ~0.5 s to import: loaded on the first call, not at load
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
 CHANGE_CAUSE_ANNOTATION = "kubernetes.io/change-cause"
 # what set_image replaced: where a rollback by hand goes back to
@@ -216,7 +218,7 @@ class KubernetesResource(dg.ConfigurableResource):
         "late (kubectl, which watches, sees it at once). A poll is one GET of the Deployment.",
     )
 
-    _api: client.AppsV1Api | None = PrivateAttr(default=None)
+    _api: Any = PrivateAttr(default=None)  # kubernetes.client.AppsV1Api, made on first use
     _source: str = PrivateAttr(default="")
 
     # -- configuration -----------------------------------------------------------------------
@@ -230,6 +232,8 @@ class KubernetesResource(dg.ConfigurableResource):
 
     def _load_configuration(self) -> tuple[client.Configuration, str]:
         """A client configuration (no network) and a description of its source."""
+        from kubernetes import client, config
+
         target = f"deployment {self.namespace}/{self.deployment}"
         if not self.enabled:
             raise KubernetesNotConfiguredError(
@@ -279,6 +283,8 @@ class KubernetesResource(dg.ConfigurableResource):
 
     def get_client(self) -> client.AppsV1Api:
         """An ``AppsV1Api`` on its own ``ApiClient`` (the global default config is untouched)."""
+        from kubernetes import client
+
         if self._api is None:
             cfg, source = self._load_configuration()
             self._api = client.AppsV1Api(client.ApiClient(cfg))
@@ -301,6 +307,8 @@ class KubernetesResource(dg.ConfigurableResource):
 
     def _call(self, verb: str, fn: Callable[[client.AppsV1Api], _T]) -> _T:
         """Run one API call; failures become :class:`KubernetesApiError` with the fix."""
+        from kubernetes.client.exceptions import ApiException
+
         api = self.get_client()
         target = f"deployment {self.namespace}/{self.deployment}"
         try:

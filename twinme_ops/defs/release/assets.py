@@ -27,7 +27,6 @@ from twinme_ops.release.app_tests.runner import (
     CommandResult,
 )
 from twinme_ops.release.git import GitError, GitRepoResource, is_sha
-from twinme_ops.release.images.cluster import ClusterImageBuilder
 from twinme_ops.release.images.local import ImageBuilderResource, ImageBuildError
 from twinme_ops.release.rollback import (
     ReleaseSettings,
@@ -269,19 +268,16 @@ def container_image(
         else deploy_file("app/Dockerfile.production", "Dockerfile.production")
     )
     try:
-        if isinstance(image_builder, ClusterImageBuilder):
-            # the cluster clones the commit itself: the checkout only locates the Dockerfile
-            built = image_builder.build_from_git(
-                remote=git.remote,
-                branch=git.branch,
-                commit=sha,
-                dockerfile=dockerfile,
-                checkout=Path(path),
-                log=context.log,
-                run_id=context.run.run_id,
-            )
-        else:
-            built = image_builder.build_and_push(Path(path), dockerfile, tag=sha, log=context.log)
+        # locally from the checkout; in the cluster, the builder's pod clones the commit itself
+        built = image_builder.build_commit(
+            checkout=Path(path),
+            dockerfile=dockerfile,
+            commit=sha,
+            remote=git.remote,
+            branch=git.branch,
+            log=context.log,
+            run_id=context.run.run_id,
+        )
     except ImageBuildError as exc:
         raise dg.Failure(description=f"image build of {sha[:12]} failed: {redact(exc)}") from None
     context.log.info(f"pushed {built.image_ref} in {built.duration_s:.1f} s")

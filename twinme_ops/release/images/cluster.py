@@ -160,6 +160,28 @@ class ClusterImageBuilder(BuildJobFollower, ImageBuilderResource):
             "commit, ...) (container_image does), not build_and_push with a local directory"
         )
 
+    def build_commit(
+        self,
+        *,
+        checkout: Path,
+        dockerfile: Path,
+        commit: str,
+        remote: str,
+        branch: str,
+        log: Any,
+        run_id: str = "",
+    ) -> BuiltImage:
+        """The cluster clones the commit itself: the checkout only locates the Dockerfile."""
+        return self.build_from_git(
+            remote=remote,
+            branch=branch,
+            commit=commit,
+            dockerfile=dockerfile,
+            checkout=checkout,
+            log=log,
+            run_id=run_id,
+        )
+
     def build_from_git(
         self,
         *,

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import dagster as dg
 
@@ -123,6 +123,21 @@ class ImageBuilderResource(dg.ConfigurableResource):
 
     def tag_ref(self, tag: str) -> str:
         return f"{self.registry.rstrip('/')}/{self.repository}:{validate_tag(tag)}"
+
+    def build_commit(
+        self,
+        *,
+        checkout: Path,
+        dockerfile: Path,
+        commit: str,
+        remote: str,
+        branch: str,
+        log: Any,
+        run_id: str = "",
+    ) -> BuiltImage:
+        """Build and push ``commit``, checked out at ``checkout``: here, from the checkout,
+        tagged with the commit. The cluster builder clones the commit itself instead."""
+        return self.build_and_push(checkout, dockerfile, tag=commit, log=log)
 
     def build_and_push(
         self, context_dir: Path, dockerfile: Path, tag: str, log: _Log
