@@ -1,4 +1,4 @@
-"""README's runbooks, run exactly as written: each ``<!-- runbook: NAME -->`` bash block.
+"""docs/runbooks.md, run exactly as written: each ``<!-- runbook: NAME -->`` bash block.
 
 The blocks run with ``bash -euo pipefail`` in a fresh shell, with the environment an operator
 would have: a private sandbox (``TWINME_HOME``), a Kubernetes API (kmock) through ``KUBECONFIG``,
@@ -25,16 +25,16 @@ from twinme_ops.cli import today_partition
 from twinme_ops.sandbox.servers import DATABASE, SandboxInfo, ensure_sandbox, stop_sandbox
 from twinme_ops.servers.kube import KubernetesResource
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+RUNBOOKS = Path(__file__).resolve().parents[1] / "docs" / "runbooks.md"
 NEW_IMAGE = "127.0.0.1:5000/twinme-api@sha256:" + "3" * 64
 
 
 def runbook(name: str) -> str:
-    """The bash block that follows ``<!-- runbook: name -->`` in README.md."""
+    """The bash block that follows ``<!-- runbook: name -->`` in docs/runbooks.md."""
     match = re.search(
-        rf"<!-- runbook: {re.escape(name)} -->\s*```bash\n(.*?)```", README.read_text(), re.S
+        rf"<!-- runbook: {re.escape(name)} -->\s*```bash\n(.*?)```", RUNBOOKS.read_text(), re.S
     )
-    assert match, f"README.md has no runbook block {name!r}"
+    assert match, f"docs/runbooks.md has no runbook block {name!r}"
     return match.group(1)
 
 
