@@ -92,8 +92,8 @@ K8S_JOB_MODULE = RELEASE / "k8s_job.py"
 BUILD_NAMESPACE_MODULES = (*CLUSTER_BUILD_MODULES, APP_TESTS_MODULE, K8S_JOB_MODULE)
 EXAMPLES = REPO / "examples" / "run_config"
 
-# the Helm release and namespace dagster.yaml is rendered for (README: helm upgrade --install
-# dagster ... -n dagster)
+# the Helm release and namespace dagster.yaml is rendered for (docs/deploy.md: helm upgrade
+# --install dagster ... -n dagster)
 RELEASE = "dagster"
 NAMESPACE = "dagster"
 LOCATION = "twinme_ops"
@@ -111,8 +111,8 @@ HEAVY_JOBS: dict[str, PodResources] = {
 # jobs whose steps may each run in a pod (they share only external state)
 STEP_POD_JOBS = {"nightly_backup_job", "restore_drill_job", "database_tuning_job"}
 
-# keys of the twinme-ops-env secret (README): what the code location needs and must not see in a
-# ConfigMap. Dummy values stand in for them in the processes these tests start.
+# keys of the twinme-ops-env secret (docs/deploy.md): what the code location needs and must not
+# see in a ConfigMap. Dummy values stand in for them in the processes these tests start.
 SECRET_ENV = {
     "DATABASE_URL": "postgresql://twinme:dummy-db-password-7f3a@db.invalid:5432/twinme",
     "REDIS_URL": "redis://:dummy-redis-password-7f3a@redis.invalid:6379/0",
@@ -430,7 +430,8 @@ def test_production_limits_are_the_local_instance_limits() -> None:
 
 
 def test_the_values_hold_no_secret_and_name_every_setting() -> None:
-    """Secrets come from Secrets by name; the ConfigMap env covers DESIGN.md section 3."""
+    """Secrets come from Secrets by name; the ConfigMap env covers the configuration contract
+    (docs/architecture.md)."""
     values = _values()
     dep = _user_deployment(values)
     env = dep["env"]

@@ -36,8 +36,9 @@ WINDOW = (1600, 1000)
 # the page of the backups group: its lineage graph, with each asset's latest event and checks
 GRAPH_PATH = f"/locations/{LOCATION_NAME}/asset-groups/backups"
 
-# DESIGN.md §5: runbooks and users depend on these names. Those the code location defines are
-# checked against what the UI serves; definitions added later are picked up from Definitions.
+# docs/architecture.md, 'Public names': runbooks and users depend on these names. Those the code
+# location defines are checked against what the UI serves; definitions added later are picked up
+# from Definitions.
 PUBLIC_JOBS = {
     "nightly_backup_job",
     "retention_job",
@@ -280,7 +281,7 @@ def test_ui_serves_every_job_schedule_and_sensor_with_its_default_status(
     assert set(schedules) >= PUBLIC_SCHEDULES, PUBLIC_SCHEDULES - set(schedules)
     assert {"git_push_sensor", "backup_freshness_sensor"} <= set(sensors)
     assert (PUBLIC_SENSORS & set(defined_sensors)) <= set(sensors)
-    assert all(n.endswith("_job") for n in jobs), "jobs are named <noun>_job (DESIGN.md §6)"
+    assert all(n.endswith("_job") for n in jobs), "jobs are named <noun>_job (docs/architecture.md)"
 
     # a fresh instance starts each schedule and sensor in its declared default state
     for name, schedule in schedules.items():

@@ -1,9 +1,10 @@
 """The one environment switch: which servers, store and Slack the definitions talk to.
 
 ``TWINME_ENV=local`` (default) falls back to the embedded sandbox for every server that is not
-configured; ``production`` requires each variable of DESIGN.md §3. Secrets are passed as
-``dg.EnvVar`` so the UI shows the variable's name, never its value. Nothing here runs at import
-time: :func:`build_resources` is called when the code location loads.
+configured; ``production`` requires the variables of docs/architecture.md, 'Configuration
+contract'. Secrets are passed as ``dg.EnvVar`` so the UI shows the variable's name, never its
+value. Nothing here runs at import time: :func:`build_resources` is called when the code location
+loads.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ _KANIKO_REMOVED = (
     "needs root): set TWINME_IMAGE_BUILDER=cluster, with TWINME_BUILD_NAMESPACE, "
     "TWINME_BUILD_IMAGE, TWINME_BUILD_SERVICE_ACCOUNT, TWINME_BUILD_PUSH_SECRET, "
     "TWINME_BUILD_GIT_SECRET, TWINME_BUILD_GIT_URL and TWINME_BUILD_TIMEOUT_S in place of the "
-    "TWINME_KANIKO_* variables (README, 'Building in the cluster')"
+    "TWINME_KANIKO_* variables (docs/release.md, 'Building in the cluster')"
 )
 
 
@@ -265,7 +266,7 @@ def build_resources() -> dict[str, Any]:
         if missing:
             raise ValueError(
                 f"TWINME_ENV=production needs {', '.join(missing)} to be set "
-                "(see README, 'Configuring production')"
+                "(see docs/operator-guide.md, 'Configuring production')"
             )
     backup_url = os.environ.get("TWINME_BACKUP_URL") or f"file://{home}/backups"
     if env == "production":

@@ -25,7 +25,8 @@ rootful recipes set, tells it not to, so it is *not* set here). What the pod may
 - seccomp ``RuntimeDefault``: whether it lets an unprivileged process create a user namespace
   (``unshare(CLONE_NEWUSER)``) depends on the runtime: Docker-derived profiles (containerd's)
   allow ``unshare`` and namespace flags of ``clone`` only with ``CAP_SYS_ADMIN``; such nodes need
-  a ``Localhost`` profile that allows them (still "restricted"). README says how to check.
+  a ``Localhost`` profile that allows them (still "restricted"). docs/release.md, 'Building in the
+  cluster', says how to check.
   ``hostUsers: false`` (Kubernetes user namespaces, on by default from 1.33) adds
   a namespace of the pod's own under it: uid 1000 of the pod is an unmapped uid of the node.
 

@@ -72,8 +72,8 @@ _FLOATING_TAGS = {"latest", "stable", "edge", "debug", "slim", "testing", "upstr
 CLONE_FAILED = "twinme-build: cannot fetch commit"
 
 # What the code calls in the build namespace: the Role the Dagster run's ServiceAccount needs
-# there (deploy/dagster/rbac.yaml, README "Building in the cluster"). Secrets are mounted by the
-# kubelet and never read by twinme_ops.
+# there (deploy/dagster/rbac.yaml; docs/release.md, "Building in the cluster"). Secrets are
+# mounted by the kubelet and never read by twinme_ops.
 BUILD_RBAC_RULES: list[dict[str, list[str]]] = [
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "delete"]},
     {"apiGroups": ["batch"], "resources": ["jobs/status"], "verbs": ["get"]},
@@ -362,7 +362,7 @@ def failure_hint(
             "user.max_user_namespaces, Ubuntu's apparmor_restrict_unprivileged_userns, or the "
             "runtime's default seccomp/AppArmor profile): run the build pods on nodes that allow "
             "it (a nodeSelector, or a Localhost seccomp profile that allows unshare and clone "
-            "of namespaces; README, 'Building in the cluster')"
+            "of namespaces; docs/release.md, 'Building in the cluster')"
         )
     if any(word in low for word in ("unauthorized", "denied", "authentication required")):
         secret = (

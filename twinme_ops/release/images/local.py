@@ -5,7 +5,8 @@ Daemonless by default: ``buildah bud`` with the ``vfs`` storage driver and ``chr
 removed afterwards. ``tool="docker"`` drives a Docker engine instead.
 
 The image is always tagged with an immutable tag (the git sha) and deployed by digest: ``latest``
-is refused, since a deployment of ``:latest`` cannot be rolled back (DESIGN.md §7).
+is refused, since a deployment of ``:latest`` cannot be rolled back (docs/architecture.md, 'Fixes
+over the specification').
 """
 
 from __future__ import annotations
