@@ -49,11 +49,11 @@ from kubernetes import client, config
 
 from bench import release_location
 from bench.results_io import report
-from tests.k8s_emulator import CONTAINER, DEPLOYMENT, NAMESPACE
-from tests.registry_fixtures import build_node_base_image, start_registry
-from tests.slack_receiver import SlackReceiver
-from tests.test_metrics import _start_gateway, _stop  # pyright: ignore[reportPrivateUsage]
-from tests.test_release_trigger import Repo
+from tests.support.git_repos import Repo
+from tests.support.k8s_emulator import CONTAINER, DEPLOYMENT, NAMESPACE
+from tests.support.pushgateway import start_gateway, stop_gateway
+from tests.support.registry_fixtures import build_node_base_image, start_registry
+from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.common.deploy_files import deploy_file
 from twinme_ops.defs.release.sensors import git_push_sensor
 from twinme_ops.release.app_tests.runner import OFFLINE_COMMANDS
@@ -100,7 +100,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 _APP_CODE = """
 import sys
 import threading
-from tests.api_app import ControlledApp
+from tests.support.api_app import ControlledApp
 
 class App(ControlledApp):
     request_queue_size = 511
@@ -113,7 +113,7 @@ sys.stdin.read()  # until the bench closes it
 _CLUSTER_CODE = """
 import sys
 from pathlib import Path
-from tests.k8s_emulator import (
+from tests.support.k8s_emulator import (
     DeploymentController, EmulatorHandle, create_deployment, write_kubeconfig
 )
 
@@ -361,14 +361,14 @@ def servers(root: Path) -> Iterator[tuple[str, str, Path, str]]:
     cluster = ChildServer("Kubernetes emulator", _CLUSTER_CODE, str(kubeconfig))
     gateway_dir = root / "pushgateway"
     gateway_dir.mkdir()
-    gateway_proc, gateway = _start_gateway(gateway_dir, auth=False)
+    gateway_proc, gateway = start_gateway(gateway_dir, auth=False)
     try:
         with start_registry() as registry:
             print("building the offline Node base image ...", flush=True)
             base = build_node_base_image(registry)
             yield registry.host_port, base, kubeconfig, gateway.url
     finally:
-        _stop(gateway_proc)
+        stop_gateway(gateway_proc)
         cluster.stop()
 
 

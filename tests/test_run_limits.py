@@ -20,7 +20,7 @@ import pytest
 import yaml
 from dagster import DagsterRunStatus
 
-from tests.dagster_dev import LOCATION_NAME, REPO_ROOT, DagsterDev, sandbox_dagster_dev
+from tests.support.dagster_dev import LOCATION_NAME, REPO_ROOT, DagsterDev, sandbox_dagster_dev
 from twinme_ops.definitions import build_definitions
 from twinme_ops.defs.backups.assets import backup_partitions
 from twinme_ops.defs.executors import MAX_RUNTIME_TAG

@@ -18,9 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.api_app import ControlledApp
-from tests.k8s_emulator import INITIAL_IMAGE, DeploymentController
-from tests.slack_receiver import SlackReceiver
+from tests.support.api_app import ControlledApp
+from tests.support.k8s_emulator import INITIAL_IMAGE, DeploymentController
+from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.cli import today_partition
 from twinme_ops.sandbox.servers import DATABASE, SandboxInfo, ensure_sandbox, stop_sandbox
 from twinme_ops.servers.kube import KubernetesResource

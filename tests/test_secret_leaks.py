@@ -25,8 +25,8 @@ import psycopg.conninfo
 import pydantic
 import pytest
 
-from tests.backup_helpers import run_backup, run_text
-from tests.slack_receiver import SlackReceiver
+from tests.support.backup_helpers import run_backup, run_text
+from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.common.redact import redact
 from twinme_ops.release.git import GitError, GitRepoResource
 from twinme_ops.servers.postgres import PostgresError, PostgresResource

@@ -25,8 +25,8 @@ import dagster as dg
 import pytest
 from dagster import DagsterRunStatus
 
-from tests.dagster_dev import LOCATION_NAME, DagsterDev
-from tests.headless_chromium import open_page
+from tests.support.dagster_dev import LOCATION_NAME, DagsterDev
+from tests.support.headless_chromium import open_page
 from twinme_ops.definitions import build_definitions
 from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS, backup_partitions
 from twinme_ops.defs.backups.checks import DRILL_CHECK

@@ -3,7 +3,7 @@
 Every mutation field of Dagster 1.13's schema is classified into one action (policy.py grants
 actions to roles). A field this table does not know is refused to everybody: a Dagster upgrade
 that adds a mutation is closed until somebody classifies it here
-(tests/test_access_webserver.py checks the table against the installed schema).
+(tests/access/test_access_webserver.py checks the table against the installed schema).
 
 A launch gets the tag ``twinme/launched_by`` (the verified person) written into its
 variables, replacing anything the client sent; the tags of the approval flow can never be set by

@@ -1,7 +1,7 @@
 """Kubernetes resource quantities (``500m``, ``2Gi``, ``1.5``) as exact decimals.
 
 The same rules as the official client's ``kubernetes.utils.parse_quantity`` (which
-tests/test_quantity.py uses as the oracle), without importing the ``kubernetes`` package: its
+tests/common/test_quantity.py uses as the oracle), without importing the ``kubernetes`` package: its
 ``__init__`` loads the whole API client, about half a second at every load of the code location,
 while the step resources of each heavy job are checked when the definitions are built.
 """

@@ -39,7 +39,7 @@ non-root user": user namespaces, or else ``allowPrivilegeEscalation: true`` with
 BuildKit's rootless documentation (its rootless mode wants ``seccomp``/``apparmor``
 ``unconfined`` and ``procMount: Unmasked``, which no Pod Security level but "privileged"
 allows: hence buildah, not BuildKit). The pod therefore passes the "restricted" level
-(checked in tests/test_deploy_build.py), and the build namespace stays "restricted" with no
+(checked in tests/deploy/test_deploy_build.py), and the build namespace stays "restricted" with no
 exception. What remains is a property of the nodes, not of admission: the kernel must allow
 unprivileged user namespaces (``user.max_user_namespaces`` > 0, not Ubuntu's
 ``kernel.apparmor_restrict_unprivileged_userns=1``); where it does not, the failure says so.
