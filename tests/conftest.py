@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.support.dagster_dev",
     "tests.support.k8s_emulator",
     "tests.support.pg_fixtures",
+    "tests.support.production",
     "tests.support.registry_fixtures",
     "tests.support.s3_fixtures",
     "tests.support.slack_receiver",

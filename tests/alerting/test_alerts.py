@@ -22,9 +22,14 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from tests.backups.test_drill import run_drill_job
-from tests.backups.test_recovery import _recover, production  # noqa: F401 (fixture)
-from tests.support.backup_helpers import read_manifest, run_backup, run_text, store_for
+from tests.support.backup_helpers import (
+    read_manifest,
+    run_backup,
+    run_drill_job,
+    run_text,
+    store_for,
+)
+from tests.support.production import recover
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.messages import ALERTED_TAG, Where, release_failure, step_failure
 from twinme_ops.alerting.slack import SlackNotifier, retry_after_seconds
@@ -270,7 +275,7 @@ def test_recovery_failure_says_what_was_restored_and_where_to_return(
     monkeypatch: pytest.MonkeyPatch,
     slack_receiver: SlackReceiver,
 ) -> None:
-    from tests.backups.test_recovery import PROD_REDIS_PASSWORD
+    from tests.support.production import PROD_REDIS_PASSWORD
 
     assert run_backup(GOOD_SET).success
     slack_receiver.messages.clear()
@@ -282,7 +287,7 @@ def test_recovery_failure_says_what_was_restored_and_where_to_return(
 
     monkeypatch.setattr("twinme_ops.defs.recovery.jobs.restore_redis", replay_breaks)
     config = {"set_id": GOOD_SET, "confirm": DATABASE}
-    result = _recover(config, dg.DagsterInstance.ephemeral())
+    result = recover(config, dg.DagsterInstance.ephemeral())
     assert not result.success
     (alert,) = [m for m in slack_receiver.messages if "FAILED" in m]
     headline = alert.splitlines()[0]

@@ -17,7 +17,6 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from tests.release.test_release_deploy import deploy_resources
 from tests.support.api_app import ControlledApp
 from tests.support.backup_helpers import read_manifest, run_backup, run_text, store_for
 from tests.support.k8s_emulator import INITIAL_IMAGE, DeploymentController, stuck_once
@@ -30,6 +29,7 @@ from tests.support.pushgateway import (
     stop_gateway,
     value,
 )
+from tests.support.release_env import deploy_resources
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.metrics import (
     METRICS,

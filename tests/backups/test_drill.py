@@ -13,22 +13,19 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tests.support.backup_helpers import PARTITION, read_manifest, run_backup, run_text, store_for
+from tests.support.backup_helpers import (
+    PARTITION,
+    read_manifest,
+    run_backup,
+    run_drill_job,
+    run_text,
+    store_for,
+)
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.backups.drill import backup_freshness, same_database
 from twinme_ops.backups.manifest import DRILL
 from twinme_ops.definitions import build_definitions
 from twinme_ops.defs.resources import build_resources
-
-
-def run_drill_job(
-    set_id: str = "", instance: dg.DagsterInstance | None = None
-) -> dg.ExecuteInProcessResult:
-    job = build_definitions().resolve_job_def("restore_drill_job")
-    config = {"ops": {"restore_drill_op": {"config": {"set_id": set_id}}}} if set_id else {}
-    return job.execute_in_process(
-        run_config=config, instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False
-    )
 
 
 def _check_evaluations(result: dg.ExecuteInProcessResult) -> list:

@@ -2,130 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import dagster as dg
-import psycopg
 import pytest
-import redis
 from kubernetes.client import V1Deployment
 
 from tests.support.backup_helpers import PARTITION, run_backup, store_for
-from tests.support.compare import redis_snapshot_of, table_digest, tree_of
+from tests.support.production import PROD_REDIS_PASSWORD, damage, production_state, recover
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.backups import recovery as recovery_lib
 from twinme_ops.backups.manifest import MANIFEST
-from twinme_ops.definitions import build_definitions
-from twinme_ops.sandbox.seed import seed
-from twinme_ops.sandbox.servers import DATABASE, prepare_database
-from twinme_ops.scratch.postgres import PostgresServer
-from twinme_ops.scratch.redis import RedisServer
-
-PROD_REDIS_PASSWORD = "Prod-Redis-Secret-77"
-
-
-@pytest.fixture
-def production(
-    server_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backup_env
-) -> Iterator[dict[str, Any]]:
-    """A production-like target: its own PostgreSQL, a hardened Redis (password, AOF, FLUSHALL
-    and CONFIG renamed away) and a files directory, seeded with TwinMe data."""
-    pg = PostgresServer.start(server_tmp / "prod-pg")
-    rd = RedisServer.start(
-        server_tmp / "prod-redis",
-        password=PROD_REDIS_PASSWORD,
-        extra_config=[
-            "appendonly yes",
-            'rename-command FLUSHALL ""',
-            'rename-command FLUSHDB ""',
-            'rename-command CONFIG ""',
-            'rename-command KEYS ""',
-        ],
-    )
-    files = tmp_path / "storage"
-    files.mkdir()
-    try:
-        prepare_database(pg)
-        seed(pg.url(DATABASE), rd.url(with_password=True), files, 0.02)
-        monkeypatch.setenv("DATABASE_URL", pg.url(DATABASE))
-        monkeypatch.setenv("REDIS_URL", rd.url(with_password=True))
-        monkeypatch.setenv("TWINME_FILES_DIR", str(files))
-        yield {"pg": pg, "redis": rd, "files": files, "db_url": pg.url(DATABASE)}
-    finally:
-        rd.stop()
-        pg.stop(mode="immediate")
-
-
-def _state(prod: dict[str, Any]) -> dict[str, Any]:
-    """Everything recovery must bring back: rows (vectors included), sequences, partitions,
-    every Redis key with type, value and TTL, every file with content and mode."""
-    url = prod["db_url"]
-    with psycopg.connect(url) as conn:
-        tables = [
-            f"{r[0]}.{r[1]}"
-            for r in conn.execute(
-                "SELECT schemaname, tablename FROM pg_tables "
-                "WHERE schemaname = 'public' ORDER BY 1, 2"
-            ).fetchall()
-        ]
-        sequences = conn.execute(
-            "SELECT sequencename, last_value FROM pg_sequences ORDER BY 1"
-        ).fetchall()
-        partitions = conn.execute(
-            "SELECT inhrelid::regclass::text FROM pg_inherits ORDER BY 1"
-        ).fetchall()
-    client = redis.Redis.from_url(prod["redis"].url(with_password=True))
-    return {
-        "tables": {t: table_digest(url, t) for t in tables},
-        "sequences": sequences,
-        "partitions": partitions,
-        "redis": redis_snapshot_of(client),
-        "files": tree_of(prod["files"]),
-    }
-
-
-def _damage(prod: dict[str, Any]) -> None:
-    with psycopg.connect(prod["db_url"], autocommit=True) as conn:
-        conn.execute("INSERT INTO users (email, display_name) VALUES ('new@x.io', 'New')")
-        conn.execute("UPDATE messages SET content = 'tampered' WHERE id % 7 = 0")
-        conn.execute("DELETE FROM document_chunks WHERE id % 3 = 0")
-        conn.execute("DROP TABLE session_events CASCADE")
-        conn.execute("CREATE TABLE leftover (i int)")
-    client = redis.Redis.from_url(prod["redis"].url(with_password=True))
-    client.set("cache:intruder", "x")
-    for key in list(client.scan_iter(match="session:*", count=100))[:5]:
-        client.delete(key)
-    files: Path = prod["files"]
-    victims = [p for p in files.rglob("*") if p.is_file() and not p.is_symlink()][:3]
-    for p in victims:
-        p.unlink()
-    (files / "new-upload.bin").write_bytes(b"not in the backup")
-
-
-def _recover(config: dict[str, Any], instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    job = build_definitions().resolve_job_def("recover_job")
-    return job.execute_in_process(
-        run_config={"ops": {"recovery_preflight": {"config": config}}},
-        instance=instance,
-        raise_on_error=False,
-    )
+from twinme_ops.sandbox.servers import DATABASE
 
 
 def test_recovery_brings_production_back_exactly(
     production: dict[str, Any], backup_env, slack_receiver: SlackReceiver
 ) -> None:
     assert run_backup().success
-    before = _state(production)
+    before = production_state(production)
     assert before["partitions"] and before["sequences"]
-    _damage(production)
-    assert _state(production) != before
+    damage(production)
+    assert production_state(production) != before
 
     instance = dg.DagsterInstance.ephemeral()
-    result = _recover({"set_id": "latest-verified", "confirm": DATABASE}, instance)
+    result = recover({"set_id": "latest-verified", "confirm": DATABASE}, instance)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
-    after = _state(production)
+    after = production_state(production)
     for key in ("tables", "sequences", "partitions", "files"):
         assert after[key] == before[key], key
     assert after["redis"].keys() == before["redis"].keys()
@@ -144,24 +47,24 @@ def test_recovery_without_the_right_confirm_touches_nothing(
     production: dict[str, Any], backup_env, confirm: str
 ) -> None:
     assert run_backup().success
-    _damage(production)
-    damaged = _state(production)
+    damage(production)
+    damaged = production_state(production)
     instance = dg.DagsterInstance.ephemeral()
-    result = _recover({"set_id": PARTITION, "confirm": confirm}, instance)
+    result = recover({"set_id": PARTITION, "confirm": confirm}, instance)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert failure.step_key == "recovery_preflight"
     message = failure.step_failure_data.error.message  # type: ignore[union-attr]
     assert "confirm must equal the target database name ('twinme')" in message
     assert "Nothing was touched" in message
-    assert _state(production) == damaged
+    assert production_state(production) == damaged
     store = store_for(backup_env["TWINME_BACKUP_URL"])
     assert not [s for s in store.list_sets() if s.startswith("safety-")]
 
 
 def test_recovery_refuses_a_password_in_run_config(production: dict[str, Any], backup_env) -> None:
     assert run_backup().success
-    result = _recover(
+    result = recover(
         {
             "set_id": PARTITION,
             "confirm": DATABASE,
@@ -202,7 +105,7 @@ def test_recovery_scales_the_api_down_and_back_on_kubernetes(
         real_restore(*args, **kwargs)
 
     monkeypatch.setattr("twinme_ops.defs.recovery.jobs.restore_postgres", spy)
-    result = _recover({"set_id": PARTITION, "confirm": DATABASE}, dg.DagsterInstance.ephemeral())
+    result = recover({"set_id": PARTITION, "confirm": DATABASE}, dg.DagsterInstance.ephemeral())
     assert result.success
     assert replicas_seen == [0]  # scaled down while PostgreSQL was restored
     dep = deployment()
@@ -221,7 +124,7 @@ def test_a_failed_step_says_what_was_restored_and_where_to_return(
         raise ConnectionError("Redis went away during the replay")
 
     monkeypatch.setattr("twinme_ops.defs.recovery.jobs.restore_redis", broken)
-    result = _recover({"set_id": PARTITION, "confirm": DATABASE}, dg.DagsterInstance.ephemeral())
+    result = recover({"set_id": PARTITION, "confirm": DATABASE}, dg.DagsterInstance.ephemeral())
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert failure.step_key == "recovery_restore"

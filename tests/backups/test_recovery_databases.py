@@ -26,9 +26,9 @@ import psycopg
 import pytest
 import redis
 
-from tests.backups.test_recovery import _damage, _recover, _state, production  # noqa: F401
 from tests.support.backup_helpers import PARTITION, run_backup, store_for
 from tests.support.compare import table_digest
+from tests.support.production import damage, production_state, recover
 from twinme_ops.backups.manifest import MANIFEST
 from twinme_ops.backups.recovery_databases import restore_lock
 from twinme_ops.sandbox.seed import seed
@@ -47,7 +47,7 @@ def _databases(pg: PostgresServer) -> set[str]:
 def _recover_logged(config: dict[str, Any]) -> tuple[dg.ExecuteInProcessResult, str]:
     """recover_job in process; its result and every line of its log."""
     instance = dg.DagsterInstance.ephemeral()
-    result = _recover(config, instance)
+    result = recover(config, instance)
     return result, "\n".join(e.user_message for e in instance.all_logs(result.run_id))
 
 
@@ -125,9 +125,9 @@ def test_a_role_that_cannot_swap_databases_is_refused_before_anything(
         conn.execute("CREATE ROLE operator LOGIN")  # no CREATEDB, owns nothing
         conn.execute(f"GRANT CONNECT ON DATABASE {DATABASE} TO operator")
     assert run_backup().success
-    before = _state(production)
+    before = production_state(production)
     weak = pg.url(DATABASE, user="operator")
-    result = _recover(
+    result = recover(
         {"set_id": PARTITION, "confirm": DATABASE, "target_database_url": weak},
         dg.DagsterInstance.ephemeral(),
     )
@@ -138,11 +138,11 @@ def test_a_role_that_cannot_swap_databases_is_refused_before_anything(
     assert "role 'operator' may not create databases" in message
     assert "ALTER ROLE operator CREATEDB" in message and "Nothing was touched" in message
     assert _safety_sets(backup_env) == []  # no safety backup, no scale-down, nothing restored
-    assert _state(production) == before
+    assert production_state(production) == before
 
     with pg.connect("postgres") as conn:
         conn.execute("ALTER ROLE operator CREATEDB")
-    result = _recover(
+    result = recover(
         {"set_id": PARTITION, "confirm": DATABASE, "target_database_url": weak},
         dg.DagsterInstance.ephemeral(),
     )
@@ -226,11 +226,11 @@ def test_the_next_recovery_drops_a_killed_recoverys_database_and_keeps_the_copie
 ) -> None:
     pg: PostgresServer = production["pg"]
     assert run_backup().success
-    before = _state(production)
+    before = production_state(production)
     # a first recovery: its __pre_recovery_ copy is documented as the way back
-    first = _recover({"set_id": PARTITION, "confirm": DATABASE}, dg.DagsterInstance.ephemeral())
+    first = recover({"set_id": PARTITION, "confirm": DATABASE}, dg.DagsterInstance.ephemeral())
     assert first.success
-    _damage(production)
+    damage(production)
 
     killed = _kill_a_recovery_mid_restore(pg, tmp_path)
     assert killed.startswith(f"{DATABASE}__restore_")
@@ -263,7 +263,7 @@ def test_the_next_recovery_drops_a_killed_recoverys_database_and_keeps_the_copie
     assert f"kept {held}: a recovery running elsewhere holds it" in text
     assert f"kept {connected}: 1 session(s) connected" in text
     assert future not in text  # newer than this recovery: not even considered
-    after = _state(production)
+    after = production_state(production)
     for key in ("tables", "sequences", "partitions", "files"):
         assert after[key] == before[key], key
     store = store_for(backup_env["TWINME_BACKUP_URL"])

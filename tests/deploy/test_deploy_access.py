@@ -30,7 +30,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tests.deploy.test_deploy_app import VERSIONS
+from tests.support.kubernetes_versions import VERSIONS
 from tests.support.network_policy import Endpoint, allowed, selects
 
 REPO = Path(__file__).resolve().parents[2]

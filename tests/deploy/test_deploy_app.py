@@ -22,10 +22,10 @@ import dagster as dg
 import kubernetes_validate
 import pytest
 import yaml
-from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 
 from tests.support.k8s_emulator import DeploymentController, EmulatorHandle, apps_api
+from tests.support.kubernetes_versions import VERSIONS
 from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
@@ -36,8 +36,6 @@ from twinme_ops.servers.redis import RedisResource
 
 APP_DIR = Path(__file__).resolve().parents[2] / "deploy" / "app"
 SECRET_TEMPLATE = APP_DIR / "templates" / "secret.template.yaml"
-OLDEST_SUPPORTED = Version("1.30")
-VERSIONS = sorted({v for v in all_versions() if Version(v) >= OLDEST_SUPPORTED}, key=Version)
 NAMESPACE = "twinme-prod"
 DIGEST_REF = re.compile(r"^[a-z0-9.\-:/_]+@sha256:[0-9a-f]{64}$")
 NEW_IMAGE = "127.0.0.1:5000/twinme-api@sha256:" + "3" * 64

@@ -17,8 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.test_deploy_app import VERSIONS
 from tests.support.k8s_job_cluster import restricted_violations
+from tests.support.kubernetes_versions import VERSIONS
 from tests.support.network_policy import Endpoint, allowed, selects
 from twinme_ops.release.app_tests.job import PodSettings, job_manifest
 from twinme_ops.release.app_tests.k8s import (

@@ -21,8 +21,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.deploy.test_deploy_app import VERSIONS
-from tests.release.test_app_tests_isolation import (
+from tests.support.app_probe_run import (
     KUBE_TOKEN,
     SECRET_VALUES,
     SECRETS,
@@ -35,6 +34,7 @@ from tests.support.app_tests_kubelet import AppTestsKubelet
 from tests.support.git_repos import Repo
 from tests.support.k8s_emulator import EmulatorHandle
 from tests.support.k8s_job_cluster import restricted_violations
+from tests.support.kubernetes_versions import VERSIONS
 from twinme_ops.release.app_tests.job import MARKER
 from twinme_ops.release.app_tests.k8s import (
     POSTGRES_IMAGE,

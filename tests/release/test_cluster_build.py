@@ -32,11 +32,11 @@ import kubernetes_validate
 import pytest
 from kubernetes import client
 
-from tests.deploy.test_deploy_app import VERSIONS
 from tests.support.cluster_build_kubelet import BuildKubelet
 from tests.support.git_repos import Repo
 from tests.support.k8s_emulator import EmulatorHandle
 from tests.support.k8s_job_cluster import api_client, restricted_violations
+from tests.support.kubernetes_versions import VERSIONS
 from tests.support.registry_fixtures import RegistryServer
 from twinme_ops.defs.release.assets import container_image, source_checkout
 from twinme_ops.release.git import GitRepoResource

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from tests.release.test_release_deploy import deploy_resources
 from tests.support.api_app import ControlledApp
 from tests.support.git_repos import Repo, tick
 from tests.support.k8s_emulator import INITIAL_IMAGE, DeploymentController
 from tests.support.registry_fixtures import RegistryServer
+from tests.support.release_env import deploy_resources
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.defs.release.assets import release_assets
 from twinme_ops.defs.release.checks import deployment_verification

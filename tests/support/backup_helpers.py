@@ -145,3 +145,13 @@ def backup_env(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     yield env
+
+
+def run_drill_job(
+    set_id: str = "", instance: dg.DagsterInstance | None = None
+) -> dg.ExecuteInProcessResult:
+    job = build_definitions().resolve_job_def("restore_drill_job")
+    config = {"ops": {"restore_drill_op": {"config": {"set_id": set_id}}}} if set_id else {}
+    return job.execute_in_process(
+        run_config=config, instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
