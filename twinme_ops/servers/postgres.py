@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
+from twinme_ops.common.libpq import libpq_fix
 from twinme_ops.common.pgtools import pg_bin, pg_tool_version
 from twinme_ops.common.redact import redact, register_secret, register_secrets_in
 
@@ -159,12 +160,9 @@ def connection_error_message(where: str, exc: BaseException) -> str:
     detail = redact(str(exc)).strip().splitlines()
     first = detail[-1] if detail else type(exc).__name__
     text = " ".join(detail).lower()
-    if "password authentication failed" in text or "no password supplied" in text:
-        fix = "check the user and password in DATABASE_URL"
-    elif "does not exist" in text and "database" in text:
-        fix = "check the database name in DATABASE_URL"
-    else:
-        fix = "check that the server is running and reachable (host, port, firewall)"
+    fix = libpq_fix(text, credentials="in DATABASE_URL", database="in DATABASE_URL") or (
+        "check that the server is running and reachable (host, port, firewall)"
+    )
     return f"cannot connect to PostgreSQL at {where}: {first}. Fix: {fix}."
 
 
@@ -355,8 +353,8 @@ def dump_error_message(
         )
     if any(marker in text for marker in went_away):
         fix = "the server went away during the dump: check its logs and availability, then re-run"
-    elif "password authentication failed" in text:
-        fix = "check the credentials in DATABASE_URL"
+    elif known := libpq_fix(text, credentials="in DATABASE_URL"):
+        fix = known
     elif "server version mismatch" in text:
         fix = "use a pg_dump at least as new as the server (reinstall twinme_ops)"
     else:

@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from twinme_ops.backups.restore.common import close_iterator, restore_error
+from twinme_ops.common.libpq import libpq_fix
 from twinme_ops.common.pgtools import pg_bin
 from twinme_ops.common.redact import redact, register_secret
 from twinme_ops.servers.postgres import connection_error_message
@@ -159,8 +160,8 @@ def _pg_restore_message(dsn: str, code: int, stderr: IO[bytes]) -> str:
             "too many tables for one transaction: restore with single_transaction=False "
             "(or raise max_locks_per_transaction on the target)"
         )
-    elif "password authentication failed" in low or "no password supplied" in low:
-        fix = "check the user and password (PGPASSWORD) for the target server"
+    elif known := libpq_fix(low, credentials="(PGPASSWORD) for the target server"):
+        fix = known
     elif "unsupported version" in low or "input file does not appear" in low:
         fix = "the artifact is not a pg_dump custom-format archive this pg_restore can read"
     else:
