@@ -259,7 +259,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     import dagster as dg
 
-    from twinme_ops.alerting.messages import Alert, Fact
+    from twinme_ops.alerting.alert import Alert, Fact
     from twinme_ops.defs.resources import build_resources
     from twinme_ops.release.rollback import rollback, service_checks, verification_for
 

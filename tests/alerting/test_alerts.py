@@ -31,7 +31,7 @@ from tests.support.backup_helpers import (
 )
 from tests.support.production import recover
 from tests.support.slack_receiver import SlackReceiver
-from twinme_ops.alerting.messages import ALERTED_TAG, Where, release_failure, step_failure
+from twinme_ops.alerting.alert import ALERTED_TAG, Where
 from twinme_ops.alerting.slack import SlackNotifier, retry_after_seconds
 from twinme_ops.backups.store.base import MIB, BackupStore
 from twinme_ops.common.redact import register_secret
@@ -40,6 +40,7 @@ from twinme_ops.defs.alerts.sensors import (
     slack_on_run_canceled_sensor,
     slack_on_run_failure_sensor,
 )
+from twinme_ops.defs.alerts.steps import release_failure, step_failure
 from twinme_ops.defs.backups.retention import backup_retention, retention_job
 from twinme_ops.defs.resources import build_resources
 from twinme_ops.release.rollback import RollbackOutcome

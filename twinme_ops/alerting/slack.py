@@ -1,7 +1,7 @@
 """Slack: one resource that delivers alerts through an incoming webhook, and never fails a run.
 
 Every message goes through :meth:`SlackNotifier.send`: an
-:class:`~twinme_ops.alerting.messages.Alert`
+:class:`~twinme_ops.alerting.alert.Alert`
 (rendered as self-contained text plus Block Kit blocks, with a link to the run when
 ``TWINME_DAGSTER_URL`` is set) or a plain string. Deliveries are retried with exponential backoff
 on 5xx and connection errors, and after Slack's ``Retry-After`` (capped) on 429. An alert that
@@ -28,7 +28,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
-from twinme_ops.alerting.messages import Alert
+from twinme_ops.alerting.alert import Alert
 from twinme_ops.common.redact import redact, register_secret
 
 _fallback_log = logging.getLogger("twinme_ops.slack")

@@ -23,17 +23,19 @@ from urllib.parse import urlsplit
 from psycopg import sql
 
 from twinme_ops.backups.artifacts import read_manifest_artifact, verify_artifact
-from twinme_ops.backups.manifest import COMPONENTS, DRILL
+from twinme_ops.backups.manifest import COMPONENTS, DRILL, MANIFEST, parse_manifest
 from twinme_ops.backups.restore.files import safe_extract
 from twinme_ops.backups.restore.postgres import pg_restore_stream
 from twinme_ops.backups.restore.redis import scratch_redis_from_rdb
 from twinme_ops.backups.sets import read_set, require_complete_set
-from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.backups.store.base import MIB, BackupStore
 from twinme_ops.common.redact import redact
 from twinme_ops.scratch.postgres import PostgresServer
 
 Log = Callable[[str], None]
 DRILL_DB = "twinme_drill"
+# a backup set older than this without a passed drill means backups have stopped working
+FRESHNESS_MAX_AGE_HOURS = 26.0
 # The scratch server is thrown away after the drill: durability buys nothing there. With
 # wal_level=minimal, pg_restore's single transaction writes table data without WAL.
 SCRATCH_SETTINGS = {
@@ -326,3 +328,26 @@ def backup_freshness(store: BackupStore, now: datetime, max_age_hours: float) ->
         False,
         f"no backup set in {store.describe()} has ever passed its restore drill",
     )
+
+
+def last_good_set(store: BackupStore, now: datetime | None = None) -> str:
+    """The newest set that passed its restore drill, with its size and age, as alerts show it:
+    ``2026-11-23, 12.3 MB, 5.1 h old``.
+
+    Never raises: an unreadable store is itself the answer (the alert must still go out).
+    """
+    now = now or datetime.now(UTC)
+    try:
+        status = backup_freshness(store, now, FRESHNESS_MAX_AGE_HOURS)
+        if status.newest_verified is None or status.age_hours is None:
+            return "none: no backup set has passed its restore drill"
+        set_id = status.newest_verified
+        total = parse_manifest(store.get_bytes(set_id, MANIFEST))["total_bytes"]
+    except Exception as exc:
+        lines = [ln.strip() for ln in redact(exc).splitlines() if ln.strip()]
+        why = (lines[0] if lines else type(exc).__name__)[:400]
+        return f"unknown: the backup store could not be read ({why})"
+    age = status.age_hours
+    stale = "" if status.fresh else f" (older than {FRESHNESS_MAX_AGE_HOURS:g} h)"
+    age_text = f"{age * 60:.0f} min" if age < 1 else f"{age:.1f} h"
+    return f"{set_id}, {total / MIB:,.1f} MB, {age_text} old{stale}"

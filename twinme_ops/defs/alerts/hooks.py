@@ -2,7 +2,7 @@
 
 A failed step alerts once: either the step sent its own, richer alert (a release rolled back,
 see :func:`send_step_alert`) or the hook sends the one
-:func:`~twinme_ops.alerting.messages.step_failure`
+:func:`~twinme_ops.defs.alerts.steps.step_failure`
 builds. Either way the step is recorded in the run's ``twinme/slack-alerted`` tag, which tells
 ``slack_on_run_failure_sensor`` that this run's failure has been reported.
 """
@@ -11,18 +11,11 @@ from dataclasses import replace
 
 import dagster as dg
 
-from twinme_ops.alerting.messages import (
-    ALERTED_TAG,
-    Alert,
-    Where,
-    first_error_line,
-    first_line,
-    last_good_set,
-    step_failure,
-)
+from twinme_ops.alerting.alert import ALERTED_TAG, Alert, Where, first_error_line, first_line
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.common.redact import redact
+from twinme_ops.defs.alerts.steps import last_good_fact, step_failure
 
 StepContext = dg.AssetExecutionContext | dg.AssetCheckExecutionContext | dg.OpExecutionContext
 
@@ -103,7 +96,7 @@ def report_step_failure(context: dg.HookContext, store: BackupStore | None) -> N
         error = ""
         if not isinstance(exc, dg.Failure):
             error = _check_failure_line(context)  # a blocking check failed: say which and why
-        facts = [last_good_set(store)] if store is not None else []
+        facts = [last_good_fact(store)] if store is not None else []
         metadata = getattr(exc, "metadata", None)
         alert = step_failure(where, error or first_error_line(exc), facts, metadata=metadata)
         slack: SlackNotifier = context.resources.slack

@@ -8,25 +8,19 @@ from datetime import UTC, datetime
 import dagster as dg
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 
+from twinme_ops.alerting.alert import Alert, Fact, Where, first_line
 from twinme_ops.alerting.messages import (
-    BACKUP_JOBS,
-    FRESHNESS_MAX_AGE_HOURS,
-    Alert,
-    Fact,
-    Where,
     backups_fresh_again,
     backups_stale,
-    first_line,
-    last_good_set,
     run_canceled,
     run_failure,
-    step_failure,
 )
 from twinme_ops.alerting.slack import SlackNotifier
-from twinme_ops.backups.drill import backup_freshness
+from twinme_ops.backups.drill import FRESHNESS_MAX_AGE_HOURS, backup_freshness
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.common.redact import redact
 from twinme_ops.defs.alerts.hooks import alerted_steps
+from twinme_ops.defs.alerts.steps import BACKUP_JOBS, last_good_fact, step_failure
 from twinme_ops.instance.run_coordinator import REFUSED_TAG
 
 # the error class of a step Dagster interrupted (run terminated, or past its max runtime)
@@ -60,7 +54,9 @@ def backup_freshness_sensor(
     hours_since = (now.timestamp() - last) / 3600 if last else None
     if hours_since is not None and hours_since < REALERT_AFTER_HOURS:
         return dg.SkipReason(f"stale, alerted {hours_since:.1f} h ago: {status.message}")
-    alert = backups_stale(status.message, last_good_set(backup_store, now), backup_store.describe())
+    alert = backups_stale(
+        status.message, last_good_fact(backup_store, now), backup_store.describe()
+    )
     slack.send(alert, log=context.log)
     context.update_cursor(json.dumps({"alerted_at": now.timestamp()}))
     return dg.SkipReason(f"alerted: {status.message}")
@@ -102,7 +98,7 @@ def _deliver(
 
 def _run_failure_alert(context: dg.RunFailureSensorContext, backup_store: BackupStore) -> Alert:
     run = context.dagster_run
-    facts: list[Fact] = [last_good_set(backup_store)] if run.job_name in BACKUP_JOBS else []
+    facts: list[Fact] = [last_good_fact(backup_store)] if run.job_name in BACKUP_JOBS else []
     step_failures = context.get_step_failure_events()
     if step_failures:
         # a step failed in a job without the failure hook, or whose hook could not deliver
@@ -185,7 +181,7 @@ def slack_on_run_canceled_sensor(
 ) -> dg.SkipReason:
     run = context.dagster_run
     reason = _termination_reason(context.instance, run.run_id) or "stopped: the run was canceled"
-    facts = [last_good_set(backup_store)] if run.job_name in BACKUP_JOBS else []
+    facts = [last_good_fact(backup_store)] if run.job_name in BACKUP_JOBS else []
     failures = context.instance.get_records_for_run(
         run_id=run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
     ).records

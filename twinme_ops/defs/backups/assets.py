@@ -331,7 +331,9 @@ def backup_set(
     arts = manifest["artifacts"]
     sizes = ", ".join(f"{COMPONENT_LABELS[c]} {arts[c]['bytes_out'] / MIB:,.1f} MB" for c in arts)
     context.log.info(f"backup set {set_id} complete at {manifest['location']}: {sizes}")
-    slack.send(backup_success(step_where(context), manifest), log=context.log)
+    by_label = {COMPONENT_LABELS[c]: arts[c]["bytes_out"] for c in arts}
+    alert = backup_success(step_where(context), set_id, total, by_label, manifest["location"])
+    slack.send(alert, log=context.log)
     metrics.push_backup(manifest, log=context.log)
     return dg.MaterializeResult(
         metadata={

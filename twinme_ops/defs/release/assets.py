@@ -13,12 +13,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.alerting.messages import release_failure
 from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.common.deploy_files import deploy_file
 from twinme_ops.common.redact import redact
 from twinme_ops.defs.alerts.hooks import StepContext, send_step_alert, step_where
+from twinme_ops.defs.alerts.steps import release_failure
 from twinme_ops.release.app_tests.runner import (
     DEFAULT_COMMANDS,
     AppTestRunner,
