@@ -18,7 +18,7 @@ No Dagster in this module.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, LiteralString
@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from twinme_ops.database.convergence import ConvergeReport, Log
-from twinme_ops.database.postgres.objects import MissingTablesError
+from twinme_ops.database.postgres.objects import MissingTablesError, first_line, require_tables
 
 TARGET = "postgres_indexes"
 VECTOR_INDEX_METHODS = ("hnsw", "ivfflat")
@@ -137,40 +137,6 @@ def ivfflat_lists(rows: int) -> int:
 
 # ------------------------------------------------------------------------------------------
 # reading the database
-
-
-def require_tables(
-    conn: psycopg.Connection[Any], required: Mapping[str, Iterable[str]]
-) -> dict[str, str]:
-    """The schema of each required table (resolved through ``search_path``).
-
-    Raises :class:`MissingTablesError` naming every missing table and column, and the fix.
-    """
-    schemas: dict[str, str] = {}
-    missing: list[str] = []
-    for table, columns in required.items():
-        row = conn.execute(
-            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.oid = to_regclass(%s) AND c.relkind IN ('r', 'p')",
-            (table,),
-        ).fetchone()
-        if row is None:
-            missing.append(table)
-            continue
-        schemas[table] = str(row[0])
-        present = {
-            str(r[0])
-            for r in conn.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                "AND attnum > 0 AND NOT attisdropped",
-                (table,),
-            ).fetchall()
-        }
-        missing += [f"{table}.{c}" for c in columns if c not in present]
-    if missing:
-        row = conn.execute("SELECT current_database()").fetchone()
-        raise MissingTablesError(str(row[0]) if row else "?", missing)
-    return schemas
 
 
 @dataclass(frozen=True)
@@ -444,7 +410,7 @@ def converge_indexes(
     except psycopg.Error as exc:
         raise ValueError(
             f"invalid lock_timeout {lock_timeout!r} or statement_timeout {statement_timeout!r}: "
-            f"{str(exc).strip().splitlines()[0]}"
+            f"{first_line(exc)}"
         ) from None
     run = _Runner(conn, report, log, lock_timeout, statement_timeout)
     failures: list[str] = []
@@ -452,7 +418,7 @@ def converge_indexes(
         try:
             _converge_one(run, spec, schemas[spec.table])
         except psycopg.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             failures.append(f"{spec.name}: {first}")
             if log:
                 log(f"{TARGET}: {spec.name} failed: {first}")
@@ -502,6 +468,7 @@ __all__ = [
     "SPEC_INDEXES",
     "IndexBuildError",
     "IndexSpec",
+    "MissingTablesError",
     "converge_indexes",
     "desired_indexes",
     "indexes_drift",

@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from twinme_ops.database.convergence import ConvergeReport, Log
+from twinme_ops.database.postgres.objects import first_line
 
 TARGET_SETTINGS = "postgres_settings"
 STORAGE_TYPES = ("ssd", "hdd", "san")
@@ -552,12 +553,6 @@ def settings_drift(conn: psycopg.Connection[Any], desired: Mapping[str, str]) ->
         if status != _OK:
             drift.append(message)
     return drift
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an error's message (a server error's detail lines dropped)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 __all__ = [
