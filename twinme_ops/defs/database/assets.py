@@ -24,13 +24,10 @@ from twinme_ops.database.postgres.objects import PgObjectsError
 from twinme_ops.database.postgres.partitions import converge_partitions, partitions_drift
 from twinme_ops.database.postgres.publication import converge_publication, publication_drift
 from twinme_ops.database.postgres.rls import converge_rls, rls_drift
-from twinme_ops.database.postgres.settings import (
-    InstanceResources,
-    SettingsError,
-    converge_settings,
-    desired_settings,
-    settings_drift,
-)
+from twinme_ops.database.postgres.settings.converge import converge_settings
+from twinme_ops.database.postgres.settings.declared import InstanceResources, desired_settings
+from twinme_ops.database.postgres.settings.drift import settings_drift
+from twinme_ops.database.postgres.settings.live import SettingsError
 from twinme_ops.database.redis_config import (
     converge_redis,
     load_template,
