@@ -19,7 +19,8 @@ from twinme_ops.database.postgres.extensions import (
     ensure_extensions,
     extensions_drift,
 )
-from twinme_ops.database.postgres.indexes import IndexBuildError, converge_indexes, indexes_drift
+from twinme_ops.database.postgres.indexes.converge import IndexBuildError, converge_indexes
+from twinme_ops.database.postgres.indexes.drift import indexes_drift
 from twinme_ops.database.postgres.objects import PgObjectsError
 from twinme_ops.database.postgres.partitions import converge_partitions, partitions_drift
 from twinme_ops.database.postgres.publication import converge_publication, publication_drift
