@@ -9,16 +9,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from twinme_ops.database.postgres.indexes import (
+from twinme_ops.database.postgres.indexes.converge import IndexBuildError, converge_indexes
+from twinme_ops.database.postgres.indexes.declared import (
     REBUILD_SUFFIX,
     SPEC_INDEXES,
     VECTOR_INDEX,
-    IndexBuildError,
-    MissingTablesError,
-    converge_indexes,
-    indexes_drift,
     ivfflat_lists,
 )
+from twinme_ops.database.postgres.indexes.drift import indexes_drift
+from twinme_ops.database.postgres.objects import MissingTablesError
 from twinme_ops.sandbox.seed import SeedCounts, SeedReport, default_anchor, seed_postgres
 from twinme_ops.sandbox.servers import DATABASE, prepare_database, schema_sql
 from twinme_ops.scratch.postgres import PostgresServer

@@ -9,16 +9,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from twinme_ops.database.postgres.settings import (
+from twinme_ops.database.postgres.settings.converge import converge_settings
+from twinme_ops.database.postgres.settings.declared import (
     SPEC_INSTANCE,
     InstanceResources,
-    SettingsError,
-    UnknownSettingError,
-    converge_settings,
     desired_settings,
-    normalize,
-    settings_drift,
 )
+from twinme_ops.database.postgres.settings.drift import settings_drift
+from twinme_ops.database.postgres.settings.live import SettingsError, UnknownSettingError
+from twinme_ops.database.postgres.settings.values import normalize
 from twinme_ops.sandbox.seed import SeedCounts, SeedReport, default_anchor, seed_postgres
 from twinme_ops.sandbox.servers import DATABASE, prepare_database
 from twinme_ops.scratch.postgres import PostgresServer

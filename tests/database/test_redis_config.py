@@ -20,16 +20,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from twinme_ops.database.redis_config import (
-    METHOD_CONFIG,
-    METHOD_INFO,
+from twinme_ops.database.redis.converge import converge_redis
+from twinme_ops.database.redis.declared import RedisConfigError, desired_settings
+from twinme_ops.database.redis.drift import redis_config_drift
+from twinme_ops.database.redis.live import METHOD_CONFIG, METHOD_INFO
+from twinme_ops.database.redis.template import (
     PASSWORD_PLACEHOLDER,
     REPO_TEMPLATE,
-    RedisConfigError,
-    converge_redis,
-    desired_settings,
     load_template,
-    redis_config_drift,
     render,
     write_rendered,
 )

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from twinme_ops.database.convergence import ConvergeReport, Log
-from twinme_ops.database.postgres.settings import first_line
+from twinme_ops.database.postgres.objects import first_line
 
 TARGET_EXTENSIONS = "postgres_extensions"
 

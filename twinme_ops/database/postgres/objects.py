@@ -16,8 +16,10 @@ five
   never defined), RLS enabled and forced, the spec's policies (with ``WITH CHECK``), and the
   grants that make them usable.
 
-This module holds their common base: the errors every step raises (:class:`PgObjectsError`,
-:class:`MissingTablesError`), the table check, and the plan-then-apply transaction.
+This module holds their common base, and what every PostgreSQL tuning step shares: the errors
+(:class:`PgObjectsError`, :class:`MissingTablesError`), the table (and column) check
+:func:`require_tables`, the first line of a server error (:func:`first_line`), and the
+plan-then-apply transaction.
 
 Connections are passed in and must be in autocommit mode: each converge step runs in a
 transaction of its own, so a failure leaves the previous state, never half of a change.
@@ -29,7 +31,7 @@ No Dagster in this module: it is plain library code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,18 +69,40 @@ class MissingTablesError(PgObjectsError):
 # Shared helpers
 
 
-def require_tables(conn: Conn, tables: Iterable[str]) -> None:
-    """Raise :class:`MissingTablesError` naming every table of ``tables`` that does not exist."""
-    names = list(tables)
+def require_tables(
+    conn: Conn, tables: Iterable[str] | Mapping[str, Iterable[str]]
+) -> dict[str, str]:
+    """The schema of each table of ``tables`` (found through ``search_path``), checked to exist.
+
+    ``tables`` is a list of names, or a mapping from each name to the columns it must have.
+    Raises :class:`MissingTablesError` naming every missing table and every missing column
+    (``table.column``), in the order given, and the fix.
+    """
+    required = (
+        {table: list(columns) for table, columns in tables.items()}
+        if isinstance(tables, Mapping)
+        else {table: [] for table in tables}
+    )
     rows = conn.execute(
-        "SELECT t FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, i) "
-        "LEFT JOIN pg_class c ON c.oid = to_regclass(t) "
-        "WHERE c.oid IS NULL OR c.relkind NOT IN ('r', 'p') ORDER BY i",
-        (names,),
+        "SELECT u.t, n.nspname, array(SELECT a.attname::text FROM pg_attribute a "
+        "  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) "
+        "FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, i) "
+        "LEFT JOIN pg_class c ON c.oid = to_regclass(u.t) AND c.relkind IN ('r', 'p') "
+        "LEFT JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY u.i",
+        (list(required),),
     ).fetchall()
-    if rows:
+    schemas: dict[str, str] = {}
+    missing: list[str] = []
+    for table, schema, present in rows:
+        if schema is None:
+            missing.append(table)
+            continue
+        schemas[table] = str(schema)
+        missing += [f"{table}.{c}" for c in required[table] if c not in present]
+    if missing:
         row = conn.execute("SELECT current_database()").fetchone()
-        raise MissingTablesError(str(row[0]) if row else "?", [r[0] for r in rows])
+        raise MissingTablesError(str(row[0]) if row else "?", missing)
+    return schemas
 
 
 def require_autocommit(conn: Conn) -> None:
@@ -99,6 +123,12 @@ def qualified_table(conn: Conn, table: str) -> tuple[str, str]:
     if row is None:  # require_tables ran first: only a concurrent DROP gets here
         raise MissingTablesError("?", [table])
     return str(row[0]), str(row[1])
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (a server error's detail lines dropped)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 @dataclass(frozen=True)

@@ -19,25 +19,19 @@ from twinme_ops.database.postgres.extensions import (
     ensure_extensions,
     extensions_drift,
 )
-from twinme_ops.database.postgres.indexes import IndexBuildError, converge_indexes, indexes_drift
+from twinme_ops.database.postgres.indexes.converge import IndexBuildError, converge_indexes
+from twinme_ops.database.postgres.indexes.drift import indexes_drift
 from twinme_ops.database.postgres.objects import PgObjectsError
 from twinme_ops.database.postgres.partitions import converge_partitions, partitions_drift
 from twinme_ops.database.postgres.publication import converge_publication, publication_drift
 from twinme_ops.database.postgres.rls import converge_rls, rls_drift
-from twinme_ops.database.postgres.settings import (
-    InstanceResources,
-    SettingsError,
-    converge_settings,
-    desired_settings,
-    settings_drift,
-)
-from twinme_ops.database.redis_config import (
-    converge_redis,
-    load_template,
-    render,
-    write_rendered,
-)
-from twinme_ops.database.redis_config import desired_settings as redis_desired_settings
+from twinme_ops.database.postgres.settings.converge import converge_settings
+from twinme_ops.database.postgres.settings.declared import InstanceResources, desired_settings
+from twinme_ops.database.postgres.settings.drift import settings_drift
+from twinme_ops.database.postgres.settings.live import SettingsError
+from twinme_ops.database.redis.converge import converge_redis
+from twinme_ops.database.redis.declared import desired_settings as redis_desired_settings
+from twinme_ops.database.redis.template import load_template, render, write_rendered
 from twinme_ops.defs.resources import twinme_env, twinme_home
 from twinme_ops.servers.postgres import PostgresError, PostgresResource
 from twinme_ops.servers.redis import RedisResource

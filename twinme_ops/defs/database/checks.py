@@ -4,12 +4,9 @@ import dagster as dg
 
 from twinme_ops.common.redact import redact
 from twinme_ops.database.declared_state import DatabaseTuning
-from twinme_ops.database.redis_config import (
-    desired_settings,
-    load_template,
-    redis_config_drift,
-    render,
-)
+from twinme_ops.database.redis.declared import desired_settings
+from twinme_ops.database.redis.drift import redis_config_drift
+from twinme_ops.database.redis.template import load_template, render
 from twinme_ops.defs.database.assets import (
     EXPECTED_ERRORS,
     PG_STEPS,
