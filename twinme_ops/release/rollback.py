@@ -11,7 +11,8 @@ import dagster as dg
 from pydantic import Field
 
 from twinme_ops.common.redact import redact
-from twinme_ops.release.verification import LoadTestSettings, VerificationResult, verify_deployment
+from twinme_ops.release.load_test import LoadTestSettings
+from twinme_ops.release.verification import VerificationResult, verify_deployment
 from twinme_ops.servers.kube import KubernetesResource
 from twinme_ops.servers.postgres import PostgresResource
 from twinme_ops.servers.redis import RedisResource
