@@ -38,6 +38,21 @@ class ReleaseSettings(dg.ConfigurableResource):
             max_error_rate=self.max_error_rate,
         )
 
+    def verifier(
+        self,
+        postgres: PostgresResource,
+        redis: RedisResource,
+        log: logging.Logger | dg.DagsterLogManager,
+    ) -> Callable[[], VerificationResult | None]:
+        """The release's verification as one callable: ``api_url``'s probes and load test,
+        ``SELECT 1`` on ``postgres`` and ``PING`` on ``redis`` (it returns None without a URL).
+
+        The release asset, its check, ``deployment_tests_job``, the CLI's rollback and the
+        benchmark all verify through this.
+        """
+        check_db, check_redis = service_checks(postgres, redis)
+        return verification_for(self, check_db, check_redis, log)
+
 
 @dataclass
 class RollbackOutcome:
@@ -106,7 +121,11 @@ def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str,
     return {k: v.value for k, v in materialization.metadata.items()}
 
 
-def service_checks(postgres: PostgresResource, redis: RedisResource) -> tuple[Any, Any]:
+def service_checks(
+    postgres: PostgresResource, redis: RedisResource
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The verification's dependency checks: ``SELECT 1`` on ``postgres``, ``PING`` on ``redis``."""
+
     def check_db() -> None:
         with postgres.get_connection() as conn:
             conn.execute("SELECT 1")

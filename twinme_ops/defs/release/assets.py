@@ -33,8 +33,6 @@ from twinme_ops.release.rollback import (
     RollbackOutcome,
     latest_metadata,
     rollback,
-    service_checks,
-    verification_for,
 )
 from twinme_ops.release.verification import VerificationResult
 from twinme_ops.servers.kube import KubernetesResource, RolloutFailed
@@ -330,7 +328,6 @@ def api_deployment(
     except RolloutFailed as exc:
         rollout_s = time.monotonic() - started
         reason = f"rollout of {sha[:12]} failed: {redact(exc).splitlines()[0]}"
-        check_db, check_redis = service_checks(postgres, redis)
         outcome = roll_back_and_report(
             context,
             kubernetes,
@@ -341,7 +338,7 @@ def api_deployment(
             container=container,
             previous=previous,
             reason=reason,
-            verify=verification_for(release_settings, check_db, check_redis, context.log),
+            verify=release_settings.verifier(postgres, redis, context.log),
             rollout_s=rollout_s,
         )
         raise dg.Failure(description=f"{reason}; {outcome.sentence()}") from None

@@ -10,12 +10,7 @@ from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.alerts.hooks import step_where
 from twinme_ops.defs.release.assets import API_DEPLOYMENT, CONTAINER_IMAGE, roll_back_and_report
-from twinme_ops.release.rollback import (
-    ReleaseSettings,
-    latest_metadata,
-    service_checks,
-    verification_for,
-)
+from twinme_ops.release.rollback import ReleaseSettings, latest_metadata
 from twinme_ops.servers.kube import KubernetesResource
 from twinme_ops.servers.postgres import PostgresResource
 from twinme_ops.servers.redis import RedisResource
@@ -42,8 +37,7 @@ def deployment_verification(
 ) -> dg.AssetCheckResult:
     deployed = latest_metadata(context.instance, API_DEPLOYMENT)
     sha, image_ref = str(deployed.get("sha", "")), str(deployed.get("image", ""))
-    check_db, check_redis = service_checks(postgres, redis)
-    verify = verification_for(release_settings, check_db, check_redis, context.log)
+    verify = release_settings.verifier(postgres, redis, context.log)
     result = verify()
     if result is None:
         metrics.push_deploy(sha=sha, success=False, rolled_back=False, log=context.log)
