@@ -58,7 +58,7 @@ from twinme_ops.common.deploy_files import deploy_file
 from twinme_ops.defs.release.sensors import git_push_sensor
 from twinme_ops.release.app_tests.runner import OFFLINE_COMMANDS
 from twinme_ops.release.git import GitRepoResource
-from twinme_ops.release.rollback import ReleaseSettings, service_checks, verification_for
+from twinme_ops.release.rollback import ReleaseSettings
 from twinme_ops.scratch.postgres import PostgresServer
 from twinme_ops.scratch.redis import RedisServer
 from twinme_ops.servers.postgres import PostgresResource
@@ -245,8 +245,7 @@ class Bench:
         steps["tests"], _ = timed(lambda: [sh(c, cwd=work) for c in OFFLINE_COMMANDS])
         steps["image"], ref = timed(lambda: self._buildah(work, sha))
         steps["deploy"], _ = timed(lambda: self._patch_and_wait(ref, sha))
-        check_db, check_redis = service_checks(self.postgres, self.redis_resource)
-        verify = verification_for(self.settings, check_db, check_redis, _log)
+        verify = self.settings.verifier(self.postgres, self.redis_resource, _log)
         steps["verification"], result = timed(verify)
         if result is None or not result.passed:
             raise RuntimeError(f"direct verification failed: {result}")

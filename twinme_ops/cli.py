@@ -261,7 +261,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     from twinme_ops.alerting.alert import Alert, Fact
     from twinme_ops.defs.resources import build_resources
-    from twinme_ops.release.rollback import rollback, service_checks, verification_for
+    from twinme_ops.release.rollback import rollback
 
     log = logging.getLogger("twinme_ops.rollback")
     keys = ("kubernetes", "release_settings", "postgres", "redis", "slack")
@@ -294,8 +294,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("not rolled back (confirm with --yes, or answer y)", file=sys.stderr)
                 return 3
-        check_db, check_redis = service_checks(res.postgres, res.redis)
-        verify = verification_for(settings, check_db, check_redis, log)
+        verify = settings.verifier(res.postgres, res.redis, log)
         reason = f"manual rollback by {getpass.getuser()} from {current}"
         outcome = rollback(kube, container, target, reason, verify, log)
         res.slack.send(

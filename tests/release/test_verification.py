@@ -14,13 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.api_app import ControlledApp
-from twinme_ops.release.verification import (
-    LoadTestError,
-    LoadTestSettings,
-    probe,
-    run_load_test,
-    verify_deployment,
-)
+from twinme_ops.release.load_test import LoadTestError, LoadTestSettings, run_load_test
+from twinme_ops.release.probes import probe
+from twinme_ops.release.verification import verify_deployment
 
 # short but long enough for locust to collect a few hundred requests
 FAST = LoadTestSettings(users=3, spawn_rate=3, duration_s=3, wait_s=0.02, stop_timeout_s=2)

@@ -17,23 +17,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import dagster as dg
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.exposition import (
-    basic_auth_handler,
-    default_handler,
-    push_to_gateway,
-    pushadd_to_gateway,
-)
 from pydantic import Field
 
-from twinme_ops.common.redact import redact, register_secret
+from twinme_ops.alerting.pushgateway import gateway_target, send_registry
+from twinme_ops.common.redact import redact
+from twinme_ops.release.rollback import DeployOutcome
 
 if TYPE_CHECKING:
     from twinme_ops.backups.drill import DrillResult
-    from twinme_ops.release.verification import VerificationResult
 
 _fallback_log = logging.getLogger("twinme_ops.metrics")
 
@@ -216,27 +210,21 @@ def drill_samples(
     return samples
 
 
-def deploy_samples(
-    *,
-    sha: str,
-    success: bool,
-    rolled_back: bool,
-    rollback_healthy: bool | None = None,
-    rollout_s: float | None = None,
-    verification: VerificationResult | None = None,
-) -> list[Sample]:
+def deploy_samples(outcome: DeployOutcome) -> list[Sample]:
     """One release attempt's outcome, with the verification's timings when it ran."""
-    labels = {"sha": sha or "unknown"}
+    labels = {"sha": outcome.sha or "unknown"}
     samples: list[Sample] = [
-        (DEPLOY_SUCCESS, labels, 1.0 if success else 0.0),
-        (DEPLOY_ROLLED_BACK, labels, 1.0 if rolled_back else 0.0),
+        (DEPLOY_SUCCESS, labels, 1.0 if outcome.success else 0.0),
+        (DEPLOY_ROLLED_BACK, labels, 1.0 if outcome.rolled_back else 0.0),
         (DEPLOY_LAST, {}, time.time()),
     ]
-    if rolled_back and rollback_healthy is not None:
-        samples.append((DEPLOY_ROLLBACK_HEALTHY, labels, 1.0 if rollback_healthy else 0.0))
-    rollout = _as_float(rollout_s)
+    if outcome.rolled_back and outcome.rollback_healthy is not None:
+        healthy = 1.0 if outcome.rollback_healthy else 0.0
+        samples.append((DEPLOY_ROLLBACK_HEALTHY, labels, healthy))
+    rollout = _as_float(outcome.rollout_s)
     if rollout is not None:
         samples.append((DEPLOY_ROLLOUT_DURATION, {}, rollout))
+    verification = outcome.verification
     if verification is not None:
         took_ms = [s.duration_ms for s in verification.steps if s.duration_ms is not None]
         samples.append((DEPLOY_VERIFICATION_DURATION, {}, sum(took_ms) / 1000))
@@ -305,32 +293,16 @@ class MetricsResource(dg.ConfigurableResource):
         )
 
     def push_deploy(
-        self,
-        *,
-        sha: str,
-        success: bool,
-        rolled_back: bool,
-        rollback_healthy: bool | None = None,
-        rollout_s: float | None = None,
-        verification: VerificationResult | None = None,
-        log: Log | None = None,
+        self, outcome: DeployOutcome | None = None, /, *, log: Log | None = None, **fields: Any
     ) -> bool:
         """After a release attempt: success or rollback (and whether the rollback is healthy).
 
-        Replaces the previous release's group, so a rollback's metrics end with the next release.
+        ``outcome``, or its fields as keywords (``push_deploy(sha=..., success=...,
+        rolled_back=...)``, the older form). Replaces the previous release's group, so a
+        rollback's metrics end with the next release.
         """
-        return self._build_and_push(
-            "release",
-            lambda: deploy_samples(
-                sha=sha,
-                success=success,
-                rolled_back=rolled_back,
-                rollback_healthy=rollback_healthy,
-                rollout_s=rollout_s,
-                verification=verification,
-            ),
-            log,
-        )
+        record = outcome if outcome is not None else DeployOutcome(**fields)
+        return self._build_and_push("release", lambda: deploy_samples(record), log)
 
     def _build_and_push(
         self,
@@ -381,19 +353,19 @@ class MetricsResource(dg.ConfigurableResource):
             )
             return False
         try:
-            gateway, handler = self._gateway()
+            gateway, handler = gateway_target(self.pushgateway_url)
         except ValueError as exc:
             logger.warning(f"{operation} metrics not pushed: {exc}")
             return False
-        send = push_to_gateway if replace else pushadd_to_gateway
         try:
-            send(
+            send_registry(
                 gateway,
+                handler,
                 job=self.job,
                 registry=registry,
                 grouping_key=self.grouping_key(operation),
-                timeout=self.timeout_s,
-                handler=handler,
+                timeout_s=self.timeout_s,
+                replace=replace,
             )
         except Exception as exc:  # monitoring must never fail the operation it reports on
             logger.warning(
@@ -404,40 +376,6 @@ class MetricsResource(dg.ConfigurableResource):
             return False
         logger.info(f"pushed {len(samples)} {operation} metrics to {self.gateway_display}")
         return True
-
-    def _gateway(self) -> tuple[str, Callable[..., Callable[[], None]]]:
-        """The URL without userinfo and a handler sending it as basic auth."""
-        url = self.pushgateway_url.strip()
-        if "://" not in url:
-            url = f"http://{url}"
-        try:
-            parts = urlsplit(url)
-            port = parts.port  # raises on a non-numeric port
-        except ValueError:
-            parts, port = None, None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"TWINME_PUSHGATEWAY_URL={redact(self.pushgateway_url)!r} is not an http(s) URL. "
-                "Fix: set it like http://pushgateway.monitoring:9091"
-            )
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        netloc = f"{host}:{port}" if port else host
-        bare = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-        if parts.password is None:
-            return bare, default_handler
-        username, password = unquote(parts.username or ""), unquote(parts.password)
-        register_secret(password)
-
-        def handler(
-            url: str,
-            method: str,
-            timeout: float | None,
-            headers: list[tuple[str, str]],
-            data: bytes,
-        ) -> Callable[[], None]:
-            return basic_auth_handler(url, method, timeout, headers, data, username, password)
-
-        return bare, handler
 
 
 def _fmt_labels(labels: Mapping[str, str]) -> str:

@@ -1,17 +1,19 @@
-"""Release settings, and the rollback that undoes a deploy which did not prove itself."""
+"""Release settings, the rollback that undoes a deploy which did not prove itself, and how a
+release attempt ended (:class:`DeployOutcome`, which the Pushgateway metrics report)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from twinme_ops.common.redact import redact
-from twinme_ops.release.verification import LoadTestSettings, VerificationResult, verify_deployment
+from twinme_ops.release.load_test import LoadTestSettings
+from twinme_ops.release.verification import VerificationResult, verify_deployment
 from twinme_ops.servers.kube import KubernetesResource
 from twinme_ops.servers.postgres import PostgresResource
 from twinme_ops.servers.redis import RedisResource
@@ -37,6 +39,21 @@ class ReleaseSettings(dg.ConfigurableResource):
             max_error_rate=self.max_error_rate,
         )
 
+    def verifier(
+        self,
+        postgres: PostgresResource,
+        redis: RedisResource,
+        log: logging.Logger | dg.DagsterLogManager,
+    ) -> Callable[[], VerificationResult | None]:
+        """The release's verification as one callable: ``api_url``'s probes and load test,
+        ``SELECT 1`` on ``postgres`` and ``PING`` on ``redis`` (it returns None without a URL).
+
+        The release asset, its check, ``deployment_tests_job``, the CLI's rollback and the
+        benchmark all verify through this.
+        """
+        check_db, check_redis = service_checks(postgres, redis)
+        return verification_for(self, check_db, check_redis, log)
+
 
 @dataclass
 class RollbackOutcome:
@@ -49,6 +66,32 @@ class RollbackOutcome:
     def sentence(self) -> str:
         state = "healthy" if self.healthy else "NOT healthy"
         return f"rolled back to {self.rolled_back_to}: {state} ({self.detail})"
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    """How one release attempt ended (``MetricsResource.push_deploy`` pushes it).
+
+    The release builds one for the attempt (commit, rollout time, verification) and derives the
+    ending from it: :meth:`verified` or :meth:`after_rollback`; as built, it is unproven.
+    """
+
+    sha: str
+    success: bool = False
+    rolled_back: bool = False
+    # after a rollback only: whether the previous version is healthy again
+    rollback_healthy: bool | None = None
+    rollout_s: float | None = None
+    # None when the verification did not run (the rollout failed, or no API URL)
+    verification: VerificationResult | None = None
+
+    def verified(self) -> DeployOutcome:
+        """This attempt, deployed and verified."""
+        return replace(self, success=True, rolled_back=False, rollback_healthy=None)
+
+    def after_rollback(self, healthy: bool) -> DeployOutcome:
+        """This attempt, failed and rolled back; ``healthy``: the previous version verified."""
+        return replace(self, success=False, rolled_back=True, rollback_healthy=healthy)
 
 
 def rollback(
@@ -105,7 +148,11 @@ def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str,
     return {k: v.value for k, v in materialization.metadata.items()}
 
 
-def service_checks(postgres: PostgresResource, redis: RedisResource) -> tuple[Any, Any]:
+def service_checks(
+    postgres: PostgresResource, redis: RedisResource
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The verification's dependency checks: ``SELECT 1`` on ``postgres``, ``PING`` on ``redis``."""
+
     def check_db() -> None:
         with postgres.get_connection() as conn:
             conn.execute("SELECT 1")

@@ -35,7 +35,7 @@ from twinme_ops.common.redact import redact
 from twinme_ops.defs.alerts.hooks import slack_on_failure, step_where
 from twinme_ops.defs.executors import PodResources, max_runtime
 from twinme_ops.defs.resources import twinme_env
-from twinme_ops.release.rollback import ReleaseSettings, service_checks, verification_for
+from twinme_ops.release.rollback import ReleaseSettings
 from twinme_ops.servers.files import FileStorageResource
 from twinme_ops.servers.kube import KubernetesResource
 from twinme_ops.servers.postgres import PostgresResource
@@ -396,8 +396,7 @@ def deployment_tests(
         raise dg.Failure(
             description="no API URL to test. Fix: set TWINME_API_URL or config.api_url."
         )
-    check_db, check_redis = service_checks(postgres, redis)
-    result = verification_for(settings, check_db, check_redis, context.log)()
+    result = settings.verifier(postgres, redis, context.log)()
     assert result is not None  # api_url is set
     metadata: dict[str, Any] = {**result.to_metadata(), "api_url": result.base_url}
     if not result.passed:

@@ -29,12 +29,11 @@ from twinme_ops.release.app_tests.runner import (
 from twinme_ops.release.git import GitError, GitRepoResource, is_sha
 from twinme_ops.release.images.local import ImageBuilderResource, ImageBuildError
 from twinme_ops.release.rollback import (
+    DeployOutcome,
     ReleaseSettings,
     RollbackOutcome,
     latest_metadata,
     rollback,
-    service_checks,
-    verification_for,
 )
 from twinme_ops.release.verification import VerificationResult
 from twinme_ops.servers.kube import KubernetesResource, RolloutFailed
@@ -121,28 +120,19 @@ def roll_back_and_report(
     slack: SlackNotifier,
     metrics: MetricsResource,
     *,
-    sha: str,
+    attempt: DeployOutcome,
     image: str,
     container: str,
     previous: str,
     reason: str,
     verify: Callable[[], VerificationResult | None],
-    rollout_s: float | None,
-    verification: VerificationResult | None = None,
 ) -> RollbackOutcome:
-    """Roll back a failed release, then tell Slack and the Pushgateway how it ended."""
+    """Roll back a failed release ``attempt``, then tell Slack and the Pushgateway how it ended."""
+    sha = attempt.sha
     outcome = rollback(kubernetes, container, previous, reason, verify, context.log)
     alert = release_failure(step_where(context, sha), reason, image, outcome, previous)
     send_step_alert(context, slack, alert)
-    metrics.push_deploy(
-        sha=sha,
-        success=False,
-        rolled_back=True,
-        rollback_healthy=outcome.healthy,
-        rollout_s=rollout_s,
-        verification=verification,
-        log=context.log,
-    )
+    metrics.push_deploy(attempt.after_rollback(outcome.healthy), log=context.log)
     return outcome
 
 
@@ -330,19 +320,17 @@ def api_deployment(
     except RolloutFailed as exc:
         rollout_s = time.monotonic() - started
         reason = f"rollout of {sha[:12]} failed: {redact(exc).splitlines()[0]}"
-        check_db, check_redis = service_checks(postgres, redis)
         outcome = roll_back_and_report(
             context,
             kubernetes,
             slack,
             metrics,
-            sha=sha,
+            attempt=DeployOutcome(sha, rollout_s=rollout_s),
             image=image_ref,
             container=container,
             previous=previous,
             reason=reason,
-            verify=verification_for(release_settings, check_db, check_redis, context.log),
-            rollout_s=rollout_s,
+            verify=release_settings.verifier(postgres, redis, context.log),
         )
         raise dg.Failure(description=f"{reason}; {outcome.sentence()}") from None
     return dg.MaterializeResult(

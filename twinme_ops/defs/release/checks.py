@@ -10,12 +10,7 @@ from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.alerts.hooks import step_where
 from twinme_ops.defs.release.assets import API_DEPLOYMENT, CONTAINER_IMAGE, roll_back_and_report
-from twinme_ops.release.rollback import (
-    ReleaseSettings,
-    latest_metadata,
-    service_checks,
-    verification_for,
-)
+from twinme_ops.release.rollback import DeployOutcome, ReleaseSettings, latest_metadata
 from twinme_ops.servers.kube import KubernetesResource
 from twinme_ops.servers.postgres import PostgresResource
 from twinme_ops.servers.redis import RedisResource
@@ -42,15 +37,18 @@ def deployment_verification(
 ) -> dg.AssetCheckResult:
     deployed = latest_metadata(context.instance, API_DEPLOYMENT)
     sha, image_ref = str(deployed.get("sha", "")), str(deployed.get("image", ""))
-    check_db, check_redis = service_checks(postgres, redis)
-    verify = verification_for(release_settings, check_db, check_redis, context.log)
+    verify = release_settings.verifier(postgres, redis, context.log)
     result = verify()
     if result is None:
-        metrics.push_deploy(sha=sha, success=False, rolled_back=False, log=context.log)
+        metrics.push_deploy(DeployOutcome(sha), log=context.log)
         return dg.AssetCheckResult(
             passed=False,
             description="no API URL to verify (TWINME_API_URL unset): the release is unproven",
         )
+    rollout_s = deployed.get("rollout_s")
+    attempt = DeployOutcome(
+        sha, rollout_s=float(rollout_s) if rollout_s is not None else None, verification=result
+    )
     metadata: dict[str, Any] = {**result.to_metadata(), "sha": sha, "image": image_ref}
     if result.passed:
         started = context.instance.get_run_stats(context.run.run_id).start_time
@@ -60,30 +58,20 @@ def deployment_verification(
             step_where(context, sha), image_ref, deployed, built, metadata, total_s
         )
         slack.send(alert, log=context.log)
-        metrics.push_deploy(
-            sha=sha,
-            success=True,
-            rolled_back=False,
-            rollout_s=deployed.get("rollout_s"),
-            verification=result,
-            log=context.log,
-        )
+        metrics.push_deploy(attempt.verified(), log=context.log)
         return dg.AssetCheckResult(passed=True, description="verified", metadata=metadata)
     reason = f"verification of {sha[:12]} failed: {'; '.join(result.reasons)}"
-    rollout_s = deployed.get("rollout_s")
     outcome = roll_back_and_report(
         context,
         kubernetes,
         slack,
         metrics,
-        sha=sha,
+        attempt=attempt,
         image=image_ref,
         container=release_settings.container,
         previous=str(deployed.get("previous_image", "")),
         reason=reason,
         verify=verify,
-        rollout_s=float(rollout_s) if rollout_s is not None else None,
-        verification=result,
     )
     metadata["rolled_back_to"] = outcome.rolled_back_to
     metadata["rollback_healthy"] = outcome.healthy
