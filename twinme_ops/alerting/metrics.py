@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import dagster as dg
 from prometheus_client import CollectorRegistry, Gauge
@@ -24,10 +24,6 @@ from pydantic import Field
 
 from twinme_ops.alerting.pushgateway import gateway_target, send_registry
 from twinme_ops.common.redact import redact
-from twinme_ops.release.rollback import DeployOutcome
-
-if TYPE_CHECKING:
-    from twinme_ops.backups.drill import DrillResult
 
 _fallback_log = logging.getLogger("twinme_ops.metrics")
 
@@ -191,6 +187,67 @@ def backup_samples(manifest: Mapping[str, Any]) -> list[Sample]:
     return samples
 
 
+class _TimedStep(Protocol):
+    @property
+    def duration_ms(self) -> float | None: ...
+
+
+class _LoadFigures(Protocol):
+    @property
+    def p95_ms(self) -> float | None: ...
+    @property
+    def error_rate(self) -> float: ...
+
+
+class VerificationFigures(Protocol):
+    """What the metrics read of a release's verification (``release.verification``'s result
+    fits): each step's duration, and the load test's p95 and error rate when it ran."""
+
+    @property
+    def steps(self) -> Sequence[_TimedStep]: ...
+    @property
+    def load_test(self) -> _LoadFigures | None: ...
+
+
+class DrillFigures(Protocol):
+    """What the metrics read of a restore drill (``backups.drill``'s result fits)."""
+
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def rto_s(self) -> Mapping[str, float]: ...
+    @property
+    def rpo_s(self) -> float: ...
+    @property
+    def checked_at(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    """How one release attempt ended (:meth:`MetricsResource.push_deploy` pushes it).
+
+    The release builds one for the attempt (commit, rollout time, verification) and derives the
+    ending from it: :meth:`verified` or :meth:`after_rollback`; as built, it is unproven.
+    """
+
+    sha: str
+    success: bool = False
+    rolled_back: bool = False
+    # after a rollback only: whether the previous version is healthy again
+    rollback_healthy: bool | None = None
+    rollout_s: float | None = None
+    # None when the verification did not run (the rollout failed, or no API URL)
+    verification: VerificationFigures | None = None
+
+    def verified(self) -> DeployOutcome:
+        """This attempt, deployed and verified."""
+        return replace(self, success=True, rolled_back=False, rollback_healthy=None)
+
+    def after_rollback(self, healthy: bool) -> DeployOutcome:
+        """This attempt, failed and rolled back; ``healthy``: the previous version verified."""
+        return replace(self, success=False, rolled_back=True, rollback_healthy=healthy)
+
+
 def drill_samples(
     *, passed: bool, rto_s: Mapping[str, float], rpo_s: float, checked_at: str
 ) -> list[Sample]:
@@ -274,7 +331,7 @@ class MetricsResource(dg.ConfigurableResource):
         """After a backup set is complete: its time, total and per-component size and duration."""
         return self._build_and_push("backup", lambda: backup_samples(manifest), log)
 
-    def push_drill(self, result: DrillResult, log: Log | None = None) -> bool:
+    def push_drill(self, result: DrillFigures, log: Log | None = None) -> bool:
         """After a restore drill, passed or not: verdict, RTO, RPO.
 
         Added to the group rather than replacing it, so a failed drill keeps the time of the last

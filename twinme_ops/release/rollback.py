@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -66,32 +66,6 @@ class RollbackOutcome:
     def sentence(self) -> str:
         state = "healthy" if self.healthy else "NOT healthy"
         return f"rolled back to {self.rolled_back_to}: {state} ({self.detail})"
-
-
-@dataclass(frozen=True)
-class DeployOutcome:
-    """How one release attempt ended (``MetricsResource.push_deploy`` pushes it).
-
-    The release builds one for the attempt (commit, rollout time, verification) and derives the
-    ending from it: :meth:`verified` or :meth:`after_rollback`; as built, it is unproven.
-    """
-
-    sha: str
-    success: bool = False
-    rolled_back: bool = False
-    # after a rollback only: whether the previous version is healthy again
-    rollback_healthy: bool | None = None
-    rollout_s: float | None = None
-    # None when the verification did not run (the rollout failed, or no API URL)
-    verification: VerificationResult | None = None
-
-    def verified(self) -> DeployOutcome:
-        """This attempt, deployed and verified."""
-        return replace(self, success=True, rolled_back=False, rollback_healthy=None)
-
-    def after_rollback(self, healthy: bool) -> DeployOutcome:
-        """This attempt, failed and rolled back; ``healthy``: the previous version verified."""
-        return replace(self, success=False, rolled_back=True, rollback_healthy=healthy)
 
 
 def rollback(

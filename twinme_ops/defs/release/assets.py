@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.alerting.metrics import MetricsResource
+from twinme_ops.alerting.metrics import DeployOutcome, MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.common.deploy_files import deploy_file
 from twinme_ops.common.redact import redact
@@ -29,7 +29,6 @@ from twinme_ops.release.app_tests.runner import (
 from twinme_ops.release.git import GitError, GitRepoResource, is_sha
 from twinme_ops.release.images.local import ImageBuilderResource, ImageBuildError
 from twinme_ops.release.rollback import (
-    DeployOutcome,
     ReleaseSettings,
     RollbackOutcome,
     latest_metadata,

@@ -6,11 +6,11 @@ from typing import Any
 import dagster as dg
 
 from twinme_ops.alerting.messages import release_success
-from twinme_ops.alerting.metrics import MetricsResource
+from twinme_ops.alerting.metrics import DeployOutcome, MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.alerts.hooks import step_where
 from twinme_ops.defs.release.assets import API_DEPLOYMENT, CONTAINER_IMAGE, roll_back_and_report
-from twinme_ops.release.rollback import DeployOutcome, ReleaseSettings, latest_metadata
+from twinme_ops.release.rollback import ReleaseSettings, latest_metadata
 from twinme_ops.servers.kube import KubernetesResource
 from twinme_ops.servers.postgres import PostgresResource
 from twinme_ops.servers.redis import RedisResource
