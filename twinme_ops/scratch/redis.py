@@ -21,20 +21,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
+from twinme_ops.scratch.lifecycle import ScratchServer
 from twinme_ops.scratch.local import (
     CHILDREN,
     LOCALHOST,
-    PORT_ATTEMPTS,
     LocalServerError,
-    dir_lock,
-    free_port,
     log_since,
     pid_alive,
     read_json_file,
     wait_pid_gone,
-    write_json_atomic,
 )
 
 REDIS_STATE_NAME = "redis.state.json"
@@ -156,7 +153,7 @@ def _config_lines(extra: Mapping[str, Any] | Iterable[Any] | None) -> list[tuple
 
 
 @dataclass
-class RedisServer:
+class RedisServer(ScratchServer):
     """A redis-server on 127.0.0.1, run as a child in its own session, from a generated config.
 
     By default nothing is persisted (``save ""``, ``appendonly no``). Given ``rdb_file``, the
@@ -169,6 +166,8 @@ class RedisServer:
     binary: str
     version: str
     password: str | None = field(default=None, repr=False)
+
+    NOT_RUNNING: ClassVar[str] = "no redis-server is running from {dir}"
 
     @classmethod
     def start(
@@ -188,82 +187,42 @@ class RedisServer:
         given there replaces the default one. ``binary``: a redis-server path (default: the
         best available, at least as new as ``rdb_file`` needs).
         """
-        dir = Path(dir).absolute()
-        dir.mkdir(parents=True, exist_ok=True)
-        with dir_lock(dir / ".lock"):
-            return cls._start_locked(
-                dir, port, password, extra_config, rdb_file, binary=binary, timeout=timeout
-            )
-
-    @classmethod
-    def _start_locked(
-        cls,
-        dir: Path,
-        port: int | None,
-        password: str | None,
-        extra_config: Mapping[str, Any] | list[Any] | None,
-        rdb_file: Path | None,
-        *,
-        binary: str | None,
-        timeout: float,
-    ) -> RedisServer:
-        running = cls.find(dir, password=password)
-        if running is not None:
+        with cls._start_lock(dir) as dir:
+            running = cls.find(dir, password=password)
+            if running is not None:
+                if rdb_file is not None:
+                    # It would keep serving its own data, not the snapshot the caller asked for.
+                    raise LocalServerError(
+                        f"a redis-server already runs from {dir} (port {running.port}): stop it "
+                        "before starting one that loads an RDB file there"
+                    )
+                return running
+            if binary is None:
+                need = rdb_min_redis_version(Path(rdb_file)) if rdb_file else None
+                binary, version = redis_server_binary(min_version=need)
+            else:
+                version = redis_binary_version(binary)
             if rdb_file is not None:
-                # It would keep serving its own data, not the snapshot the caller asked for.
-                raise LocalServerError(
-                    f"a redis-server already runs from {dir} (port {running.port}): stop it "
-                    "before starting one that loads an RDB file there"
-                )
-            return running
-        dir.mkdir(parents=True, exist_ok=True)
-        if binary is None:
-            need = rdb_min_redis_version(Path(rdb_file)) if rdb_file else None
-            binary, version = redis_server_binary(min_version=need)
-        else:
-            version = redis_binary_version(binary)
-        if rdb_file is not None:
-            target = dir / REDIS_DBFILENAME
-            with contextlib.suppress(FileNotFoundError):
-                target.unlink()
-            try:
-                os.link(rdb_file, target)  # cheap for big snapshots; Redis never writes in place
-            except OSError:
-                shutil.copyfile(rdb_file, target)
-        last_error = ""
-        for _ in range(PORT_ATTEMPTS if port is None else 1):
-            chosen = port if port is not None else free_port()
-            cls._write_config(dir, chosen, password, extra_config)
-            log = dir / REDIS_LOG_NAME
-            offset = log.stat().st_size if log.exists() else 0
-            # Own session: a Ctrl-C or a killed process group in the caller does not take the
-            # server down mid-operation; stop() ends it by pid.
-            proc = subprocess.Popen(
-                [binary, str(dir / REDIS_CONF_NAME)],
-                cwd=dir,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            CHILDREN[proc.pid] = proc
-            server = cls(dir, chosen, proc.pid, binary, version, password)
-            ok, last_error = server._wait_ready(proc, log, offset, timeout)
-            if ok:
-                server._write_state()
-                return server
-            CHILDREN.pop(proc.pid, None)
-            if "already in use" not in last_error:
-                break
-        raise LocalServerError(
-            f"redis-server {version} in {dir} did not start. Log (last lines):\n{last_error}"
-        )
+                target = dir / REDIS_DBFILENAME
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+                try:
+                    # cheap for big snapshots; Redis never writes in place
+                    os.link(rdb_file, target)
+                except OSError:
+                    shutil.copyfile(rdb_file, target)
+
+            def launch(chosen: int) -> tuple[Self | None, str]:
+                return cls._launch(dir, chosen, binary, version, password, extra_config, timeout)
+
+            failure = f"redis-server {version} in {dir} did not start. Log (last lines):"
+            return cls._launch_on_port(port, launch, failure)
 
     @classmethod
     def find(cls, dir: Path, *, password: str | None = None) -> RedisServer | None:
         """The server running from ``dir`` (started by :meth:`start`), or None."""
         dir = Path(dir).absolute()
-        state = read_json_file(dir / REDIS_STATE_NAME)
+        state = read_json_file(cls._state_file(dir))
         if not state or not pid_alive(int(state.get("pid", 0)), "redis-server"):
             return None
         return cls(
@@ -274,14 +233,6 @@ class RedisServer:
             str(state["version"]),
             password,
         )
-
-    @classmethod
-    def attach(cls, dir: Path, *, password: str | None = None) -> RedisServer:
-        """The server running from ``dir``; raises if none is running."""
-        server = cls.find(dir, password=password)
-        if server is None:
-            raise LocalServerError(f"no redis-server is running from {dir}")
-        return server
 
     def url(self, db: int = 0, *, with_password: bool = False) -> str:
         """``redis://127.0.0.1:PORT/db``; the password only when asked for."""
@@ -318,10 +269,42 @@ class RedisServer:
         elif proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(1)
-        with contextlib.suppress(FileNotFoundError):
-            (self.dir / REDIS_STATE_NAME).unlink()
+        self._forget_state()
 
     # ---- internals
+
+    @classmethod
+    def _launch(
+        cls,
+        dir: Path,
+        port: int,
+        binary: str,
+        version: str,
+        password: str | None,
+        extra_config: Mapping[str, Any] | list[Any] | None,
+        timeout: float,
+    ) -> tuple[Self | None, str]:
+        """Start redis-server on ``port``: the server once it answers, else None and its log."""
+        cls._write_config(dir, port, password, extra_config)
+        log = dir / REDIS_LOG_NAME
+        offset = log.stat().st_size if log.exists() else 0
+        # Own session: a Ctrl-C or a killed process group in the caller does not take the
+        # server down mid-operation; stop() ends it by pid.
+        proc = subprocess.Popen(
+            [binary, str(dir / REDIS_CONF_NAME)],
+            cwd=dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        CHILDREN[proc.pid] = proc
+        server = cls(dir, port, proc.pid, binary, version, password)
+        ok, error = server._wait_ready(proc, log, offset, timeout)
+        if ok:
+            return server, ""
+        CHILDREN.pop(proc.pid, None)
+        return None, error
 
     @staticmethod
     def _write_config(
@@ -388,8 +371,19 @@ class RedisServer:
         proc.wait(10)
         return False, log_since(log, offset) or "timed out waiting for PING"
 
-    def _write_state(self) -> None:
-        write_json_atomic(
-            self.dir / REDIS_STATE_NAME,
-            {"port": self.port, "pid": self.pid, "binary": self.binary, "version": self.version},
-        )
+    # ---- the lifecycle's files (ScratchServer)
+
+    @classmethod
+    def _lock_file(cls, dir: Path) -> Path:
+        return dir / ".lock"
+
+    @classmethod
+    def _state_file(cls, dir: Path) -> Path:
+        return dir / REDIS_STATE_NAME
+
+    @property
+    def _dir(self) -> Path:
+        return self.dir
+
+    def _state(self) -> dict[str, Any]:
+        return {"port": self.port, "pid": self.pid, "binary": self.binary, "version": self.version}

@@ -30,9 +30,9 @@ from twinme_ops.backups.take import (
 from twinme_ops.common.redact import redact
 from twinme_ops.defs.alerts.hooks import step_where
 from twinme_ops.defs.resources import twinme_env
-from twinme_ops.servers.files import FilesBackupError, FileStorageResource
-from twinme_ops.servers.postgres import DEFAULT_LOCK_WAIT_TIMEOUT_S, PostgresError, PostgresResource
-from twinme_ops.servers.redis import RedisResource, RedisSnapshotError
+from twinme_ops.servers.files import FilesBackupError
+from twinme_ops.servers.postgres import DEFAULT_LOCK_WAIT_TIMEOUT_S, PostgresError
+from twinme_ops.servers.redis import RedisSnapshotError
 
 MIB = 1024 * 1024
 
@@ -183,104 +183,116 @@ def _backup_component(
     return set_id, done.result, done.facts
 
 
-@dg.asset(
-    partitions_def=backup_partitions,
-    group_name="backups",
-    kinds={"postgres", "zstd"},
+def _component_asset(
+    component: str,
+    *,
+    source: str,
+    kind: str,
+    description: str,
+    details: Callable[[dg.AssetExecutionContext, ArtifactResult, Any], dict[str, Any]],
+    pool: str | None = None,
+) -> dg.AssetsDefinition:
+    """The asset ``<component>_backup``: the component, read through the resource ``source``
+    (a field of :class:`Sources`), into the day's set. Its metadata is the artifact's, then
+    ``details(context, result, facts)``: the source's own figures (which may also log them)."""
+
+    @dg.asset(
+        name=f"{component}_backup",
+        partitions_def=backup_partitions,
+        group_name="backups",
+        kinds={kind, "zstd"},
+        pool=pool,
+        description=description,
+        required_resource_keys={source, "backup_store", "backup_encryption"},
+    )
+    def component_backup(
+        context: dg.AssetExecutionContext, config: BackupConfig
+    ) -> dg.MaterializeResult:
+        store: BackupStore = context.resources.backup_store
+        sources = Sources(**{source: getattr(context.resources, source)})
+        set_id, result, facts = _backup_component(
+            context, component, config, store, context.resources.backup_encryption, sources
+        )
+        return dg.MaterializeResult(
+            metadata={
+                **_artifact_metadata(set_id, store, result),
+                **details(context, result, facts),
+            }
+        )
+
+    return component_backup
+
+
+def _postgres_details(
+    context: dg.AssetExecutionContext, result: ArtifactResult, facts: Any
+) -> dict[str, Any]:
+    context.log.info(
+        f"PostgreSQL: {facts.total_rows:,} rows in {len(facts.tables)} tables, "
+        f"{result.bytes_out / MIB:,.1f} MiB stored"
+    )
+    return {
+        "rows_total": dg.MetadataValue.int(facts.total_rows),
+        "tables": dg.MetadataValue.int(len(facts.tables)),
+        "database_size_bytes": dg.MetadataValue.int(facts.database_size),
+        "table_rows": dg.MetadataValue.json(facts.tables),
+    }
+
+
+def _redis_details(
+    context: dg.AssetExecutionContext, result: ArtifactResult, facts: Any
+) -> dict[str, Any]:
+    return {
+        "keys_total": dg.MetadataValue.int(facts.total_keys),
+        "keys_by_db": dg.MetadataValue.json(facts.keys),
+        "redis_version": facts.redis_version,
+    }
+
+
+def _files_details(
+    context: dg.AssetExecutionContext, result: ArtifactResult, facts: Any
+) -> dict[str, Any]:
+    if facts.skipped:
+        context.log.warning(f"files: skipped {len(facts.skipped)} special or vanished entries")
+    return {
+        "files": dg.MetadataValue.int(facts.files),
+        "file_bytes": dg.MetadataValue.int(facts.bytes),
+        "symlinks": dg.MetadataValue.int(facts.symlinks),
+    }
+
+
+postgres_backup = _component_asset(
+    "postgres",
+    source="postgres",
+    kind="postgres",
     pool="twinme_database",
     description=(
         "pg_dump (custom format) of the TwinMe database from an exported snapshot, zstd-compressed "
         "(optionally AES-256-GCM encrypted) and streamed into the backup store. Per-table row "
         "counts come from the same snapshot so the restore drill can verify them."
     ),
+    details=_postgres_details,
 )
-def postgres_backup(
-    context: dg.AssetExecutionContext,
-    config: BackupConfig,
-    postgres: PostgresResource,
-    backup_store: BackupStore,
-    backup_encryption: BackupEncryption,
-) -> dg.MaterializeResult:
-    sources = Sources(postgres=postgres)
-    set_id, result, facts = _backup_component(
-        context, "postgres", config, backup_store, backup_encryption, sources
-    )
-    context.log.info(
-        f"PostgreSQL: {facts.total_rows:,} rows in {len(facts.tables)} tables, "
-        f"{result.bytes_out / MIB:,.1f} MiB stored"
-    )
-    return dg.MaterializeResult(
-        metadata={
-            **_artifact_metadata(set_id, backup_store, result),
-            "rows_total": dg.MetadataValue.int(facts.total_rows),
-            "tables": dg.MetadataValue.int(len(facts.tables)),
-            "database_size_bytes": dg.MetadataValue.int(facts.database_size),
-            "table_rows": dg.MetadataValue.json(facts.tables),
-        }
-    )
-
-
-@dg.asset(
-    partitions_def=backup_partitions,
-    group_name="backups",
-    kinds={"redis", "zstd"},
+redis_backup = _component_asset(
+    "redis",
+    source="redis",
+    kind="redis",
     description=(
         "RDB snapshot of Redis taken over the replication protocol (what redis-cli --rdb does, "
         "no CONFIG or disk access needed), zstd-compressed into the backup store, with the key "
         "count of every database."
     ),
+    details=_redis_details,
 )
-def redis_backup(
-    context: dg.AssetExecutionContext,
-    config: BackupConfig,
-    redis: RedisResource,
-    backup_store: BackupStore,
-    backup_encryption: BackupEncryption,
-) -> dg.MaterializeResult:
-    sources = Sources(redis=redis)
-    set_id, result, facts = _backup_component(
-        context, "redis", config, backup_store, backup_encryption, sources
-    )
-    return dg.MaterializeResult(
-        metadata={
-            **_artifact_metadata(set_id, backup_store, result),
-            "keys_total": dg.MetadataValue.int(facts.total_keys),
-            "keys_by_db": dg.MetadataValue.json(facts.keys),
-            "redis_version": facts.redis_version,
-        }
-    )
-
-
-@dg.asset(
-    partitions_def=backup_partitions,
-    group_name="backups",
-    kinds={"file", "zstd"},
+files_backup = _component_asset(
+    "files",
+    source="file_storage",
+    kind="file",
     description=(
         "tar of the API's file storage (TWINME_FILES_DIR: relative paths, symlinks and modes "
         "kept), zstd-compressed into the backup store, with file count and bytes."
     ),
+    details=_files_details,
 )
-def files_backup(
-    context: dg.AssetExecutionContext,
-    config: BackupConfig,
-    file_storage: FileStorageResource,
-    backup_store: BackupStore,
-    backup_encryption: BackupEncryption,
-) -> dg.MaterializeResult:
-    sources = Sources(file_storage=file_storage)
-    set_id, result, facts = _backup_component(
-        context, "files", config, backup_store, backup_encryption, sources
-    )
-    if facts.skipped:
-        context.log.warning(f"files: skipped {len(facts.skipped)} special or vanished entries")
-    return dg.MaterializeResult(
-        metadata={
-            **_artifact_metadata(set_id, backup_store, result),
-            "files": dg.MetadataValue.int(facts.files),
-            "file_bytes": dg.MetadataValue.int(facts.bytes),
-            "symlinks": dg.MetadataValue.int(facts.symlinks),
-        }
-    )
 
 
 @dg.asset(
