@@ -198,6 +198,23 @@ def test_continuous_archiving_survives_a_receiver_outage(archive: Archive) -> No
     assert segnos == list(range(segnos[0], segnos[-1] + 1))
 
 
+def test_without_synchronous_the_archive_flushes_whole_segments(archive: Archive) -> None:
+    layout = ArchiveLayout.at(archive.base / "async-archive")
+    start_receiver(layout, archive.url, slot="twinme_async")
+    try:
+        with archive.source.connect() as conn:
+            lsn = parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+            with pytest.raises(PitrError, match="pg_switch_wal"):
+                wait_for_flush(conn, lsn, slot="twinme_async", timeout_s=1.5)
+            conn.execute("SELECT pg_switch_wal()")
+            assert wait_for_flush(conn, lsn, slot="twinme_async", timeout_s=30) >= lsn
+        assert archive_status(layout).synchronous is False
+    finally:
+        stop_receiver(layout)
+        with archive.source.connect() as conn:
+            conn.execute("SELECT pg_drop_replication_slot('twinme_async')")
+
+
 def test_full_and_incremental_base_backups(
     archive: Archive, backups: tuple[BaseBackup, BaseBackup]
 ) -> None:
@@ -219,10 +236,16 @@ def test_restore_to_a_random_time_between_heartbeats_is_exact(
     archive: Archive, backups: tuple[BaseBackup, BaseBackup]
 ) -> None:
     _, incremental = backups
-    _wait_heartbeats_after(archive, incremental.finished, 6)
+    with archive.source.connect() as conn:  # ~50 MB of WAL to replay after the backup
+        conn.execute("CREATE TABLE bulk (id bigserial PRIMARY KEY, body text)")
+        conn.execute(
+            "INSERT INTO bulk (body) "
+            "SELECT repeat(md5(g::text), 20) FROM generate_series(1, 60000) g"
+        )
+    _wait_heartbeats_after(archive, datetime.now(UTC), 6)
     known = _flushed_heartbeats(archive)
     pairs = [(a, b) for a, b in zip(known, known[1:], strict=False) if a.at > incremental.finished]
-    before, after = random.choice(pairs[:-1])
+    before, after = random.choice(pairs[-6:-1])  # after the bulk load
     target = before.at + (after.at - before.at) * random.uniform(0.2, 0.8)
     partial = archive_status(archive.layout).partial_start_lsn
     assert partial is not None
@@ -268,8 +291,10 @@ def test_restore_to_latest_has_the_last_flushed_heartbeat(
     archive: Archive, backups: tuple[BaseBackup, BaseBackup]
 ) -> None:
     known = _flushed_heartbeats(archive)
-    with restored(archive) as result:
-        assert result.target == "latest"
+    # replay waits until 3 s after each commit: the server is still in (hot standby) recovery
+    # when pg_ctl -w returns, and the restore must wait for the promotion
+    with restored(archive, settings={"recovery_min_apply_delay": "3s"}) as result:
+        assert result.target == "latest" and result.replay_s > 1.5
         with result.server.connect() as conn:
             check = verify_heartbeats(conn, known, None)
         assert check.ok, check

@@ -40,7 +40,7 @@ from twinme_ops.backups.pitr.layout import (
     user_ids,
 )
 from twinme_ops.backups.pitr.walcheck import wal_gap
-from twinme_ops.scratch.local import PG_SYSTEM_USER, LocalServerError
+from twinme_ops.scratch.local import PG_SYSTEM_USER, LocalServerError, pid_alive
 from twinme_ops.scratch.postgres import PostgresServer
 
 # a scratch copy is thrown away: durability buys nothing, and it must never archive or wait
@@ -185,7 +185,8 @@ def _fix_from_log(log: str, target: str) -> str:
 def _wait_promoted(server: PostgresServer, timeout_s: float, target: str) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
-        if not server.is_running():
+        # the postmaster alone: pg_ctl -w has returned, the status line says "ready" in recovery
+        if not pid_alive(server.pid, "postgres"):
             log = _log(server)
             raise pitr_error(
                 f"the restored server stopped during recovery. Server log (last lines):\n{log}\n"
@@ -266,7 +267,7 @@ def restore_to_point(
         with server.connect() as conn:
             lsn, at, tli = conn.execute(
                 "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(), "
-                "timeline_id FROM pg_control_checkpoint()"
+                "pg_walfile_name(pg_current_wal_lsn())"
             ).fetchone()
     except BaseException:
         server.stop(mode="immediate")
@@ -286,5 +287,5 @@ def restore_to_point(
         reached_time=at.astimezone(UTC).isoformat() if at else None,
         wal_bytes=wal_bytes,
         replay_mb_s=round(wal_bytes / 1e6 / replay_s, 3) if replay_s > 0 else 0.0,
-        timeline=int(tli),
+        timeline=int(tli[:8], 16),  # the promoted server's new timeline
     )
