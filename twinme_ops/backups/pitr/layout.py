@@ -123,17 +123,6 @@ def as_user(user: str | None) -> tuple[int | None, int | None, list[int] | None]
     return uid, gid, []
 
 
-def chown_tree(path: Path, user: str | None) -> None:
-    """Give ``path`` and everything under it to ``user`` (no-op when None)."""
-    if not user:
-        return
-    uid, gid = user_ids(user)
-    os.chown(path, uid, gid)
-    for parent, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(parent, name), uid, gid, follow_symlinks=False)
-
-
 # --------------------------------------------------------------------------------------------
 # connections and tools
 
