@@ -32,12 +32,9 @@ from twinme_ops.backups.recovery_databases import (
 )
 from twinme_ops.backups.restore.common import RestoreError
 from twinme_ops.backups.restore.files import replace_tree, safe_extract, staging_dir_for
-from twinme_ops.backups.restore.postgres import (
-    create_database,
-    drop_database,
-    pg_restore_stream,
-    swap_databases,
-)
+from twinme_ops.backups.restore.postgres import pg_restore_stream
+from twinme_ops.backups.restore.postgres_databases import create_database, drop_database
+from twinme_ops.backups.restore.postgres_swap import swap_databases
 from twinme_ops.backups.restore.redis import replay_redis, scratch_redis_from_rdb
 from twinme_ops.backups.sets import SetNotFoundError, read_set, require_complete_set
 from twinme_ops.backups.store.base import BackupStore
