@@ -51,13 +51,43 @@ class RecoveryError(RuntimeError):
     """A recovery step failed or was refused; the message says what state production is in."""
 
 
+@dataclass(frozen=True)
+class RecoveryTargets:
+    """The servers a recovery restores onto: the configured ones unless the run config names others.
+
+    Holds the run config's overrides only (``""`` keeps the configured server), never a resource:
+    it travels in :class:`RecoveryState` from step to step through the run's storage, and a
+    configured server's URL may carry its password. Each step asks it for the server it needs.
+    """
+
+    database_url: str = ""
+    redis_url: str = ""
+    files_dir: str = ""
+
+    def postgres(self, configured: PostgresResource) -> PostgresResource:
+        """The PostgreSQL server to restore: ``database_url`` if set, else ``configured``."""
+        return PostgresResource(url=self.database_url) if self.database_url else configured
+
+    def redis(self, configured: RedisResource) -> RedisResource:
+        """The Redis server to restore: ``redis_url`` if set, else ``configured``."""
+        return RedisResource(url=self.redis_url) if self.redis_url else configured
+
+    def files(self, configured: FileStorageResource) -> FileStorageResource:
+        """The file tree to restore: ``files_dir`` if set, else ``configured``."""
+        return FileStorageResource(path=self.files_dir) if self.files_dir else configured
+
+
 @dataclass
 class RecoveryState:
-    """What the recovery has done so far; every step adds to it and reports it on failure."""
+    """What the recovery has done so far; every step adds to it and reports it on failure.
+
+    ``targets`` says where it restores, the same for every step.
+    """
 
     set_id: str
     components: list[str]
     target_database: str
+    targets: RecoveryTargets = field(default_factory=RecoveryTargets)
     manifest: dict[str, Any] = field(default_factory=dict)
     safety_set_id: str = ""
     replicas_found: int | None = None
