@@ -15,12 +15,9 @@ import pytest
 from tests.support.compare import table_digest
 from tests.support.servers import PG_TEST_PASSWORD
 from twinme_ops.backups.restore.common import RestoreError
-from twinme_ops.backups.restore.postgres import (
-    create_database,
-    drop_database,
-    pg_restore_stream,
-    swap_databases,
-)
+from twinme_ops.backups.restore.postgres import pg_restore_stream
+from twinme_ops.backups.restore.postgres_databases import create_database, drop_database
+from twinme_ops.backups.restore.postgres_swap import swap_databases
 from twinme_ops.common.pgtools import pg_bin
 from twinme_ops.scratch.postgres import PostgresServer
 from twinme_ops.servers.postgres import user_tables

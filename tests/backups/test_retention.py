@@ -35,11 +35,10 @@ from twinme_ops.backups.retention import (
     DrillStatus,
     RetentionPolicy,
     SetState,
-    apply_retention,
-    inspect_sets,
     parse_set_date,
     plan_retention,
 )
+from twinme_ops.backups.retention_apply import apply_retention, inspect_sets
 from twinme_ops.backups.store.base import BackupStore, StoreError
 from twinme_ops.defs.backups.retention import (
     RetentionConfig,

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from twinme_ops.backups.store.base import MIB, ArtifactNotFoundError, BackupStore, StoreError
-from twinme_ops.backups.store.s3 import MAX_PART_SIZE, MAX_PARTS, SPOOL_MAX_SIZE, part_size
+from twinme_ops.backups.store.s3_upload import MAX_PART_SIZE, MAX_PARTS, SPOOL_MAX_SIZE, part_size
 
 TIB = 1 << 40
 

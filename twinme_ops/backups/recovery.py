@@ -32,12 +32,9 @@ from twinme_ops.backups.recovery_databases import (
 )
 from twinme_ops.backups.restore.common import RestoreError
 from twinme_ops.backups.restore.files import replace_tree, safe_extract, staging_dir_for
-from twinme_ops.backups.restore.postgres import (
-    create_database,
-    drop_database,
-    pg_restore_stream,
-    swap_databases,
-)
+from twinme_ops.backups.restore.postgres import pg_restore_stream
+from twinme_ops.backups.restore.postgres_databases import create_database, drop_database
+from twinme_ops.backups.restore.postgres_swap import swap_databases
 from twinme_ops.backups.restore.redis import replay_redis, scratch_redis_from_rdb
 from twinme_ops.backups.sets import SetNotFoundError, read_set, require_complete_set
 from twinme_ops.backups.store.base import BackupStore
@@ -54,13 +51,43 @@ class RecoveryError(RuntimeError):
     """A recovery step failed or was refused; the message says what state production is in."""
 
 
+@dataclass(frozen=True)
+class RecoveryTargets:
+    """The servers a recovery restores onto: the configured ones unless the run config names others.
+
+    Holds the run config's overrides only (``""`` keeps the configured server), never a resource:
+    it travels in :class:`RecoveryState` from step to step through the run's storage, and a
+    configured server's URL may carry its password. Each step asks it for the server it needs.
+    """
+
+    database_url: str = ""
+    redis_url: str = ""
+    files_dir: str = ""
+
+    def postgres(self, configured: PostgresResource) -> PostgresResource:
+        """The PostgreSQL server to restore: ``database_url`` if set, else ``configured``."""
+        return PostgresResource(url=self.database_url) if self.database_url else configured
+
+    def redis(self, configured: RedisResource) -> RedisResource:
+        """The Redis server to restore: ``redis_url`` if set, else ``configured``."""
+        return RedisResource(url=self.redis_url) if self.redis_url else configured
+
+    def files(self, configured: FileStorageResource) -> FileStorageResource:
+        """The file tree to restore: ``files_dir`` if set, else ``configured``."""
+        return FileStorageResource(path=self.files_dir) if self.files_dir else configured
+
+
 @dataclass
 class RecoveryState:
-    """What the recovery has done so far; every step adds to it and reports it on failure."""
+    """What the recovery has done so far; every step adds to it and reports it on failure.
+
+    ``targets`` says where it restores, the same for every step.
+    """
 
     set_id: str
     components: list[str]
     target_database: str
+    targets: RecoveryTargets = field(default_factory=RecoveryTargets)
     manifest: dict[str, Any] = field(default_factory=dict)
     safety_set_id: str = ""
     replicas_found: int | None = None

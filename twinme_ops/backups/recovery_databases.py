@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 
 from twinme_ops.backups.restore.common import restore_error
-from twinme_ops.backups.restore.postgres import connect_admin
+from twinme_ops.backups.restore.postgres_databases import connect_admin
 from twinme_ops.common.redact import redact
 
 MAINTENANCE_DATABASES = ("postgres", "template1")

@@ -8,9 +8,12 @@ directories and S3 follow the same code path, and every decision carries its rea
 
 The pipeline is three steps, each testable on its own:
 
-* :func:`inspect_sets` reads each set's ``manifest.json`` and ``drill.json`` from the store;
-* :func:`plan_retention` is pure: sets + policy + clock -> one :class:`Decision` per set;
-* :func:`apply_retention` deletes what the plan says (or, in a dry run, only says so).
+* :func:`~twinme_ops.backups.retention_apply.inspect_sets` reads each set's ``manifest.json`` and
+  ``drill.json`` from the store;
+* :func:`plan_retention` (here, with the policy) is pure: sets + policy + clock -> one
+  :class:`Decision` per set;
+* :func:`~twinme_ops.backups.retention_apply.apply_retention` deletes what the plan says (or, in a
+  dry run, only says so).
 
 The rules, in order (:func:`plan_retention`):
 
@@ -34,14 +37,12 @@ retention errs on the side of keeping data).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
 from twinme_ops.backups.manifest import MANIFEST
-from twinme_ops.backups.sets import read_set
-from twinme_ops.backups.store.base import BackupStore, StoreError
 
 # Set ids are partition dates of this time zone (nightly_backup_job's partitions).
 TIMEZONE = ZoneInfo("Europe/Paris")
@@ -112,8 +113,9 @@ class SetState:
 class Decision:
     """What retention does with one set, and the human-readable reasons why.
 
-    ``status`` is the set's status when the plan was made; :func:`apply_retention` uses it to
-    re-check, just before deleting, that an incomplete set has not been completed meanwhile.
+    ``status`` is the set's status when the plan was made;
+    :func:`~twinme_ops.backups.retention_apply.apply_retention` uses it to re-check, just before
+    deleting, that an incomplete set has not been completed meanwhile.
     """
 
     set_id: str
@@ -126,27 +128,6 @@ class Decision:
         return f"{self.set_id}: {self.action} ({'; '.join(self.reasons)})"
 
 
-@dataclass
-class RetentionReport:
-    """The outcome of :func:`apply_retention`.
-
-    ``deleted`` lists the sets deleted or, in a dry run, the sets a real run would delete.
-    ``failed`` lists deletions the store refused, with the error (the other sets were handled).
-    """
-
-    dry_run: bool
-    kept: list[Decision] = field(default_factory=list)
-    deleted: list[Decision] = field(default_factory=list)
-    reported: list[Decision] = field(default_factory=list)
-    failed: list[tuple[Decision, str]] = field(default_factory=list)
-
-    @property
-    def decisions(self) -> list[Decision]:
-        """Every decision, sorted by set id."""
-        every = [*self.kept, *self.deleted, *self.reported, *(d for d, _ in self.failed)]
-        return sorted(every, key=lambda d: d.set_id)
-
-
 def parse_set_date(set_id: str) -> date | None:
     """The date a set id names, or ``None`` if it is not a strict ``YYYY-MM-DD`` date."""
     if len(set_id) != 10:
@@ -157,35 +138,6 @@ def parse_set_date(set_id: str) -> date | None:
         return None
     # fromisoformat also accepts other ISO forms (e.g. 20260915); the id must round-trip
     return parsed if parsed.isoformat() == set_id else None
-
-
-def inspect_set(store: BackupStore, set_id: str) -> SetState:
-    """Read one set's manifest and drill record (one listing and at most two reads).
-
-    A drill verdict about a manifest that has since been replaced (force) counts as no drill.
-    """
-    set_date = parse_set_date(set_id)
-    if set_date is None:
-        return SetState(set_id, None, "unreadable", detail="set id is not a YYYY-MM-DD date")
-    view = read_set(store, set_id)
-    if view.unreadable:
-        return SetState(set_id, set_date, "unreadable", detail=view.unreadable)
-    if not view.complete:
-        return SetState(set_id, set_date, "incomplete")
-    verdict = view.verdict
-    if verdict == "stale":
-        return SetState(set_id, set_date, "complete", "none", "drill verified a replaced manifest")
-    detail = f"{view.drill_problem}: treated as a failed drill" if view.drill_problem else ""
-    return SetState(set_id, set_date, "complete", verdict, detail)
-
-
-def inspect_sets(store: BackupStore) -> list[SetState]:
-    """The state of every set in the store, sorted by id.
-
-    Store errors (unreachable bucket, access denied) propagate: retention must not plan from a
-    partial view of the store.
-    """
-    return [inspect_set(store, set_id) for set_id in store.list_sets()]
 
 
 def _paris_today(now: datetime) -> date:
@@ -358,55 +310,6 @@ def _decide(
         [f"older than {policy.keep_days} days and not kept by any rule", *notes],
         state.status,
     )
-
-
-def apply_retention(
-    store: BackupStore,
-    decisions: list[Decision],
-    *,
-    dry_run: bool,
-    log: Callable[[str], None],
-) -> RetentionReport:
-    """Carry out a plan: delete the sets marked ``delete`` (not in a dry run), log every decision.
-
-    Only :class:`BackupStore` calls are used, so local directories and S3 are cleaned alike. An
-    incomplete set is re-checked just before deletion: if its manifest appeared since the plan
-    (a backup finished meanwhile), it is kept. A deletion the store refuses is logged and listed
-    in ``failed``; the other sets are still handled.
-    """
-    report = RetentionReport(dry_run=dry_run)
-    for decision in sorted(decisions, key=lambda d: d.set_id):
-        if decision.action == "report":
-            log(f"report {decision.explain()}")
-            report.reported.append(decision)
-            continue
-        if decision.action == "keep":
-            log(f"keep {decision.explain()}")
-            report.kept.append(decision)
-            continue
-        if dry_run:
-            log(f"dry run, would delete {decision.explain()}")
-            report.deleted.append(decision)
-            continue
-        try:
-            if decision.status == "incomplete" and store.exists(decision.set_id, MANIFEST):
-                kept = Decision(
-                    decision.set_id,
-                    "keep",
-                    ["became complete while retention ran: kept"],
-                    "complete",
-                )
-                log(f"keep {kept.explain()}")
-                report.kept.append(kept)
-                continue
-            store.delete_set(decision.set_id)
-        except StoreError as exc:
-            log(f"could not delete {decision.explain()}: {exc}")
-            report.failed.append((decision, str(exc)))
-            continue
-        log(f"deleted {decision.explain()}")
-        report.deleted.append(decision)
-    return report
 
 
 def decisions_markdown(decisions: list[Decision], states: list[SetState] | None = None) -> str:

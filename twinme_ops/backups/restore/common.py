@@ -5,10 +5,10 @@ complete, because a backup artifact is verified (sha256, last encryption chunk, 
 frame) only when its stream ends (:func:`twinme_ops.backups.artifacts.read_artifact`). The
 primitives live in one module per component:
 
-- :mod:`twinme_ops.backups.restore.postgres`: :func:`pg_restore_stream` into a fresh database made
-by
-  :func:`create_database`, then :func:`swap_databases` renames it over the live one (``psql <
-  dump`` into a live database fails on existing objects or duplicates rows).
+- :mod:`twinme_ops.backups.restore.postgres`: :func:`pg_restore_stream` into a fresh database
+  made by :func:`create_database` (:mod:`~twinme_ops.backups.restore.postgres_databases`), then
+  :func:`swap_databases` (:mod:`~twinme_ops.backups.restore.postgres_swap`) renames it over the
+  live one (``psql < dump`` into a live database fails on existing objects or duplicates rows).
 - :mod:`twinme_ops.backups.restore.files`: :func:`safe_extract` into a staging directory (refusing
   anything that would write outside it), then :func:`replace_tree` makes the live tree equal to
   it without replacing its root, which may be a mount point.

@@ -14,8 +14,10 @@ Both backends use the same layout, ``<root>/<set_id>/<artifact name>``, and the 
   ``If-None-Match: *``). This is what makes two writers of one set safe without a shared lock;
 * failures surface as :class:`StoreError` with a redacted message that says what to fix.
 
-The backends live in :mod:`twinme_ops.backups.store.local` and :mod:`twinme_ops.backups.store.s3`;
-this module holds the resource that picks one, the errors and the shared name rules.
+The backends live in :mod:`twinme_ops.backups.store.local` and :mod:`twinme_ops.backups.store.s3`
+(its multipart upload in :mod:`twinme_ops.backups.store.s3_upload`) and build on their shared
+part, :mod:`twinme_ops.backups.store.backend`; this module holds the resource that picks one,
+the errors and the shared name rules.
 
 Deployments should also add a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` (e.g. 1 day):
 a process killed with SIGKILL cannot abort its own upload, and S3 bills the orphaned parts.
@@ -29,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import dagster as dg
@@ -37,6 +39,9 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
 from twinme_ops.common.redact import redact
+
+if TYPE_CHECKING:
+    from twinme_ops.backups.store.backend import Backend
 
 URL_ENV = "TWINME_BACKUP_URL"
 MIB = 1 << 20
@@ -112,42 +117,6 @@ def is_artifact_name(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-class Backend(Protocol):
-    """A storage backend (:mod:`~twinme_ops.backups.store.local`,
-    :mod:`~twinme_ops.backups.store.s3`).
-
-    :class:`BackupStore` checks set ids and artifact names before calling it.
-    """
-
-    def describe(self) -> str: ...
-    def check_writable(self) -> None: ...
-    def writer(self, set_id: str, name: str, size_hint: int | None) -> BackendWriter: ...
-    def create(self, set_id: str, name: str, data: bytes) -> None: ...
-    def open_reader(self, set_id: str, name: str) -> BackendReader: ...
-    def exists(self, set_id: str, name: str) -> bool: ...
-    def delete(self, set_id: str, name: str) -> None: ...
-    def list_sets(self) -> list[str]: ...
-    def list_artifacts(self, set_id: str) -> dict[str, int]: ...
-    def delete_set(self, set_id: str) -> None: ...
-    def list_entries(self, set_id: str) -> list[StoredEntry]: ...
-    def remove_partial(self, set_id: str, entry: StoredEntry, min_age_s: float) -> bool: ...
-
-
-class BackendWriter(Protocol):
-    """A backend's writer: ``commit`` publishes the artifact, ``discard`` leaves nothing behind."""
-
-    def write(self, data: bytes | bytearray | memoryview, /) -> None: ...
-    def commit(self) -> None: ...
-    def discard(self) -> None: ...
-
-
-class BackendReader(Protocol):
-    """A backend's reader over the stored bytes of one artifact."""
-
-    def read(self, n: int = -1, /) -> bytes: ...
-    def close(self) -> None: ...
 
 
 class BackupStore(dg.ConfigurableResource):

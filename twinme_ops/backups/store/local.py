@@ -20,19 +20,19 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
-from twinme_ops.backups.store.base import (
-    ArtifactExistsError,
-    ArtifactNotFoundError,
+from twinme_ops.backups.store.backend import (
+    Backend,
     BackendReader,
     BackendWriter,
-    StoredEntry,
-    StoreError,
-    is_artifact_name,
+    not_found,
+    taken,
 )
+from twinme_ops.backups.store.base import StoredEntry, StoreError
 from twinme_ops.common.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -105,12 +105,12 @@ class _LocalWriter:
             logger.warning("could not remove %s: %s", self._tmp, exc.strerror)
 
 
-class LocalBackend:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+class LocalBackend(Backend):
+    """``<root>/<set_id>/<name>`` files; the listings and their rules come from :class:`Backend`."""
 
-    def describe(self) -> str:
-        return redact(f"file://{self.root}")
+    def __init__(self, root: Path) -> None:
+        super().__init__(f"file://{root}")
+        self.root = root
 
     def _set_dir(self, set_id: str) -> Path:
         return self.root / set_id
@@ -142,7 +142,7 @@ class LocalBackend:
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise ArtifactExistsError(redact(f"{path} already exists")) from None
+                raise taken(path) from None
             _fsync_dir(path.parent)
         except OSError as exc:
             raise _os_error(exc, "write", path) from None
@@ -150,34 +150,42 @@ class LocalBackend:
             with suppress(OSError):
                 tmp.unlink()
 
-    def list_entries(self, set_id: str) -> list[StoredEntry]:
-        path = self._set_dir(set_id)
+    def _scan(self, path: Path) -> list[os.DirEntry[str]]:
+        """The entries of a directory, none when it does not exist."""
         try:
-            entries = list(os.scandir(path))
+            return list(os.scandir(path))
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise _os_error(exc, "list", path) from None
-        found: list[StoredEntry] = []
-        for e in sorted(entries, key=lambda e: e.name):
+
+    def _set_ids(self) -> list[str]:
+        return [e.name for e in self._scan(self.root) if e.is_dir()]
+
+    def _entries(self, set_id: str, partial: bool) -> Iterator[StoredEntry]:
+        path = self._set_dir(set_id)
+        for e in self._scan(path):
+            tmp = _TMP_RE.match(e.name)
+            if tmp and not partial:
+                continue
             try:
                 if not e.is_file():
                     continue
                 st = e.stat()
             except FileNotFoundError:
                 continue  # renamed or removed since the listing
+            except OSError as exc:
+                raise _os_error(exc, "list", path) from None
             modified = datetime.fromtimestamp(st.st_mtime, UTC)
-            tmp = _TMP_RE.match(e.name)
-            if tmp and is_artifact_name(tmp["name"]):
-                found.append(StoredEntry(tmp["name"], st.st_size, modified, True, e.name))
-            elif is_artifact_name(e.name):
-                found.append(StoredEntry(e.name, st.st_size, modified))
-        return found
+            if tmp:
+                yield StoredEntry(tmp["name"], st.st_size, modified, True, e.name)
+            else:
+                yield StoredEntry(e.name, st.st_size, modified)
 
-    def remove_partial(self, set_id: str, entry: StoredEntry, min_age_s: float) -> bool:
+    def _remove_partial(self, set_id: str, entry: StoredEntry, min_age_s: float) -> bool:
         # the lock, not the age, tells a live writer: min_age_s (for S3) does not apply here
         path = self._set_dir(set_id) / entry.ref
-        if not entry.partial or not _TMP_RE.match(entry.ref):
+        if not _TMP_RE.match(entry.ref):
             return False
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -210,7 +218,7 @@ class LocalBackend:
         try:
             return open(path, "rb")  # noqa: SIM115 - closed by BackupStore.open_reader
         except FileNotFoundError:
-            raise ArtifactNotFoundError(redact(f"artifact not found: {path}")) from None
+            raise not_found(path) from None
         except OSError as exc:
             raise _os_error(exc, "read", path) from None
 
@@ -223,29 +231,6 @@ class LocalBackend:
             path.unlink(missing_ok=True)
         except OSError as exc:
             raise _os_error(exc, "delete", path) from None
-
-    def list_sets(self) -> list[str]:
-        try:
-            entries = list(os.scandir(self.root))
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise _os_error(exc, "list", self.root) from None
-        return sorted(e.name for e in entries if e.is_dir() and is_artifact_name(e.name))
-
-    def list_artifacts(self, set_id: str) -> dict[str, int]:
-        path = self._set_dir(set_id)
-        try:
-            entries = list(os.scandir(path))
-            return {
-                e.name: e.stat().st_size
-                for e in sorted(entries, key=lambda e: e.name)
-                if e.is_file() and is_artifact_name(e.name)
-            }
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise _os_error(exc, "list", path) from None
 
     def delete_set(self, set_id: str) -> None:
         path = self._set_dir(set_id)

@@ -1,9 +1,9 @@
 """Retention of backup sets: the ``backup_retention`` asset, ``retention_job`` and its schedule.
 
-The policy itself is plain Python in :mod:`twinme_ops.backups.retention`; this module wires it to
-the
-store resource, the run config and the UI. It replaces the spec's ``find -mtime +30 -delete``,
-which only cleaned local copies (S3 was never cleaned) and trusted file times.
+The policy itself is plain Python in :mod:`twinme_ops.backups.retention` (reading and cleaning
+the store in :mod:`twinme_ops.backups.retention_apply`); this module wires it to the store
+resource, the run config and the UI. It replaces the spec's ``find -mtime +30 -delete``, which
+only cleaned local copies (S3 was never cleaned) and trusted file times.
 """
 
 from datetime import UTC, datetime
@@ -11,13 +11,8 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.backups.retention import (
-    RetentionPolicy,
-    apply_retention,
-    decisions_markdown,
-    inspect_sets,
-    plan_retention,
-)
+from twinme_ops.backups.retention import RetentionPolicy, decisions_markdown, plan_retention
+from twinme_ops.backups.retention_apply import apply_retention, inspect_sets
 from twinme_ops.backups.sets import LEFTOVER_GRACE_S, read_set, sweep_leftovers
 from twinme_ops.backups.store.base import BackupStore, StoreError
 from twinme_ops.common.redact import redact

@@ -20,6 +20,7 @@ from twinme_ops.backups.crypto import BackupEncryption
 from twinme_ops.backups.recovery import (
     RecoveryError,
     RecoveryState,
+    RecoveryTargets,
     check_postgres_target,
     check_request,
     resolve_set,
@@ -72,23 +73,7 @@ class RecoverConfig(dg.Config):
     )
 
 
-class _Targets:
-    """The servers being recovered: the configured ones unless the run config overrides them."""
-
-    def __init__(
-        self,
-        overrides: dict[str, str],
-        postgres: PostgresResource,
-        redis: RedisResource,
-        file_storage: FileStorageResource,
-    ) -> None:
-        db, rd, files = (overrides.get(k, "") for k in ("database_url", "redis_url", "files_dir"))
-        self.postgres = PostgresResource(url=db) if db else postgres
-        self.redis = RedisResource(url=rd) if rd else redis
-        self.files = FileStorageResource(path=files) if files else file_storage
-
-
-def _overrides(config: RecoverConfig) -> dict[str, str]:
+def _targets(config: RecoverConfig) -> RecoveryTargets:
     """Target overrides from the run config, which the UI shows: passwords are refused."""
     overrides = {
         "database_url": config.target_database_url,
@@ -102,7 +87,7 @@ def _overrides(config: RecoverConfig) -> dict[str, str]:
                 "UI. Fix: leave the password out (use PGPASSWORD / the environment), or set "
                 "DATABASE_URL / REDIS_URL in the code location's environment instead."
             )
-    return overrides
+    return RecoveryTargets(**overrides)
 
 
 def _fail(state: RecoveryState, step: str, exc: BaseException) -> dg.Failure:
@@ -126,28 +111,24 @@ def recovery_preflight(
     config: RecoverConfig,
     backup_store: BackupStore,
     postgres: PostgresResource,
-    redis: RedisResource,
-    file_storage: FileStorageResource,
 ) -> RecoveryState:
-    overrides = _overrides(config)
-    targets = _Targets(overrides, postgres, redis, file_storage)
-    target_db = targets.postgres.database_name
+    targets = _targets(config)
+    target_pg = targets.postgres(postgres)
+    target_db = target_pg.database_name
     try:
         check_request(config.components, config.confirm, target_db)
         set_id = resolve_set(backup_store, config.set_id)
-        state = RecoveryState(set_id, list(config.components), target_db)
-        state.details["targets"] = overrides
+        state = RecoveryState(set_id, list(config.components), target_db, targets=targets)
         state.details["api_url"] = config.api_url or os.environ.get("TWINME_API_URL", "")
         state.details["approval_wait_s"] = config.approval_wait_minutes * 60
         if "postgres" in state.components:
             # before the safety backup and the scale-down: the swap must be possible
-            check_postgres_target(targets.postgres, context.log.info)
+            check_postgres_target(target_pg, context.log.info)
         verify_set(backup_store, state, context.log.info)
     except RecoveryError as exc:
         raise dg.Failure(description=str(exc)) from None
     context.log.info(
-        f"recovering {', '.join(state.components)} of set {set_id} "
-        f"into {targets.postgres.describe()}"
+        f"recovering {', '.join(state.components)} of set {set_id} into {target_pg.describe()}"
     )
     return state
 
@@ -224,13 +205,13 @@ def recovery_safety_backup(
     redis: RedisResource,
     file_storage: FileStorageResource,
 ) -> RecoveryState:
-    targets = _Targets(state.details["targets"], postgres, redis, file_storage)
+    targets = state.targets
     safety_id = f"safety-{state.stamp}"
     try:
         backup_all(
             backup_store,
             safety_id,
-            Sources(targets.postgres, targets.redis, targets.files),
+            Sources(targets.postgres(postgres), targets.redis(redis), targets.files(file_storage)),
             key=backup_encryption.get_key(),
             environment=twinme_env(),
             run_id=context.run.run_id,
@@ -273,7 +254,7 @@ def recovery_restore(
     redis: RedisResource,
     file_storage: FileStorageResource,
 ) -> RecoveryState:
-    targets = _Targets(state.details["targets"], postgres, redis, file_storage)
+    targets = state.targets
     key = backup_encryption.get_key()
     log = context.log.info
     for component in ("postgres", "redis", "files"):
@@ -281,11 +262,11 @@ def recovery_restore(
             continue
         try:
             if component == "postgres":
-                restore_postgres(backup_store, state, targets.postgres, key, log)
+                restore_postgres(backup_store, state, targets.postgres(postgres), key, log)
             elif component == "redis":
-                restore_redis(backup_store, state, targets.redis, key, log)
+                restore_redis(backup_store, state, targets.redis(redis), key, log)
             else:
-                restore_files(backup_store, state, targets.files, key, log)
+                restore_files(backup_store, state, targets.files(file_storage), key, log)
         except Exception as exc:
             raise _fail(state, f"of {component}", exc) from None
         state.restored.append(component)
@@ -299,16 +280,17 @@ def recovery_scale_up_and_verify(
     kubernetes: KubernetesResource,
     postgres: PostgresResource,
     redis: RedisResource,
-    file_storage: FileStorageResource,
     slack: SlackNotifier,
 ) -> None:
-    targets = _Targets(state.details["targets"], postgres, redis, file_storage)
+    targets = state.targets
     api_url = state.details["api_url"]
     try:
         if kubernetes.is_configured() and state.replicas_found is not None:
             kubernetes.scale(state.replicas_found)
             kubernetes.wait_for_rollout(log=context.log)
-        checks = verify_services(targets.postgres, targets.redis, api_url, context.log.info)
+        checks = verify_services(
+            targets.postgres(postgres), targets.redis(redis), api_url, context.log.info
+        )
     except Exception as exc:
         raise _fail(state, "scale up / verification", exc) from None
     alert = recovery_success(
