@@ -9,7 +9,7 @@ import dagster as dg
 from tests.support.api_app import ControlledApp
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.slack import SlackNotifier
-from twinme_ops.defs.recovery.jobs import deployment_tests_job
+from twinme_ops.defs.release.deployment_tests import deployment_tests_job
 from twinme_ops.release.rollback import ReleaseSettings
 from twinme_ops.scratch.postgres import PostgresServer
 from twinme_ops.scratch.redis import RedisServer
