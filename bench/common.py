@@ -53,6 +53,19 @@ STORE_DIR = "bench-store"
 RAW_RESTORE_DB = "bench_raw_restore"
 
 
+class PrintLog:
+    """A log (``twinme_ops.common.log.Log``) that prints each line as it comes."""
+
+    def debug(self, msg: str, /) -> None:
+        print(msg, flush=True)
+
+    def info(self, msg: str, /) -> None:
+        print(msg, flush=True)
+
+    def warning(self, msg: str, /) -> None:
+        print(f"warning: {msg}", flush=True)
+
+
 def parse_args(description: str) -> argparse.Namespace:
     """``--scale``, ``--rounds``, ``--quick`` and ``--home``, resolved (quick: QUICK_SCALE, 1
     round)."""

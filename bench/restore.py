@@ -25,6 +25,7 @@ from statistics import median
 
 from bench.common import (
     MIB,
+    PrintLog,
     bench_sandbox,
     parse_args,
     raw_restore,
@@ -34,6 +35,7 @@ from bench.common import (
     speed,
 )
 from bench.results_io import report
+from tests.support.list_log import ListLog
 from twinme_ops.backups.drill import DrillResult, run_drill
 
 
@@ -56,7 +58,7 @@ def main() -> int:
                     bench.store(),
                     set_files.set_id,
                     key=None,
-                    log=(lambda m: print(m, flush=True)) if round_ == 0 else (lambda m: None),
+                    log=PrintLog() if round_ == 0 else ListLog(),
                     record=False,
                 )
                 drills.append((result, time.monotonic() - started))

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.support.access_fixtures import GROUPS, IdentityProvider
+from tests.support.list_log import ListLog
 from twinme_ops.access import approvals
 from twinme_ops.access.audit import AuditLog, read_records
 from twinme_ops.access.mutations import RequestRefused, judge, mutation_fields, stamp_launches
@@ -176,7 +177,7 @@ def test_an_approval_holds_only_for_its_run_another_person_and_its_lifetime() ->
 
 def test_the_wait_gives_up_with_nothing_changed_and_passes_once_approved() -> None:
     now = [0.0]
-    lines: list[str] = []
+    lines = ListLog()
 
     def tick(seconds: float) -> None:
         now[0] += seconds
@@ -187,18 +188,18 @@ def test_the_wait_gives_up_with_nothing_changed_and_passes_once_approved() -> No
             lambda: {"twinme/launched_by": "olga"},
             30,
             5,
-            lines.append,
+            lines,
             clock=lambda: now[0],
             sleep=tick,
         )
     assert lines and "waiting for a recovery approver" in lines[0]
     reads = iter([{"twinme/launched_by": "olga"}] * 3 + [_tags("olga", "bob")] * 10)
     approval = wait_for_approval(
-        RUN, lambda: next(reads), 600, 5, lines.append, clock=lambda: now[0], sleep=tick
+        RUN, lambda: next(reads), 600, 5, lines, clock=lambda: now[0], sleep=tick
     )
     assert approval.approved_by == "bob"
     with pytest.raises(approvals.ApprovalRefused, match="names no launcher"):
-        wait_for_approval(RUN, dict, 600, 5, lines.append, clock=lambda: now[0], sleep=tick)
+        wait_for_approval(RUN, dict, 600, 5, lines, clock=lambda: now[0], sleep=tick)
 
 
 def _write_many(path: str, who: str) -> None:

@@ -32,6 +32,7 @@ from tests.support.backup_helpers import (
     run_text,
     store_for,
 )
+from tests.support.list_log import ListLog
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.backups.artifacts import verify_artifact
 from twinme_ops.backups.drill import run_drill
@@ -86,7 +87,7 @@ def _assert_byte_exact_and_drillable(store: BackupStore, set_id: str) -> dict:
     manifest = read_manifest(store, set_id)
     for art in manifest["artifacts"].values():
         assert verify_artifact(store, set_id, art["name"], art["sha256"]) == art["bytes_out"]
-    result = run_drill(store, set_id, key=None, log=lambda _: None, record=False)
+    result = run_drill(store, set_id, key=None, log=ListLog(), record=False)
     assert result.passed, result.reason
     return manifest
 
@@ -177,7 +178,7 @@ def test_a_failed_forced_run_leaves_the_old_set_whole(
         store,
         PARTITION,
         after,
-        log=print,
+        log=ListLog(),
         now=datetime.now(UTC) + timedelta(days=2),
     )
     old = {a["name"] for a in before["artifacts"].values()}
@@ -248,7 +249,7 @@ def test_corrupt_dump_that_pg_restore_rejects_is_reported_as_a_checksum_mismatch
     assert dump[:5] == b"PGDMP"
     dump[0:5] = b"XXXXX"
     path.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(bytes(dump)))
-    result = run_drill(store, PARTITION, key=None, log=lambda _: None, record=False)
+    result = run_drill(store, PARTITION, key=None, log=ListLog(), record=False)
     assert not result.passed
     assert "checksum mismatch" in result.failures["postgres"]
     assert art["name"] in result.failures["postgres"]
@@ -296,12 +297,12 @@ def test_sweep_removes_only_what_is_safe_to_remove(tmp_path: Path) -> None:
     store.put_bytes(PARTITION, "postgres.json", b"{}")  # a record of the old unsuffixed layout
     store.put_bytes(PARTITION, "notes.txt", b"a person's file")
     statuses = {"run-dead": "FAILURE", "run-live": "STARTED"}
-    lines: list[str] = []
-    removed = sweep_leftovers(store, PARTITION, manifest, log=lines.append, run_status=statuses.get)
+    lines = ListLog()
+    removed = sweep_leftovers(store, PARTITION, manifest, log=lines, run_status=statuses.get)
     assert removed == ["postgres.run-dead.dump.zst"]
     later = datetime.now(UTC) + timedelta(days=2)
     removed = sweep_leftovers(
-        store, PARTITION, manifest, log=lines.append, run_status=statuses.get, now=later
+        store, PARTITION, manifest, log=lines, run_status=statuses.get, now=later
     )
     assert sorted(removed) == [
         "files.other-instance.tar.zst",

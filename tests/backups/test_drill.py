@@ -21,6 +21,7 @@ from tests.support.backup_helpers import (
     run_text,
     store_for,
 )
+from tests.support.list_log import ListLog
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.backups.drill import backup_freshness, same_database
 from twinme_ops.backups.manifest import DRILL
@@ -205,10 +206,10 @@ def test_drill_restores_policies_that_name_production_roles(
         FileStorageResource(path=str(files)),
     )
     manifest = backup_all(
-        store, "2026-11-20", sources, key=None, environment="test", run_id="r", log=print
+        store, "2026-11-20", sources, key=None, environment="test", run_id="r", log=ListLog()
     )
     assert manifest["artifacts"]["postgres"]["source"]["policy_roles"] == ["drill_app_users"]
-    result = run_drill(store, "2026-11-20", key=None, log=print)
+    result = run_drill(store, "2026-11-20", key=None, log=ListLog())
     assert result.passed, result.reason
 
 
@@ -235,7 +236,7 @@ def test_redis_keys_whose_ttl_passed_before_the_snapshot_loaded_do_not_fail_the_
         source = {"keys": {"db0": keys}, "expires": {"db0": expires}}
         workdir = tmp_path / f"w{keys}-{expires}"
         workdir.mkdir()
-        _verify_redis(iter([rdb]), source, workdir, None, lambda _: None)
+        _verify_redis(iter([rdb]), source, workdir, None, ListLog())
 
     verify(9, 1)  # exact
     verify(10, 1)  # one key with a TTL expired between INFO and the load

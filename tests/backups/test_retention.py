@@ -21,6 +21,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from tests.support.list_log import ListLog
 from twinme_ops.backups.manifest import (
     COMPONENTS,
     DRILL,
@@ -410,8 +411,8 @@ def test_ninety_days_dry_run_then_real_run(store: BackupStore) -> None:
 
     decisions = plan_retention(list(states.values()), POLICY_90, NOW)
     expected = expected_after_90_days()
-    lines: list[str] = []
-    report = apply_retention(store, decisions, dry_run=True, log=lines.append)
+    lines = ListLog()
+    report = apply_retention(store, decisions, dry_run=True, log=lines)
     assert store.list_sets() == before
     assert report.dry_run
     assert {d.set_id for d in report.deleted} == set(before) - expected
@@ -430,7 +431,7 @@ def test_ninety_days_dry_run_then_real_run(store: BackupStore) -> None:
     assert any(line.startswith(f"report {CORRUPT}: report (manifest unreadable") for line in lines)
 
     lines.clear()
-    report = apply_retention(store, decisions, dry_run=False, log=lines.append)
+    report = apply_retention(store, decisions, dry_run=False, log=lines)
     assert set(store.list_sets()) == expected
     assert len(report.deleted) == 90 + 1 - len(expected) == 47
     assert len(report.kept) == len(expected) - 2
@@ -448,7 +449,7 @@ def test_ninety_days_dry_run_then_real_run(store: BackupStore) -> None:
         store,
         plan_retention(inspect_sets(store), POLICY_90, NOW),
         dry_run=False,
-        log=lambda _: None,
+        log=ListLog(),
     )
     assert again.deleted == []
     assert set(store.list_sets()) == expected
@@ -460,7 +461,7 @@ def test_a_set_completed_after_the_plan_is_not_deleted(store: BackupStore) -> No
     decisions = plan_retention(inspect_sets(store), RetentionPolicy(), NOW)
     assert by_id(decisions)[day(5)].action == "delete"
     write_set(store, day(5))  # e.g. a re-run of that partition finished meanwhile
-    report = apply_retention(store, decisions, dry_run=False, log=lambda _: None)
+    report = apply_retention(store, decisions, dry_run=False, log=ListLog())
     assert [d.set_id for d in report.kept] == [day(5), day(0)]
     assert report.kept[0].reasons == ["became complete while retention ran: kept"]
     assert MANIFEST in store.list_artifacts(day(5))
@@ -480,9 +481,9 @@ def test_a_refused_deletion_is_listed_and_the_others_still_go(
         real_delete(self, set_id)
 
     monkeypatch.setattr(BackupStore, "delete_set", refuse_one)
-    lines: list[str] = []
+    lines = ListLog()
     decisions = plan_retention(inspect_sets(store), RetentionPolicy(), NOW)
-    report = apply_retention(store, decisions, dry_run=False, log=lines.append)
+    report = apply_retention(store, decisions, dry_run=False, log=lines)
     assert [(d.set_id, msg) for d, msg in report.failed] == [
         (day(41), "access denied while trying to delete: Fix: grant s3:DeleteObject")
     ]

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.list_log import ListLog
 from twinme_ops.database.postgres.extensions import (
     MissingExtensionError,
     ensure_extensions,
@@ -52,13 +53,13 @@ def fresh_db(ext_pg: PostgresServer, request: pytest.FixtureRequest) -> Iterator
 
 
 def test_extensions_converge_and_drift(ext_pg: PostgresServer, fresh_db: str) -> None:
-    logged: list[str] = []
+    logged = ListLog()
     with ext_pg.connect(fresh_db) as conn:
         assert extensions_drift(conn) == [
             f"extension vector is not installed in database {fresh_db}",
             f"extension pg_trgm is not installed in database {fresh_db}",
         ]
-        report = ensure_extensions(conn, ("vector", "pg_trgm"), logged.append)
+        report = ensure_extensions(conn, ("vector", "pg_trgm"), logged)
         assert report.statements() == [
             'CREATE EXTENSION IF NOT EXISTS "vector"',
             'CREATE EXTENSION IF NOT EXISTS "pg_trgm"',

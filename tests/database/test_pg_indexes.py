@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.support.list_log import ListLog
 from twinme_ops.database.postgres.indexes.converge import IndexBuildError, converge_indexes
 from twinme_ops.database.postgres.indexes.declared import (
     REBUILD_SUFFIX,
@@ -88,8 +89,8 @@ def test_converge_creates_the_spec_indexes_then_changes_nothing(
     drift = indexes_drift(conn)
     assert len(drift) == 4 and all("is missing" in d for d in drift)
 
-    logged: list[str] = []
-    report = converge_indexes(conn, log=logged.append)
+    logged = ListLog()
+    report = converge_indexes(conn, log=logged)
     assert report.statements() == [
         'CREATE INDEX CONCURRENTLY "idx_conversations_user_id_created" ON "public".'
         '"conversations" USING btree ("user_id", "created_at")',

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.list_log import ListLog
 from tests.support.pg_fixtures import AHEAD, assert_converged, converge_all, drift_all, scalar
 from twinme_ops.database.postgres import partitions as pg_partitions
 from twinme_ops.database.postgres.objects import MissingTablesError
@@ -47,8 +48,8 @@ def test_converge_then_second_run_changes_nothing(pg: PostgresServer, conn: Any)
     with pg.connect("postgres") as admin:  # the role is cluster-wide: start without it
         admin.execute("DROP ROLE IF EXISTS authenticated_users")
     assert drift_all(conn)
-    logged: list[str] = []
-    partitions, publication, rls = converge_all(conn, logged.append)
+    logged = ListLog()
+    partitions, publication, rls = converge_all(conn, logged)
 
     months = partition_months(AHEAD)
     created = [m.name for m in months[4:]]  # the schema made the current month and 3 ahead

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.list_log import ListLog
 from twinme_ops.database.postgres.settings.converge import converge_settings
 from twinme_ops.database.postgres.settings.declared import (
     SPEC_INSTANCE,
@@ -205,13 +206,13 @@ def test_converge_reports_pending_restart_until_restarted(tuned_pg: PostgresServ
     with tuned_pg.connect() as conn:
         conn.execute("ALTER SYSTEM RESET ALL")
     tuned_pg.restart()
-    logged: list[str] = []
+    logged = ListLog()
     with tuned_pg.connect(DATABASE) as conn:
         before = settings_drift(conn, desired)
         assert "shared_buffers is 128MB, want 256MB (needs a restart)" in before
         assert "log_statement is none, want mod" in before
 
-        first = converge_settings(conn, desired, logged.append)
+        first = converge_settings(conn, desired, logged)
         statements = first.statements()
         assert "ALTER SYSTEM SET \"shared_buffers\" = '256MB'" in statements
         assert "ALTER SYSTEM SET \"log_statement\" = 'mod'" in statements

@@ -13,13 +13,14 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 
+from tests.support.list_log import ListLog
 from twinme_ops.database.redis.converge import converge_redis
 from twinme_ops.database.redis.declared import RedisConfigError, desired_settings
 from twinme_ops.database.redis.drift import redis_config_drift
@@ -157,13 +158,13 @@ def config_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Liv
 
 
 @pytest.fixture
-def log_lines() -> list[str]:
-    return []
+def log_lines() -> ListLog:
+    return ListLog()
 
 
 @pytest.fixture
-def log(log_lines: list[str]) -> Callable[[str], None]:
-    return log_lines.append
+def log(log_lines: ListLog) -> ListLog:
+    return log_lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ def test_drift_falls_back_to_info_and_finds_none(prod_redis: LiveRedis) -> None:
 
 
 def test_converge_without_config_changes_nothing_and_says_why(
-    prod_redis: LiveRedis, log_lines: list[str], log: Callable[[str], None]
+    prod_redis: LiveRedis, log_lines: list[str], log: ListLog
 ) -> None:
     client = prod_redis.client()
     before = client.info("memory")["maxmemory"]
@@ -330,7 +331,7 @@ def test_converge_without_config_changes_nothing_and_says_why(
 
 
 def test_drift_through_info_is_reported_and_left_to_a_restart(
-    prod_redis: LiveRedis, log: Callable[[str], None]
+    prod_redis: LiveRedis, log: ListLog
 ) -> None:
     # A newer file asks for 1gb and noeviction: INFO sees it, CONFIG SET is impossible.
     desired = {**prod_redis.desired, "maxmemory": "1gb", "maxmemory-policy": "noeviction"}
@@ -354,7 +355,7 @@ def test_drift_through_info_is_reported_and_left_to_a_restart(
 
 
 def test_drift_and_converge_with_config(
-    config_redis: LiveRedis, log_lines: list[str], log: Callable[[str], None]
+    config_redis: LiveRedis, log_lines: list[str], log: ListLog
 ) -> None:
     client = config_redis.client()
     desired = config_redis.desired
@@ -389,7 +390,7 @@ def test_drift_and_converge_with_config(
 
 
 def test_converge_lists_settings_only_a_restart_applies(
-    config_redis: LiveRedis, log: Callable[[str], None]
+    config_redis: LiveRedis, log: ListLog
 ) -> None:
     client = config_redis.client()
     desired = {**config_redis.desired, "tcp-backlog": "1024", "dbfilename": "other.rdb"}
@@ -400,7 +401,7 @@ def test_converge_lists_settings_only_a_restart_applies(
 
 
 def test_converge_without_config_file_does_not_rewrite(
-    request: pytest.FixtureRequest, tmp_path: Path, log: Callable[[str], None]
+    request: pytest.FixtureRequest, tmp_path: Path, log: ListLog
 ) -> None:
     server = _start(request, tmp_path, {"rename-command CONFIG": None}, from_stdin=True)
     client = server.client()

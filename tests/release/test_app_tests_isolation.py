@@ -40,6 +40,7 @@ from tests.support.app_probe_run import (
     release,
 )
 from tests.support.git_repos import Repo
+from tests.support.list_log import ListLog
 from tests.support.unprivileged import run_unprivileged
 from twinme_ops.defs.resources import make_app_test_runner
 from twinme_ops.release.app_tests.isolation import TESTS_USER, hidden_paths
@@ -189,14 +190,10 @@ def test_a_failing_test_fails_the_asset_with_its_last_lines(
 def test_without_root_it_refuses_and_names_the_fix(tmp_path: Path) -> None:
     checkout = tmp_path / "app"
     shutil.copytree(PROBE_APP, checkout)
-    ran: list[str] = []
-
-    class Log:
-        def info(self, msg: str) -> None:
-            ran.append(msg)
+    ran = ListLog()
 
     def attempt() -> str:
-        LocalAppTestRunner().run(checkout, sha="0" * 40, commands=["npm ci"], log=Log())
+        LocalAppTestRunner().run(checkout, sha="0" * 40, commands=["npm ci"], log=ran)
         return "ran unisolated"
 
     outcome = run_unprivileged(attempt)
@@ -223,6 +220,9 @@ def test_the_opt_out_is_loud_and_the_probe_does_see_through_it(
     warnings: list[str] = []
 
     class Log:
+        def debug(self, msg: str) -> None:
+            lines.append(msg)
+
         def info(self, msg: str) -> None:
             lines.append(msg)
 

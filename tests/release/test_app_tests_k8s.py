@@ -35,6 +35,7 @@ from tests.support.git_repos import Repo
 from tests.support.k8s_emulator import EmulatorHandle
 from tests.support.k8s_job_cluster import restricted_violations
 from tests.support.kubernetes_versions import VERSIONS
+from tests.support.list_log import ListLog
 from twinme_ops.release.app_tests.job import MARKER
 from twinme_ops.release.app_tests.k8s import (
     POSTGRES_IMAGE,
@@ -57,14 +58,6 @@ ALLOWED_TEST_ENV |= {"FORCE_COLOR", "NO_COLOR", "npm_config_audit", "npm_config_
 ALLOWED_TEST_ENV |= {"npm_config_update_notifier", "DATABASE_URL", "TEST_DATABASE_URL"}
 ALLOWED_TEST_ENV |= {"REDIS_URL", "TEST_REDIS_URL", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD"}
 ALLOWED_TEST_ENV |= {"PGDATABASE"}
-
-
-class Log:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def info(self, msg: str) -> None:
-        self.messages.append(msg)
 
 
 @pytest.fixture
@@ -179,7 +172,7 @@ def test_a_failing_test_fails_with_the_same_text_as_locally(
 ) -> None:
     failing = "'use strict';\nconsole.log('checking the cache: boom-41c9');\nprocess.exit(3);\n"
     sha, checkout = checkout_of(tmp_path, {"test/integration.js": failing})
-    log = Log()
+    log = ListLog()
     with pytest.raises(AppTestsFailed) as excinfo:
         runner(k8s_emulator[0]).run(checkout, sha=sha, commands=OFFLINE_COMMANDS, log=log)
     error = excinfo.value
@@ -189,7 +182,7 @@ def test_a_failing_test_fails_with_the_same_text_as_locally(
     assert "boom-41c9" in str(error) and "checking the cache: boom-41c9" in error.failed.tail
     assert [r.command for r in error.results] == list(OFFLINE_COMMANDS)
     assert [r.ok for r in error.results] == [True, True, False]
-    assert any("boom-41c9" in m for m in log.messages)
+    assert any("boom-41c9" in m for m in log.lines)
     assert_nothing_left(kubelet)
 
 
@@ -200,7 +193,7 @@ def test_each_command_has_its_time_limit(
     hang = "node -e 'setTimeout(() => {}, 60000)'"
     with pytest.raises(AppTestsFailed, match="timed out after 1 s") as excinfo:
         runner(k8s_emulator[0]).run(
-            checkout, sha=sha, commands=["node --version", hang], log=Log(), timeout_s=1
+            checkout, sha=sha, commands=["node --version", hang], log=ListLog(), timeout_s=1
         )
     assert excinfo.value.failed.command == hang and excinfo.value.failed.timed_out
     assert_nothing_left(kubelet)
@@ -214,7 +207,7 @@ def test_a_pod_the_namespace_refuses_fails_at_once_with_the_reason(
     try:
         sha, checkout = checkout_of(tmp_path)
         with pytest.raises(AppTestsUnavailable) as excinfo:
-            runner(kubeconfig).run(checkout, sha=sha, commands=["node --version"], log=Log())
+            runner(kubeconfig).run(checkout, sha=sha, commands=["node --version"], log=ListLog())
         message = str(excinfo.value)
         assert "cannot create its pod" in message
         assert 'serviceaccount "twinme-app-tests" not found' in message
@@ -230,7 +223,7 @@ def test_an_image_that_cannot_be_pulled_fails_at_once_and_names_its_variable(
     kubelet.pull_errors.add(POSTGRES_IMAGE)
     sha, checkout = checkout_of(tmp_path)
     with pytest.raises(AppTestsUnavailable) as excinfo:
-        runner(k8s_emulator[0]).run(checkout, sha=sha, commands=["node --version"], log=Log())
+        runner(k8s_emulator[0]).run(checkout, sha=sha, commands=["node --version"], log=ListLog())
     message = str(excinfo.value)
     assert "container postgres cannot start: ErrImagePull" in message
     assert "TWINME_APP_TESTS_POSTGRES_IMAGE" in message

@@ -37,6 +37,7 @@ from tests.support.git_repos import Repo
 from tests.support.k8s_emulator import EmulatorHandle
 from tests.support.k8s_job_cluster import api_client, restricted_violations
 from tests.support.kubernetes_versions import VERSIONS
+from tests.support.list_log import ListLog
 from tests.support.registry_fixtures import RegistryServer
 from twinme_ops.defs.release.assets import container_image, source_checkout
 from twinme_ops.release.git import GitRepoResource
@@ -54,20 +55,6 @@ from twinme_ops.release.images.local import ImageBuildError
 NAMESPACE = "twinme-build"
 GIT_TOKEN = "ghp_" + "S3cr3tT0k3n" * 3
 TOOLS = ("buildah", "skopeo", "git", "setpriv")
-
-
-class ListLog:
-    """A ``context.log`` stand-in that keeps every line."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg: str, /) -> None:
-        self.lines.append(msg)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 @dataclass(frozen=True)

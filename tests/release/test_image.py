@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.list_log import ListLog
 from tests.support.registry_fixtures import RegistryServer
 from twinme_ops.release.images.local import (
     BuiltImage,
@@ -31,18 +32,6 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     )
 )
-
-
-class ListLog:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg: str, /) -> None:
-        self.lines.append(msg)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 def _free_port() -> int:

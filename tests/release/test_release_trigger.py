@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 
 from tests.support.git_repos import Repo, tick
+from tests.support.list_log import ListLog
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.release.assets import app_tests, source_checkout
@@ -133,14 +134,10 @@ def test_old_checkouts_are_pruned_but_never_the_current_one(repo: Repo, tmp_path
 
 
 def test_run_commands_streams_and_stops_at_the_first_failure(tmp_path: Path) -> None:
-    lines: list[str] = []
-
-    class Log:
-        def info(self, msg: str) -> None:
-            lines.append(msg)
+    lines = ListLog()
 
     with pytest.raises(AppTestsFailed) as excinfo:
-        run_commands(["echo hello", "sh -c 'echo boom; exit 3'", "echo never"], tmp_path, log=Log())
+        run_commands(["echo hello", "sh -c 'echo boom; exit 3'", "echo never"], tmp_path, log=lines)
     assert "hello" in lines and "boom" in lines and "never" not in lines
     error = excinfo.value
     assert error.failed.exit_code == 3
@@ -148,7 +145,7 @@ def test_run_commands_streams_and_stops_at_the_first_failure(tmp_path: Path) -> 
     assert "boom" in str(error)
     assert [r.ok for r in error.results] == [True, False]
     with pytest.raises(AppTestsFailed, match="timed out"):
-        run_commands(["sleep 30"], tmp_path, log=Log(), timeout=0.5)
+        run_commands(["sleep 30"], tmp_path, log=lines, timeout=0.5)
 
 
 def release_defs(repo: Repo, tmp_path: Path, slack: SlackReceiver) -> dg.Definitions:

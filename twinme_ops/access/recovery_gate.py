@@ -16,6 +16,7 @@ import dagster as dg
 from pydantic import Field
 
 from twinme_ops.access import approvals
+from twinme_ops.common.log import Log
 
 
 class ApprovalTimeout(Exception):
@@ -40,7 +41,7 @@ def wait_for_approval(
     read_tags: Callable[[], Mapping[str, str]],
     timeout_s: float,
     poll_interval_s: float,
-    log: Callable[[str], object],
+    log: Log,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> approvals.Approval:
@@ -61,7 +62,7 @@ def wait_for_approval(
                 raise
         if why != last_said or clock() >= next_progress:
             remaining = max(0.0, deadline - clock())
-            log(f"waiting for a recovery approver: {why} ({remaining / 60:.1f} min left)")
+            log.info(f"waiting for a recovery approver: {why} ({remaining / 60:.1f} min left)")
             last_said, next_progress = why, clock() + 60
         if clock() >= deadline:
             raise ApprovalTimeout(

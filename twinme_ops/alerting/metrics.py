@@ -23,11 +23,10 @@ from prometheus_client import CollectorRegistry, Gauge
 from pydantic import Field
 
 from twinme_ops.alerting.pushgateway import gateway_target, send_registry
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 
 _fallback_log = logging.getLogger("twinme_ops.metrics")
-
-Log = logging.Logger | dg.DagsterLogManager
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
 from twinme_ops.alerting.alert import Alert
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact, register_secret
 
 _fallback_log = logging.getLogger("twinme_ops.slack")
@@ -168,7 +169,7 @@ class SlackNotifier(dg.ConfigurableResource):
     def send(
         self,
         message: str | Alert,
-        log: logging.Logger | dg.DagsterLogManager | None = None,
+        log: Log | None = None,
     ) -> bool:
         """Deliver ``message`` (redacted first). Returns whether Slack accepted it; never raises."""
         logger = log or _fallback_log

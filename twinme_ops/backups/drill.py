@@ -29,10 +29,10 @@ from twinme_ops.backups.restore.postgres import pg_restore_stream
 from twinme_ops.backups.restore.redis import scratch_redis_from_rdb
 from twinme_ops.backups.sets import read_set, require_complete_set
 from twinme_ops.backups.store.base import MIB, BackupStore
+from twinme_ops.common.log import DEFAULT_LOG, Log
 from twinme_ops.common.redact import redact
 from twinme_ops.scratch.postgres import PostgresServer
 
-Log = Callable[[str], None]
 DRILL_DB = "twinme_drill"
 # a backup set older than this without a passed drill means backups have stopped working
 FRESHNESS_MAX_AGE_HOURS = 26.0
@@ -108,7 +108,7 @@ def run_drill(
     key: bytes | None,
     production_database_url: str | None = None,
     scratch_base: str | None = None,
-    log: Log = print,
+    log: Log = DEFAULT_LOG,
     record: bool = True,
 ) -> DrillResult:
     """Restore every component of ``set_id`` on scratch servers and verify it.
@@ -140,13 +140,13 @@ def run_drill(
                 result.restored[component] = verify(
                     chunks, art["source"], workdir, production_database_url, log
                 )
-                log(f"drill {set_id}: {component} restored and verified")
+                log.info(f"drill {set_id}: {component} restored and verified")
             except DrillRefused:
                 raise
             except Exception as exc:
                 message = f"{art['name']}: {redact(_integrity_first(store, set_id, art, exc))}"
                 result.failures[component] = message
-                log(f"drill {set_id}: {component} FAILED: {message}")
+                log.info(f"drill {set_id}: {component} FAILED: {message}")
             finally:
                 result.rto_s[component] = round(time.monotonic() - t0, 3)
     if result.failures:
@@ -234,7 +234,7 @@ def _verify_postgres(
                     mismatches.append("pgvector nearest-neighbour search returned no rows")
         if mismatches:
             raise RuntimeError("row counts differ: " + "; ".join(mismatches[:5]))
-        log(f"postgres: {sum(restored.values()):,} rows in {len(restored)} tables match")
+        log.info(f"postgres: {sum(restored.values()):,} rows in {len(restored)} tables match")
         return {"tables": len(restored), "rows": sum(restored.values()), "knn_rows": neighbours}
     finally:
         server.stop(mode="immediate")
@@ -266,7 +266,7 @@ def _verify_redis(
                 f"key counts differ: restored {got}, manifest says {expected} "
                 f"({expires} with a TTL)"
             )
-        log(f"redis: {sum(got.values()):,} keys match on redis-server {server.version}")
+        log.info(f"redis: {sum(got.values()):,} keys match on redis-server {server.version}")
         return {"keys": sum(got.values()), "redis_version": server.version}
     finally:
         server.stop()
@@ -285,7 +285,7 @@ def _verify_files(
             f"restored {counts['files']} files / {counts['bytes']} bytes, manifest says "
             f"{source['files']} / {source['bytes']}"
         )
-    log(f"files: {counts['files']:,} files, {counts['bytes']:,} bytes match")
+    log.info(f"files: {counts['files']:,} files, {counts['bytes']:,} bytes match")
     return dict(counts)
 
 

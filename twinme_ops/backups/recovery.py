@@ -13,7 +13,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,12 +37,12 @@ from twinme_ops.backups.restore.postgres_swap import swap_databases
 from twinme_ops.backups.restore.redis import replay_redis, scratch_redis_from_rdb
 from twinme_ops.backups.sets import SetNotFoundError, read_set, require_complete_set
 from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.servers.files import FileStorageResource
 from twinme_ops.servers.postgres import PostgresResource
 from twinme_ops.servers.redis import RedisResource
 
-Log = Callable[[str], None]
 LATEST_VERIFIED = "latest-verified"
 
 
@@ -157,7 +156,7 @@ def verify_set(store: BackupStore, state: RecoveryState, log: Log) -> None:
                 f"set {state.set_id}: {art['name']} failed verification ({redact(exc)}); "
                 "nothing was touched. Fix: recover from another set (latest-verified)."
             ) from None
-        log(f"{component}: {art['name']} verified ({size:,} bytes, sha256 ok)")
+        log.info(f"{component}: {art['name']} verified ({size:,} bytes, sha256 ok)")
 
 
 def check_postgres_target(pg: PostgresResource, log: Log) -> None:
@@ -168,7 +167,9 @@ def check_postgres_target(pg: PostgresResource, log: Log) -> None:
         check_maintenance_access(admin, live, pg.tool_env())
     except RestoreError as exc:
         raise RecoveryError(f"{exc} Nothing was touched.") from None
-    log(f"postgres: {live} can be swapped from the maintenance database {urlsplit(admin).path[1:]}")
+    log.info(
+        f"postgres: {live} can be swapped from the maintenance database {urlsplit(admin).path[1:]}"
+    )
 
 
 def restore_postgres(
@@ -188,10 +189,10 @@ def restore_postgres(
     with restore_lock(admin, restored_db, env):
         leftovers = drop_restore_leftovers(admin, live, state.stamp, env)
         for name in leftovers.dropped:
-            log(f"postgres: dropped {name}, left by a recovery that did not finish")
+            log.info(f"postgres: dropped {name}, left by a recovery that did not finish")
         for name, why in leftovers.kept.items():
-            log(f"postgres: kept {name}: {why}")
-        log(
+            log.info(f"postgres: kept {name}: {why}")
+        log.info(
             f"postgres: restoring into {restored_db}, swapped in from the maintenance database "
             f"{urlsplit(admin).path[1:]}"
         )
@@ -205,7 +206,9 @@ def restore_postgres(
             raise
         swap_databases(admin, live, restored_db, keep_old, env)
     state.details["postgres"] = {"previous_database_kept_as": keep_old}
-    log(f"postgres: {live} now holds set {state.set_id}; the previous one is kept as {keep_old}")
+    log.info(
+        f"postgres: {live} now holds set {state.set_id}; the previous one is kept as {keep_old}"
+    )
 
 
 def restore_redis(
@@ -225,7 +228,7 @@ def restore_redis(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     state.details["redis"] = counts
-    log(f"redis: replayed {counts}")
+    log.info(f"redis: replayed {counts}")
 
 
 def restore_files(
@@ -248,7 +251,7 @@ def restore_files(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     state.details["files"] = counts
-    log(f"files: {target} now holds {counts['files']:,} files from set {state.set_id}")
+    log.info(f"files: {target} now holds {counts['files']:,} files from set {state.set_id}")
 
 
 def verify_services(
@@ -277,5 +280,5 @@ def verify_services(
             if time.monotonic() > deadline:
                 raise RecoveryError(f"{redact(url)} did not answer 200 within {timeout_s:.0f} s")
             time.sleep(2)
-    log(f"verification: {checks}")
+    log.info(f"verification: {checks}")
     return checks

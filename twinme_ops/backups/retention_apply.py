@@ -10,13 +10,13 @@ and S3 are read and cleaned alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twinme_ops.backups.manifest import MANIFEST
 from twinme_ops.backups.retention import Decision, SetState, parse_set_date
 from twinme_ops.backups.sets import read_set
 from twinme_ops.backups.store.base import BackupStore, StoreError
+from twinme_ops.common.log import Log
 
 
 @dataclass
@@ -74,7 +74,7 @@ def apply_retention(
     decisions: list[Decision],
     *,
     dry_run: bool,
-    log: Callable[[str], None],
+    log: Log,
 ) -> RetentionReport:
     """Carry out a plan: delete the sets marked ``delete`` (not in a dry run), log every decision.
 
@@ -86,15 +86,15 @@ def apply_retention(
     report = RetentionReport(dry_run=dry_run)
     for decision in sorted(decisions, key=lambda d: d.set_id):
         if decision.action == "report":
-            log(f"report {decision.explain()}")
+            log.warning(f"report {decision.explain()}")
             report.reported.append(decision)
             continue
         if decision.action == "keep":
-            log(f"keep {decision.explain()}")
+            log.info(f"keep {decision.explain()}")
             report.kept.append(decision)
             continue
         if dry_run:
-            log(f"dry run, would delete {decision.explain()}")
+            log.info(f"dry run, would delete {decision.explain()}")
             report.deleted.append(decision)
             continue
         try:
@@ -105,14 +105,14 @@ def apply_retention(
                     ["became complete while retention ran: kept"],
                     "complete",
                 )
-                log(f"keep {kept.explain()}")
+                log.info(f"keep {kept.explain()}")
                 report.kept.append(kept)
                 continue
             store.delete_set(decision.set_id)
         except StoreError as exc:
-            log(f"could not delete {decision.explain()}: {exc}")
+            log.warning(f"could not delete {decision.explain()}: {exc}")
             report.failed.append((decision, str(exc)))
             continue
-        log(f"deleted {decision.explain()}")
+        log.info(f"deleted {decision.explain()}")
         report.deleted.append(decision)
     return report

@@ -32,8 +32,8 @@ from twinme_ops.backups.manifest import (
     run_object,
 )
 from twinme_ops.backups.store.base import ArtifactNotFoundError, BackupStore
+from twinme_ops.common.log import Log
 
-Log = Callable[[str], None]
 DrillVerdict = Literal["passed", "failed", "stale", "none"]
 # Unnamed complete objects younger than this may belong to a run still writing (the backup job
 # stops at 4 h) or be read by a drill of a manifest just replaced: kept until then.
@@ -181,13 +181,15 @@ def sweep_leftovers(
         if entry.partial:
             if store.remove_partial(set_id, entry, grace_s):
                 removed.append(entry.name)
-                log(f"set {set_id}: removed the unfinished write of {entry.name} (its writer died)")
+                log.info(
+                    f"set {set_id}: removed the unfinished write of {entry.name} (its writer died)"
+                )
             continue
         if entry.name in named:
             continue
         owner = run_object(entry.name)
         if owner is None:
-            log(f"set {set_id}: kept {entry.name}: not a name twinme_ops writes")
+            log.info(f"set {set_id}: kept {entry.name}: not a name twinme_ops writes")
             continue
         run = owner[1]
         status = run_status(run) if run and run_status is not None else None
@@ -200,5 +202,5 @@ def sweep_leftovers(
             continue  # may belong to a run still writing or a drill still reading
         store.delete(set_id, entry.name)
         removed.append(entry.name)
-        log(f"set {set_id}: removed leftover {entry.name} ({why})")
+        log.info(f"set {set_id}: removed leftover {entry.name} ({why})")
     return removed

@@ -9,7 +9,7 @@ byte for byte as its manifest says.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +27,7 @@ from twinme_ops.backups.manifest import (
 )
 from twinme_ops.backups.sets import read_set
 from twinme_ops.backups.store.base import ArtifactExistsError, BackupStore, StoreError
+from twinme_ops.common.log import DEFAULT_LOG, Log
 from twinme_ops.common.pgtools import pg_tool_version
 from twinme_ops.servers.files import FilesFacts, FileStorageResource, tar_stream
 from twinme_ops.servers.postgres import DEFAULT_LOCK_WAIT_TIMEOUT_S, PostgresResource, snapshot_dump
@@ -214,7 +215,7 @@ def write_manifest(
     environment: str,
     run_id: str,
     runs: Sequence[str] = (),
-    log: Callable[[str], None] = print,
+    log: Log = DEFAULT_LOG,
 ) -> dict:
     """Build the manifest from this run's component records and create it, last.
 
@@ -238,7 +239,7 @@ def write_manifest(
     data = manifest_bytes(manifest)
     if all(r.replace for r in records.values()):
         if MANIFEST in names:
-            log(f"force: replacing the manifest of set {set_id} (one atomic write)")
+            log.info(f"force: replacing the manifest of set {set_id} (one atomic write)")
         store.put_bytes(set_id, MANIFEST, data)
     else:
         try:
@@ -250,7 +251,7 @@ def write_manifest(
         try:
             store.delete(set_id, record_name(record.component, record.run_id))
         except StoreError as exc:  # a record left behind is a leftover, not a fault
-            log(f"could not remove record {record.component}.{record.run_id}.json: {exc}")
+            log.warning(f"could not remove record {record.component}.{record.run_id}.json: {exc}")
     return manifest
 
 
@@ -262,10 +263,10 @@ def backup_all(
     key: bytes | None,
     environment: str,
     run_id: str,
-    log: Callable[[str], None],
+    log: Log,
 ) -> dict:
     """A complete set in one call (recovery's safety backup)."""
     for component in COMPONENTS:
         done = backup_component(component, store, set_id, sources, run_id=run_id, key=key)
-        log(f"{component}: {done.result.bytes_out:,} bytes stored in {set_id}")
+        log.info(f"{component}: {done.result.bytes_out:,} bytes stored in {set_id}")
     return write_manifest(store, set_id, environment=environment, run_id=run_id, log=log)

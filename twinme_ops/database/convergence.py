@@ -7,10 +7,9 @@ the differences as sentences. Run twice, a converge function reports no change t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-Log = Callable[[str], None]
+from twinme_ops.common.log import Log
 
 
 @dataclass
@@ -41,4 +40,4 @@ class ConvergeReport:
         """Record a change (call it after the statement succeeded) and log the statement."""
         self.changes.append(Change(target, statement, detail))
         if log:
-            log(f"{target}: {statement}")
+            log.info(f"{target}: {statement}")

@@ -24,8 +24,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.output_lines import read_bursts
 from twinme_ops.common.redact import redact, redact_url
 
@@ -36,18 +36,6 @@ _LOCUSTFILE = "locust/locustfile.py"
 # written by the locustfile when locust quits (the periodic CSV misses the last second)
 _FINAL_CSV_NAME = "final_stats.csv"
 _CSV_PREFIX = "locust"
-
-
-class LogLike(Protocol):
-    """What we need from a logger: ``logging.Logger`` and Dagster's log manager both fit."""
-
-    def info(self, msg: str, /) -> object:
-        """Log an informational message."""
-        ...
-
-    def warning(self, msg: str, /) -> object:
-        """Log a warning."""
-        ...
 
 
 class LoadTestError(RuntimeError):
@@ -199,7 +187,7 @@ def run_load_test(
     base_url: str,
     settings: LoadTestSettings | None = None,
     paths: Sequence[str] = ("/health",),
-    log: LogLike | None = None,
+    log: Log | None = None,
 ) -> LoadTestResult:
     """Run ``locust --headless`` against ``base_url`` and return its aggregated statistics.
 
@@ -209,7 +197,7 @@ def run_load_test(
     :class:`LoadTestError` when locust is missing, hangs, or leaves no statistics.
     """
     settings = settings or LoadTestSettings()
-    logger: LogLike = log or _fallback_log
+    logger: Log = log or _fallback_log
     command = _locust_command(settings)
     with tempfile.TemporaryDirectory(prefix="twinme-locust-") as tmp:
         work = Path(tmp)
@@ -280,7 +268,7 @@ def _locust_env(paths: Sequence[str], settings: LoadTestSettings, work: Path) ->
 
 
 def _run_locust(
-    argv: list[str], env: dict[str, str], work: Path, logger: LogLike, *, hard_timeout_s: float
+    argv: list[str], env: dict[str, str], work: Path, logger: Log, *, hard_timeout_s: float
 ) -> tuple[int, list[str]]:
     """Run locust to its end in ``work``: its exit code and its last output lines."""
     try:
@@ -321,7 +309,7 @@ def _stats_file(work: Path, exit_code: int, tail: list[str]) -> Path:
     )
 
 
-def _pump(proc: subprocess.Popen[str], logger: LogLike, tail: list[str]) -> None:
+def _pump(proc: subprocess.Popen[str], logger: Log, tail: list[str]) -> None:
     """Forward locust's output lines (redacted) to ``logger``, keeping the last ones for errors."""
     assert proc.stdout is not None
     for burst in read_bursts(proc.stdout):

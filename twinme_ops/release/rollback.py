@@ -3,7 +3,6 @@ release attempt ended (:class:`DeployOutcome`, which the Pushgateway metrics rep
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.release.load_test import LoadTestSettings
 from twinme_ops.release.verification import VerificationResult, verify_deployment
@@ -43,7 +43,7 @@ class ReleaseSettings(dg.ConfigurableResource):
         self,
         postgres: PostgresResource,
         redis: RedisResource,
-        log: logging.Logger | dg.DagsterLogManager,
+        log: Log,
     ) -> Callable[[], VerificationResult | None]:
         """The release's verification as one callable: ``api_url``'s probes and load test,
         ``SELECT 1`` on ``postgres`` and ``PING`` on ``redis`` (it returns None without a URL).
@@ -74,7 +74,7 @@ def rollback(
     previous_image: str,
     reason: str,
     verify: Callable[[], VerificationResult | None],
-    log: logging.Logger | dg.DagsterLogManager,
+    log: Log,
 ) -> RollbackOutcome:
     """Patch the Deployment back to ``previous_image``, wait for it, verify again."""
     log.warning(f"rolling back to {previous_image}: {reason}")
@@ -95,7 +95,7 @@ def verification_for(
     settings: ReleaseSettings,
     check_db: Callable[[], None] | None,
     check_redis: Callable[[], None] | None,
-    log: logging.Logger | dg.DagsterLogManager,
+    log: Log,
 ) -> Callable[[], VerificationResult | None]:
     """A callable running the verification against ``settings.api_url`` (None without one)."""
 

@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact, redact_url
 from twinme_ops.release.load_test import (
     LoadTestError,
     LoadTestResult,
     LoadTestSettings,
-    LogLike,
     parse_stats_csv,
     run_load_test,
 )
@@ -122,7 +122,7 @@ def verify_deployment(
     settings: LoadTestSettings | None = None,
     check_db: Callable[[], None] | None = None,
     check_redis: Callable[[], None] | None = None,
-    log: LogLike | None = None,
+    log: Log | None = None,
     probe_paths: Iterable[str] = ("/health", "/ready"),
     load_paths: Sequence[str] = ("/health",),
     probe_timeout_s: float = 5,
@@ -136,7 +136,7 @@ def verify_deployment(
     The load test is skipped only when the service does not answer HTTP at all, since 30 s of
     connection errors would say nothing more.
     """
-    logger: LogLike = log or _fallback_log
+    logger: Log = log or _fallback_log
     result = VerificationResult(base_url=redact_url(base_url))
 
     def record(step: StepResult) -> None:
@@ -172,7 +172,7 @@ def _load_test_step(
     base_url: str,
     settings: LoadTestSettings,
     load_paths: Sequence[str],
-    logger: LogLike,
+    logger: Log,
 ) -> StepResult:
     """Run the load test; its numbers go into ``result``, its verdict into the step returned."""
     start = time.perf_counter()
@@ -186,7 +186,7 @@ def _load_test_step(
     )
 
 
-def _log_step(logger: LogLike, step: StepResult) -> None:
+def _log_step(logger: Log, step: StepResult) -> None:
     if step.outcome in ("failed", "error"):
         logger.warning(f"verification {step.name}: {step.outcome}: {step.reason}")
     else:
@@ -201,7 +201,6 @@ __all__ = [
     "LoadTestError",
     "LoadTestResult",
     "LoadTestSettings",
-    "LogLike",
     "ProbeResult",
     "StepResult",
     "VerificationResult",

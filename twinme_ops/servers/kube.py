@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact_url
 from twinme_ops.servers.kube_connection import (
     KubernetesApiError,
@@ -33,7 +34,6 @@ from twinme_ops.servers.kube_connection import (
 from twinme_ops.servers.kube_rollout import (
     PAUSED,
     PROGRESS_DEADLINE_EXCEEDED,
-    Log,
     RolloutFailed,
     RolloutStatus,
     as_int,
@@ -55,7 +55,6 @@ __all__ = [
     "KubernetesApiError",
     "KubernetesNotConfiguredError",
     "KubernetesResource",
-    "Log",
     "RolloutFailed",
     "RolloutStatus",
     "rollout_status",

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import dagster as dg
-
+from twinme_ops.common.log import Log
 from twinme_ops.servers.kube_connection import KubernetesApiError
 
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
@@ -24,8 +23,6 @@ PAUSED = "the deployment is paused"
 _HEARTBEAT_S = 30.0
 
 _fallback_log = logging.getLogger("twinme_ops.kube")
-
-Log = logging.Logger | dg.DagsterLogManager
 
 
 class RolloutFailed(RuntimeError):

@@ -15,7 +15,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from twinme_ops.database.convergence import ConvergeReport, Log
+from twinme_ops.common.log import Log
+from twinme_ops.database.convergence import ConvergeReport
 from twinme_ops.database.postgres.objects import first_line
 
 TARGET_EXTENSIONS = "postgres_extensions"

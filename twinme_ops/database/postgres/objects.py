@@ -37,7 +37,8 @@ from typing import Any
 
 import psycopg
 
-from twinme_ops.database.convergence import ConvergeReport, Log
+from twinme_ops.common.log import Log
+from twinme_ops.database.convergence import ConvergeReport
 
 LOCK_TIMEOUT = "5s"
 TWINME_SCHEMA_FIX = "apply the TwinMe schema, or point DATABASE_URL at the TwinMe database"

@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from twinme_ops.database.convergence import ConvergeReport, Log
+from twinme_ops.common.log import Log
+from twinme_ops.database.convergence import ConvergeReport
 from twinme_ops.database.postgres.objects import (
     LOCK_TIMEOUT,
     Conn,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twinme_ops.database.convergence import ConvergeReport, Log
+from twinme_ops.common.log import Log
+from twinme_ops.database.convergence import ConvergeReport
 from twinme_ops.database.postgres.objects import (
     Conn,
     PgObjectsError,

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 
 import redis
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
-from twinme_ops.database.convergence import ConvergeReport, Log
+from twinme_ops.database.convergence import ConvergeReport
 from twinme_ops.database.redis.declared import RedisConfigError
 from twinme_ops.database.redis.drift import redis_config_drift, show_value
 from twinme_ops.database.redis.live import METHOD_INFO, config_file
@@ -36,7 +37,7 @@ def converge_redis(
     def note(text: str) -> None:
         report.notes.append(text)
         if log:
-            log(text)
+            log.info(text)
 
     if drift.method == METHOD_INFO:
         report.pending_restart.extend(drift.differing)

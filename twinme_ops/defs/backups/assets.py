@@ -323,7 +323,7 @@ def backup_set(
             environment=twinme_env(),
             run_id=context.run.run_id,
             runs=run_lineage(context),
-            log=context.log.info,
+            log=context.log,
         )
     except SetCompleteError as exc:
         raise complete_set_failure(exc) from None
@@ -334,7 +334,7 @@ def backup_set(
             backup_store,
             set_id,
             manifest,
-            log=context.log.info,
+            log=context.log,
             run_status=run_status(context.instance),
         )
     except StoreError as exc:  # the set is complete; what is left is retention's to remove

@@ -49,7 +49,7 @@ def drill_set(
             set_id,
             key=backup_encryption.get_key(),
             production_database_url=production,
-            log=log.info,
+            log=log,
         )
     except SetNotFoundError as exc:  # nothing to drill, and nothing was written
         raise dg.Failure(description=str(exc), metadata={"set_id": set_id}) from None

@@ -109,13 +109,7 @@ def backup_retention(
         raise dg.Failure(description=f"retention could not read the store: {redact(exc)}") from None
     decisions = plan_retention(states, policy, datetime.now(UTC))
 
-    def log(line: str) -> None:
-        if line.startswith(("report", "could not")):
-            context.log.warning(line)
-        else:
-            context.log.info(line)
-
-    report = apply_retention(backup_store, decisions, dry_run=config.dry_run, log=log)
+    report = apply_retention(backup_store, decisions, dry_run=config.dry_run, log=context.log)
     leftovers = 0
     for decision in report.kept:
         if config.dry_run or decision.status != "complete":
@@ -128,7 +122,7 @@ def backup_retention(
                         backup_store,
                         decision.set_id,
                         view.manifest,
-                        log=context.log.info,
+                        log=context.log,
                         run_status=run_status(context.instance),
                         grace_s=config.leftover_grace_hours * 3600,
                     )

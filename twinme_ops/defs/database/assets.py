@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import dagster as dg
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact, register_secret
 from twinme_ops.database.convergence import ConvergeReport
 from twinme_ops.database.declared_state import DatabaseTuning
@@ -47,7 +48,7 @@ EXPECTED_ERRORS = (
     ValueError,
 )
 
-Converge = Callable[[Any, DatabaseTuning, Callable[[str], None]], ConvergeReport]
+Converge = Callable[[Any, DatabaseTuning, Log], ConvergeReport]
 Drift = Callable[[Any, DatabaseTuning], list[str]]
 
 
@@ -161,7 +162,7 @@ def _pg_asset(step: PgStep) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         try:
             with postgres.get_connection(autocommit=True) as conn:
-                report = step.converge(conn, database_tuning, context.log.info)
+                report = step.converge(conn, database_tuning, context.log)
         except EXPECTED_ERRORS as exc:
             raise dg.Failure(description=f"{step.name}: {redact(exc)}") from None
         if report.pending_restart:
@@ -214,7 +215,7 @@ def redis_configuration(
     write_rendered(rendered, path)
     client = redis.get_client()
     try:
-        report = converge_redis(client, redis_desired_settings(rendered), context.log.info)
+        report = converge_redis(client, redis_desired_settings(rendered), context.log)
     finally:
         client.close()
     for note in report.notes:

@@ -121,8 +121,8 @@ def recovery_preflight(
         state.details["approval_wait_s"] = config.approval_wait_minutes * 60
         if "postgres" in state.components:
             # before the safety backup and the scale-down: the swap must be possible
-            check_postgres_target(target_pg, context.log.info)
-        verify_set(backup_store, state, context.log.info)
+            check_postgres_target(target_pg, context.log)
+        verify_set(backup_store, state, context.log)
     except RecoveryError as exc:
         raise dg.Failure(description=str(exc)) from None
     context.log.info(
@@ -174,7 +174,7 @@ def recovery_approval(
             read_tags,
             timeout_s=state.details["approval_wait_s"],
             poll_interval_s=recovery_approval.poll_interval_s,
-            log=context.log.info,
+            log=context.log,
         )
     except (ApprovalRefused, ApprovalTimeout) as exc:
         raise dg.Failure(
@@ -213,7 +213,7 @@ def recovery_safety_backup(
             key=backup_encryption.get_key(),
             environment=twinme_env(),
             run_id=context.run.run_id,
-            log=context.log.info,
+            log=context.log,
         )
     except Exception as exc:
         raise _fail(state, "safety backup", exc) from None
@@ -254,7 +254,7 @@ def recovery_restore(
 ) -> RecoveryState:
     targets = state.targets
     key = backup_encryption.get_key()
-    log = context.log.info
+    log = context.log
     for component in ("postgres", "redis", "files"):
         if component not in state.components:
             continue
@@ -287,7 +287,7 @@ def recovery_scale_up_and_verify(
             kubernetes.scale(state.replicas_found)
             kubernetes.wait_for_rollout(log=context.log)
         checks = verify_services(
-            targets.postgres(postgres), targets.redis(redis), api_url, context.log.info
+            targets.postgres(postgres), targets.redis(redis), api_url, context.log
         )
     except Exception as exc:
         raise _fail(state, "scale up / verification", exc) from None

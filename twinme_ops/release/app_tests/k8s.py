@@ -31,6 +31,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import Field
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.release.app_tests.job import (
     APP_LABEL,
@@ -49,7 +50,6 @@ from twinme_ops.release.app_tests.runner import (
     AppTestsFailed,
     AppTestsUnavailable,
     CommandResult,
-    LineLogger,
 )
 from twinme_ops.release.k8s_job import (
     FATAL_WAITING,
@@ -166,7 +166,7 @@ class KubernetesAppTestRunner(AppTestRunner):
         *,
         sha: str,
         commands: Sequence[str],
-        log: LineLogger,
+        log: Log,
         timeout_s: float = 900,
         run_id: str = "",
     ) -> list[CommandResult]:
@@ -238,7 +238,7 @@ class KubernetesAppTestRunner(AppTestRunner):
         batch: client.BatchV1Api,
         name: str,
         parser: MarkerParser,
-        log: LineLogger,
+        log: Log,
         timeout_s: float,
         commands: Sequence[str],
     ) -> tuple[int | None, str]:
@@ -383,7 +383,7 @@ class KubernetesAppTestRunner(AppTestRunner):
         batch: client.BatchV1Api,
         job: str,
         configmaps: Sequence[str],
-        log: LineLogger,
+        log: Log,
     ) -> None:
         """Delete the Job (its pod with it) and the source ConfigMaps, best effort."""
         gone: list[str] = []

@@ -52,6 +52,7 @@ from typing import Any
 
 from pydantic import Field
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.release.app_tests.isolation import (
     SERVICES_USER,
@@ -71,7 +72,6 @@ from twinme_ops.release.app_tests.runner import (
     AppTestsFailed,
     AppTestsUnavailable,
     CommandResult,
-    LineLogger,
     clean_env,
     combine,
     run_command,
@@ -238,7 +238,7 @@ class LocalAppTestRunner(AppTestRunner):
         *,
         sha: str,
         commands: Sequence[str],
-        log: LineLogger,
+        log: Log,
         timeout_s: float = 900,
         run_id: str = "",
     ) -> list[CommandResult]:
@@ -262,7 +262,7 @@ class LocalAppTestRunner(AppTestRunner):
         work: Path,
         checkout: Path,
         commands: Sequence[str],
-        log: LineLogger,
+        log: Log,
         timeout_s: float,
         node: str,
         npm: str,
@@ -281,7 +281,7 @@ class LocalAppTestRunner(AppTestRunner):
                         "directory above it is private. Fix: install Node.js system-wide"
                     )
         else:
-            warn = getattr(log, "warning", log.info)
+            warn = log.warning
             warn(
                 "APP TESTS ARE NOT ISOLATED (TWINME_APP_TESTS_ISOLATION=none): the pushed code "
                 "runs as this user, with the network, and can read what this user can. Only for "
@@ -343,7 +343,7 @@ class LocalAppTestRunner(AppTestRunner):
         prefix: Sequence[str],
         ns: NetworkNamespace | _NoNamespace,
         services: Future[ThrowawayServices] | None,
-        log: LineLogger,
+        log: Log,
         timeout_s: float,
     ) -> list[CommandResult]:
         results: list[CommandResult] = []

@@ -27,10 +27,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import dagster as dg
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.output_lines import read_bursts
 from twinme_ops.common.redact import redact
 
@@ -70,12 +71,6 @@ def clean_env(extra: Mapping[str, str] | None = None, *, path: str | None = None
     env.update({name: os.environ[name] for name in PASSED_THROUGH if os.environ.get(name)})
     env.update(extra or {})
     return env
-
-
-class LineLogger(Protocol):
-    """What :func:`run_commands` needs from a logger (``logging.Logger``, Dagster's log)."""
-
-    def info(self, msg: str) -> object: ...
 
 
 # how a command is started: ``subprocess.Popen``'s signature (a runner may start it elsewhere,
@@ -126,7 +121,7 @@ class AppTestRunner(dg.ConfigurableResource):
         *,
         sha: str,
         commands: Sequence[str],
-        log: LineLogger,
+        log: Log,
         timeout_s: float = 900,
         run_id: str = "",
     ) -> list[CommandResult]:
@@ -152,7 +147,7 @@ def run_command(
     command: str,
     cwd: str | Path,
     env: Mapping[str, str] | None = None,
-    log: LineLogger | None = None,
+    log: Log | None = None,
     timeout: float = 900,
     *,
     full_env: Mapping[str, str] | None = None,
@@ -165,7 +160,7 @@ def run_command(
     put before the command's arguments (a confinement wrapper); ``spawn`` starts the process
     (default ``subprocess.Popen``).
     """
-    logger: LineLogger = log or logging.getLogger("twinme_ops.app_tests")
+    logger: Log = log or logging.getLogger("twinme_ops.app_tests")
     environment = dict(full_env) if full_env is not None else clean_env(env)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     logger.info(f"$ {command}")
@@ -224,7 +219,7 @@ def run_commands(
     commands: Sequence[str],
     cwd: str | Path,
     env: Mapping[str, str] | None = None,
-    log: LineLogger | None = None,
+    log: Log | None = None,
     timeout: float = 900,
 ) -> list[CommandResult]:
     """Run ``commands`` in order in ``cwd``; each has ``timeout`` seconds.

@@ -71,9 +71,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import Field
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.release import k8s_job
-from twinme_ops.release.images.cluster_follow import BuildJobFollower, Log
+from twinme_ops.release.images.cluster_follow import BuildJobFollower
 from twinme_ops.release.images.cluster_job import (
     BUILD_CONTAINER,
     BUILDAH_IMAGE,
@@ -154,7 +155,7 @@ class ClusterImageBuilder(BuildJobFollower, ImageBuilderResource):
 
     # --- the build ----------------------------------------------------------------------------
 
-    def build_and_push(self, context_dir: Path, dockerfile: Path, tag: str, log: Any) -> BuiltImage:
+    def build_and_push(self, context_dir: Path, dockerfile: Path, tag: str, log: Log) -> BuiltImage:
         """Not available: the cluster builds a commit of the remote, see :meth:`build_from_git`."""
         raise ImageBuildError(
             "the cluster builder clones the commit itself: call build_from_git(remote, branch, "
@@ -169,7 +170,7 @@ class ClusterImageBuilder(BuildJobFollower, ImageBuilderResource):
         commit: str,
         remote: str,
         branch: str,
-        log: Any,
+        log: Log,
         run_id: str = "",
     ) -> BuiltImage:
         """The cluster clones the commit itself: the checkout only locates the Dockerfile."""

@@ -17,7 +17,7 @@ import queue
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from dagster_k8s.client import (
     DagsterK8sAPIRetryLimitExceeded,
@@ -27,6 +27,7 @@ from dagster_k8s.client import (
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.release import k8s_job
 from twinme_ops.release.images.cluster_job import (
@@ -42,10 +43,6 @@ _TAIL_LINES = 25
 _TIMEOUT = k8s_job.REQUEST_TIMEOUT_S
 _DAGSTER_API_ERRORS = (DagsterK8sAPIRetryLimitExceeded, DagsterK8sUnrecoverableAPIError)
 _IMAGE_VARIABLE = {CLONE_CONTAINER: "TWINME_BUILD_GIT_IMAGE", BUILD_CONTAINER: "TWINME_BUILD_IMAGE"}
-
-
-class Log(Protocol):
-    def info(self, msg: str, /) -> object: ...
 
 
 @dataclass

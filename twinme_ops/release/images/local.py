@@ -25,10 +25,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import dagster as dg
 
+from twinme_ops.common.log import Log
 from twinme_ops.common.output_lines import read_bursts
 from twinme_ops.common.redact import redact
 
@@ -45,10 +45,6 @@ _TAIL_LINES = 25
 
 class ImageBuildError(RuntimeError):
     """The image could not be built or pushed; the message says why and what to do."""
-
-
-class _Log(Protocol):
-    def info(self, msg: str, /) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -133,16 +129,14 @@ class ImageBuilderResource(dg.ConfigurableResource):
         commit: str,
         remote: str,
         branch: str,
-        log: Any,
+        log: Log,
         run_id: str = "",
     ) -> BuiltImage:
         """Build and push ``commit``, checked out at ``checkout``: here, from the checkout,
         tagged with the commit. The cluster builder clones the commit itself instead."""
         return self.build_and_push(checkout, dockerfile, tag=commit, log=log)
 
-    def build_and_push(
-        self, context_dir: Path, dockerfile: Path, tag: str, log: _Log
-    ) -> BuiltImage:
+    def build_and_push(self, context_dir: Path, dockerfile: Path, tag: str, log: Log) -> BuiltImage:
         """Build ``dockerfile`` in ``context_dir``, push it as ``:tag`` and return its digest."""
         ref = self.tag_ref(tag)
         if self.tool not in ("buildah", "docker"):
@@ -204,7 +198,7 @@ class ImageBuilderResource(dg.ConfigurableResource):
         return env
 
     def _buildah(
-        self, context_dir: Path, dockerfile: Path, ref: str, log: _Log
+        self, context_dir: Path, dockerfile: Path, ref: str, log: Log
     ) -> tuple[str, int | None]:
         tls = f"--tls-verify={'true' if self.tls_verify else 'false'}"
         with self._buildah_storage() as storage, tempfile.TemporaryDirectory() as tmp:
@@ -235,7 +229,7 @@ class ImageBuilderResource(dg.ConfigurableResource):
     # --- docker -------------------------------------------------------------------------------
 
     def _docker(
-        self, context_dir: Path, dockerfile: Path, ref: str, log: _Log
+        self, context_dir: Path, dockerfile: Path, ref: str, log: Log
     ) -> tuple[str, int | None]:
         build = ["docker", "build", "-f", str(dockerfile), "-t", ref]
         for key, value in sorted(self.build_args.items()):
@@ -260,7 +254,7 @@ class ImageBuilderResource(dg.ConfigurableResource):
 
     # --- process ------------------------------------------------------------------------------
 
-    def _run(self, cmd: list[str], log: _Log, what: str) -> None:
+    def _run(self, cmd: list[str], log: Log, what: str) -> None:
         """Run ``cmd``, streaming its (redacted) output to ``log``; raise with the last lines."""
         log.info(redact("$ " + " ".join(cmd)))
         tail: deque[str] = deque(maxlen=_TAIL_LINES)

@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from twinme_ops.database.convergence import ConvergeReport, Log
+from twinme_ops.common.log import Log
+from twinme_ops.database.convergence import ConvergeReport
 from twinme_ops.database.postgres.indexes.declared import (
     REBUILD_SUFFIX,
     IndexSpec,
@@ -160,7 +161,7 @@ def converge_indexes(
     specs, notes = desired_indexes(conn, vector_index, schemas["document_chunks"])
     report.notes += notes
     if log:
-        log(
+        log.info(
             f"{TARGET}: index DDL runs with lock_timeout = {lock_timeout!r}, "
             f"statement_timeout = {statement_timeout!r}"
         )
@@ -186,7 +187,7 @@ def converge_indexes(
             first = first_line(exc)
             failures.append(f"{spec.name}: {first}")
             if log:
-                log(f"{TARGET}: {spec.name} failed: {first}")
+                log.info(f"{TARGET}: {spec.name} failed: {first}")
     if failures:
         raise IndexBuildError(
             "index builds failed: "

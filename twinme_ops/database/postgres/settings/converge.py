@@ -19,7 +19,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from twinme_ops.database.convergence import ConvergeReport, Log
+from twinme_ops.common.log import Log
+from twinme_ops.database.convergence import ConvergeReport
 from twinme_ops.database.postgres.objects import first_line
 from twinme_ops.database.postgres.settings.declared import refuse_unmanaged
 from twinme_ops.database.postgres.settings.drift import ALTER, OVERRIDDEN, RELOAD, assess
