@@ -5,14 +5,15 @@
   is an error (tests/support/crd_schema.py), where the API server would silently prune it. The
   CRDs' CEL rules and the operator's admission checks that concern these objects are evaluated
   (tests/support/cnpg_rules.py), and no field the CRDs mark deprecated is used.
-- The core objects (the Namespace, the Secret templates) with kubernetes-validate,
+- The core objects (Namespace, NetworkPolicies, the Secret templates) with kubernetes-validate,
   strict, for every Kubernetes version from 1.30; the PodMonitor against the fields of the
   Prometheus Operator's CRD it uses.
 - Behaviour: three instances with a synchronous replica, the parameters equal to what
   database_tuning_job declares (computed from the code) and accepted by a real PostgreSQL 18 on
   which that job's drift check finds nothing, WAL archiving within a minute through the plugin
   into the backup bucket, 30 days of recovery window, a nightly base backup that never overlaps
-  twinme_ops' own nightly jobs, and no secret in a manifest.
+  twinme_ops' own nightly jobs, no secret in a manifest, and every network path evaluated with
+  deploy/app's and deploy/dagster's policies.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from tests.support.crd_schema import (
     validation_errors,
 )
 from tests.support.kubernetes_versions import VERSIONS
+from tests.support.network_policy import Endpoint, allowed
 from twinme_ops.common.pgtools import pg_bin
 from twinme_ops.common.quantity import parse_quantity
 from twinme_ops.database.declared_state import DatabaseTuning
@@ -240,7 +242,7 @@ def test_the_operator_admits_the_cluster() -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_the_core_objects_are_valid_kubernetes(version: str) -> None:
     core = [d for d in applied_objects() if d["kind"] in CORE_KINDS]
-    assert {d["kind"] for d in core} == {"Namespace"}
+    assert {d["kind"] for d in core} == {"Namespace", "NetworkPolicy"}
     for doc in [*core, *_docs(SECRETS_TEMPLATE)]:
         kubernetes_validate.validate(doc, version, strict=True)
 
@@ -570,3 +572,113 @@ def test_no_secret_value_in_any_manifest() -> None:
         assert "data" not in secret
         for key, value in secret["stringData"].items():
             assert value == "" or key == "username", f"{secret['metadata']['name']}.{key}"
+
+
+# -- network paths -----------------------------------------------------------------------------
+
+
+# The pods, by the labels their makers set (10-networkpolicies.yaml's header)
+def _instance(role: str, ip: str) -> Endpoint:
+    labels = {"cnpg.io/cluster": "twinme-db", "cnpg.io/podRole": "instance"}
+    return Endpoint(NAMESPACE, {**labels, "cnpg.io/instanceRole": role}, ip)
+
+
+PRIMARY = _instance("primary", "10.244.6.10")
+REPLICA = _instance("replica", "10.244.6.11")
+JOIN = Endpoint(
+    NAMESPACE, {"cnpg.io/cluster": "twinme-db", "cnpg.io/jobRole": "join"}, "10.244.6.12"
+)
+STRAY = Endpoint(NAMESPACE, {"app": "debug"}, "10.244.6.13")  # e.g. kubectl run
+API = Endpoint("twinme-prod", {"app": "twinme-api"}, "10.244.2.3")
+API_NEIGHBOUR = Endpoint("twinme-prod", {"app": "debug"}, "10.244.2.4")
+RUN = Endpoint("dagster", {"app.kubernetes.io/component": "run_worker"}, "10.244.0.14")
+STEP = Endpoint("dagster", {"app.kubernetes.io/component": "step_worker"}, "10.244.0.15")
+CODE_SERVER = Endpoint(
+    "dagster", {"component": "user-deployments", "deployment": "twinme-ops"}, "10.244.0.13"
+)
+WEBSERVER = Endpoint("dagster", {"component": "dagster-webserver"}, "10.244.0.10")
+DAEMON = Endpoint("dagster", {"component": "dagster-daemon"}, "10.244.0.12")
+BUILD = Endpoint("twinme-build", {"app.kubernetes.io/name": "twinme-app-tests"}, "10.244.3.4")
+OPERATOR = Endpoint("cnpg-system", {"app.kubernetes.io/name": "cloudnative-pg"}, "10.244.7.2")
+BARMAN_PLUGIN = Endpoint("cnpg-system", {"app": "barman-cloud"}, "10.244.7.3")
+PROMETHEUS = Endpoint("monitoring", {"app.kubernetes.io/name": "prometheus"}, "10.244.5.7")
+DNS = Endpoint("kube-system", {"k8s-app": "kube-dns"}, "10.244.4.5")
+KUBE_API = Endpoint(ip="192.0.2.10")  # 10-networkpolicies.yaml's header
+S3 = Endpoint(ip="52.95.154.10")  # a public S3 address
+METADATA = Endpoint(ip="169.254.169.254")
+LAPTOP = Endpoint(ip="203.0.113.50")
+DB_PODS = [PRIMARY, REPLICA, JOIN]
+
+
+@cache
+def all_policies() -> list[dict[str, Any]]:
+    """Every NetworkPolicy of the repository: a path needs both ends' policies to allow it."""
+    paths = [
+        REPO / "deploy" / "app" / "20-networkpolicy.yaml",
+        REPO / "deploy" / "build" / "20-app-tests-networkpolicy.yaml",
+        REPO / "deploy" / "dagster" / "networkpolicies.yaml",
+        *applied_files(),
+    ]
+    return [d for path in paths for d in _docs(path) if d["kind"] == "NetworkPolicy"]
+
+
+PATHS = [
+    # PostgreSQL: the API (primary and replicas) and twinme_ops' runs, nobody else
+    (API, PRIMARY, 5432, True),
+    (API, REPLICA, 5432, True),
+    (RUN, PRIMARY, 5432, True),
+    (STEP, PRIMARY, 5432, True),
+    (API_NEIGHBOUR, PRIMARY, 5432, False),
+    (CODE_SERVER, PRIMARY, 5432, False),
+    (WEBSERVER, PRIMARY, 5432, False),
+    (DAEMON, PRIMARY, 5432, False),
+    (BUILD, PRIMARY, 5432, False),
+    (BARMAN_PLUGIN, PRIMARY, 5432, False),
+    (STRAY, PRIMARY, 5432, False),
+    (LAPTOP, PRIMARY, 5432, False),
+    (API, PRIMARY, 8000, False),
+    (RUN, PRIMARY, 8000, False),
+    # the operator: status and PostgreSQL
+    (OPERATOR, PRIMARY, 8000, True),
+    (OPERATOR, REPLICA, 5432, True),
+    (OPERATOR, PRIMARY, 9187, False),
+    # the members among themselves: replication, a replica joining, status
+    (REPLICA, PRIMARY, 5432, True),
+    (JOIN, PRIMARY, 5432, True),
+    (PRIMARY, REPLICA, 8000, True),
+    (STRAY, REPLICA, 8000, False),
+    # metrics for Prometheus only
+    (PROMETHEUS, PRIMARY, 9187, True),
+    (PROMETHEUS, PRIMARY, 5432, False),
+    (API, PRIMARY, 9187, False),
+    # `kubectl cnpg status` through the API server's pod proxy; nothing else from it
+    (KUBE_API, PRIMARY, 8000, True),
+    (KUBE_API, PRIMARY, 5432, False),
+    # out: the Kubernetes API, S3 over HTTPS; not the cloud's metadata, not the API's pods
+    (PRIMARY, KUBE_API, 443, True),
+    (REPLICA, KUBE_API, 6443, True),
+    (PRIMARY, S3, 443, True),
+    (PRIMARY, METADATA, 443, False),
+    (PRIMARY, METADATA, 80, False),
+    (PRIMARY, S3, 80, False),
+    (PRIMARY, API, 3000, False),
+    (PRIMARY, LAPTOP, 5432, False),
+    (STRAY, S3, 443, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "port", "expected"),
+    PATHS,
+    ids=[f"{s.labels or s.ip}->{d.labels or d.ip}:{p}" for s, d, p, _ in PATHS],
+)
+def test_each_network_path_is_allowed_or_denied(
+    src: Endpoint, dst: Endpoint, port: int, expected: bool
+) -> None:
+    assert allowed(all_policies(), src, dst, port) is expected
+
+
+@pytest.mark.parametrize("pod", [*DB_PODS, STRAY], ids=lambda e: str(e.labels))
+def test_every_pod_resolves_names(pod: Endpoint) -> None:
+    assert allowed(all_policies(), pod, DNS, 53, "UDP")
+    assert allowed(all_policies(), pod, DNS, 53, "TCP")
