@@ -58,8 +58,9 @@ from twinme_ops.scratch.postgres import PostgresServer
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES_DIR = REPO / "deploy" / "postgres"
 SECRETS_TEMPLATE = POSTGRES_DIR / "templates" / "secrets.template.yaml"
-# The CRDs live beside the repository (the workspace's shared schemas), not in it
-CRD_DIR = Path(os.environ.get("TWINME_CNPG_CRDS", "/work/shared/schemas/cnpg"))
+# The CRDs live beside the repository (../shared/schemas/cnpg, the workspace's shared schemas)
+_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "cnpg"
+CRD_DIR = Path(os.environ.get("TWINME_CNPG_CRDS", str(_BESIDE)))
 NAMESPACE = "twinme-postgres"
 PLUGIN = "barman-cloud.cloudnative-pg.io"
 CORE_KINDS = {"Namespace", "NetworkPolicy", "Secret"}
