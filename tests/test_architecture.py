@@ -4,7 +4,7 @@ A module that imports upward (a server reaching into a domain, a domain into ``d
 domains (backups, database and release stay independent), or into the embedded sandbox from
 anywhere but ``defs/resources.py`` and the CLI fails here with the import chain that breaks it.
 
-The code location loads as Dagster loads it (``dagster definitions validate``)
+The code location loads as Dagster loads it (``dagster definitions validate``, ``dg check defs``)
 and without the heavy clients (AWS, Kubernetes, the GraphQL parser): those are imported where a
 step uses them, not by every process that loads the definitions (docs/benchmarks.md).
 """
@@ -94,6 +94,26 @@ def test_dagster_validates_the_code_location_it_autoloads(tmp_path: Path) -> Non
     source = (REPO / "twinme_ops" / "definitions.py").read_text()
     assert "ComponentTree.for_project(" in source
     assert "_job" not in source and "_schedule" not in source and "_sensor" not in source
+
+
+def test_dg_check_defs_from_the_repository_root(tmp_path: Path) -> None:
+    """``dg check defs``, run where an operator runs it: pyproject.toml's ``[tool.dg]`` makes the
+    repository root a dg project whose code location is ``twinme_ops.definitions``."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    # the repository's instance (telemetry off: no first-run banner)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dg")), "check", "defs"],
+        cwd=REPO,
+        env=_clean_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "All definitions loaded successfully." in output, output[-6000:]
 
 
 _LOAD_AND_REPORT = """
