@@ -16,9 +16,9 @@ import anyio
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from twinme_ops.access import approvals
+from twinme_ops.access.approvals import LAUNCHED_BY_TAG
 from twinme_ops.access.asgi import Receive, Scope, Send, send_json, send_response
 from twinme_ops.access.audit import AuditLog
-from twinme_ops.access.mutations import LAUNCHED_BY_TAG
 from twinme_ops.access.policy import AccessPolicy, Identity
 
 OPEN_STATUSES = [

@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from twinme_ops.access.mutations import LAUNCHED_BY_TAG
-
+# who launched the run, written by the webserver from the verified token (mutations.py); defined
+# here, beside the approval's tags, so that the code location reads it without the GraphQL parser
+LAUNCHED_BY_TAG = "twinme/launched_by"
 APPROVED_BY = "twinme/approved_by"
 APPROVAL_ROLES = "twinme/approval_roles"
 APPROVED_RUN = "twinme/approved_run"

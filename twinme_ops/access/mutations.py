@@ -33,7 +33,8 @@ from graphql import (
     parse,
 )
 
-LAUNCHED_BY_TAG = "twinme/launched_by"
+from twinme_ops.access.approvals import LAUNCHED_BY_TAG
+
 # set only by the webserver's approval endpoint (approvals.py)
 RESERVED_TAG_PREFIXES = ("twinme/launched_by", "twinme/approv")
 

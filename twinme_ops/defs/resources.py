@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from twinme_ops.access.approval_page import approval_url
 from twinme_ops.access.policy import POLICY_ENV
@@ -281,7 +280,8 @@ def build_resources() -> dict[str, Any]:
         "postgres": postgres,
         "redis": redis,
         "file_storage": files,
-        "backup_store": BackupStore(url=backup_url, s3=S3Resource()),
+        # s3:// stores make their client with a default S3Resource() on first use (boto3's AWS_*)
+        "backup_store": BackupStore(url=backup_url),
         "backup_encryption": BackupEncryption(key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", "")),
         # alerts link to <TWINME_DAGSTER_URL>/runs/<run_id> (not a secret: plain value)
         "slack": SlackNotifier(

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
 from twinme_ops.common.redact import redact
@@ -133,7 +132,8 @@ class BackupStore(dg.ConfigurableResource):
         )
     )
     # Dagster gives nested resources no default (it passes None), hence the Optional + fallback.
-    s3: S3Resource | None = Field(
+    # Any resource, not S3Resource: dagster-aws is imported only for a first S3 client (s3_client).
+    s3: dg.ConfigurableResource | None = Field(
         default=None,
         description="S3 client configuration for s3:// URLs; defaults to S3Resource().",
     )
@@ -188,13 +188,13 @@ class BackupStore(dg.ConfigurableResource):
             if not 5 <= self.multipart_part_size_mb <= 5120:
                 raise ValueError("multipart_part_size_mb must be between 5 and 5120 (S3 limits)")
             from twinme_ops.backups.store.s3 import S3Backend
+            from twinme_ops.backups.store.s3_client import s3_client_factory
 
-            s3 = self.s3 if self.s3 is not None else S3Resource()
             return S3Backend(
                 url=self.url.strip().rstrip("/"),
                 bucket=bucket,
                 prefix=unquote(parts.path).strip("/"),
-                client_factory=s3.get_client,
+                client_factory=s3_client_factory(self.s3),
                 server_side_encryption=self.server_side_encryption,
                 part_base=self.multipart_part_size_mb * MIB,
             )

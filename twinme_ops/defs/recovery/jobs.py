@@ -6,8 +6,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.access.approvals import ApprovalRefused
-from twinme_ops.access.mutations import LAUNCHED_BY_TAG
+from twinme_ops.access.approvals import LAUNCHED_BY_TAG, ApprovalRefused
 from twinme_ops.access.recovery_gate import (
     ApprovalTimeout,
     RecoveryApprovalResource,

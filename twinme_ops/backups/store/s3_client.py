@@ -1,0 +1,39 @@
+"""The S3 client of an ``s3://`` backup store, made on first use.
+
+:class:`~twinme_ops.backups.store.base.BackupStore` takes its S3 client configuration as a nested
+resource (``s3``, dagster-aws' ``S3Resource``). Its field is typed as any Dagster resource, not
+as ``S3Resource``: pydantic needs a field's class when the model is defined, and importing
+``dagster_aws.s3`` (boto3, botocore and every dagster-aws integration, about 0.6 s) with the
+definitions would make every process that loads the code location pay for it, whether or not its
+store is on S3. dagster-aws is imported here, when an ``s3://`` store makes its first client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import dagster as dg
+
+
+@runtime_checkable
+class S3ClientSource(Protocol):
+    """What the store needs of its ``s3`` resource: dagster-aws' ``S3Resource.get_client``."""
+
+    def get_client(self) -> Any: ...
+
+
+def s3_client_factory(s3: dg.ConfigurableResource | None) -> Callable[[], Any]:
+    """The function that makes the store's boto3 S3 client: ``s3.get_client``, or, without an
+    ``s3`` resource, that of a default ``S3Resource()`` (boto3's environment: ``AWS_*``,
+    including ``AWS_ENDPOINT_URL_S3`` for S3-compatible stores)."""
+    if s3 is None:
+        from dagster_aws.s3 import S3Resource
+
+        s3 = S3Resource()
+    if not isinstance(s3, S3ClientSource):
+        raise TypeError(
+            f"BackupStore.s3 must be dagster-aws' S3Resource (or a resource with get_client()), "
+            f"not {type(s3).__name__}"
+        )
+    return s3.get_client
