@@ -21,6 +21,7 @@ from twinme_ops.access.recovery_gate import RecoveryApprovalResource
 from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.backups.crypto import BackupEncryption
+from twinme_ops.backups.pitr.archive import WalArchive
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.common.redact import redact, register_secret, register_secrets_in
 from twinme_ops.database.declared_state import DatabaseTuning
@@ -268,6 +269,7 @@ def build_resources() -> dict[str, Any]:
                 "(see docs/operator-guide.md, 'Configuring production')"
             )
     backup_url = os.environ.get("TWINME_BACKUP_URL") or f"file://{home}/backups"
+    default_archive = "cloudnative-pg" if env == "production" else "local"
     if env == "production":
         postgres: PostgresResource = PostgresResource(url=_env_or("DATABASE_URL", ""))
         redis: RedisResource = RedisResource(url=_env_or("REDIS_URL", ""))
@@ -314,6 +316,11 @@ def build_resources() -> dict[str, Any]:
             approval_url=approval_url(os.environ.get("TWINME_DAGSTER_URL", "").strip()),
         ),
         # the URL may carry basic-auth userinfo: EnvVar keeps it out of the UI
+        # continuous archiving of PostgreSQL's WAL (docs/backups.md, "Point-in-time recovery")
+        "wal_archive": WalArchive(
+            engine=(os.environ.get("TWINME_WAL_ARCHIVE") or default_archive).strip(),
+            root=os.environ.get("TWINME_WAL_ARCHIVE_ROOT") or f"{home}/wal-archive",
+        ),
         "metrics": MetricsResource(
             pushgateway_url=_env_or("TWINME_PUSHGATEWAY_URL", ""), environment=env
         ),
