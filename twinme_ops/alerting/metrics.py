@@ -372,7 +372,7 @@ class MetricsResource(dg.ConfigurableResource):
             samples = build()
             build_registry(samples)
         except Exception as exc:
-            (log or _fallback_log).warning(
+            (_fallback_log if log is None else log).warning(
                 f"{operation} metrics not pushed: they could not be built ({redact(exc)})"
             )
             return False
@@ -397,7 +397,7 @@ class MetricsResource(dg.ConfigurableResource):
     ) -> bool:
         """Push ``samples`` as the operation's group (PUT when ``replace``, else POST: only
         metrics of the same name are replaced). Returns whether the gateway accepted them."""
-        logger = log or _fallback_log
+        logger = _fallback_log if log is None else log
         registry = build_registry(samples)
         summary = ", ".join(
             f"{spec.name}{_fmt_labels(labels)}={value:.15g}" for spec, labels, value in samples

@@ -172,7 +172,7 @@ class SlackNotifier(dg.ConfigurableResource):
         log: Log | None = None,
     ) -> bool:
         """Deliver ``message`` (redacted first). Returns whether Slack accepted it; never raises."""
-        logger = log or _fallback_log
+        logger = _fallback_log if log is None else log
         # before rendering: an error text may quote the webhook URL itself
         register_secret(self.webhook_url)
         try:

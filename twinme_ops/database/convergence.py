@@ -39,5 +39,5 @@ class ConvergeReport:
     def add(self, target: str, statement: str, log: Log | None = None, detail: str = "") -> None:
         """Record a change (call it after the statement succeeded) and log the statement."""
         self.changes.append(Change(target, statement, detail))
-        if log:
+        if log is not None:
             log.info(f"{target}: {statement}")

@@ -197,7 +197,7 @@ def run_load_test(
     :class:`LoadTestError` when locust is missing, hangs, or leaves no statistics.
     """
     settings = settings or LoadTestSettings()
-    logger: Log = log or _fallback_log
+    logger: Log = _fallback_log if log is None else log
     command = _locust_command(settings)
     with tempfile.TemporaryDirectory(prefix="twinme-locust-") as tmp:
         work = Path(tmp)

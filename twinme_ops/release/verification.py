@@ -136,7 +136,7 @@ def verify_deployment(
     The load test is skipped only when the service does not answer HTTP at all, since 30 s of
     connection errors would say nothing more.
     """
-    logger: Log = log or _fallback_log
+    logger: Log = _fallback_log if log is None else log
     result = VerificationResult(base_url=redact_url(base_url))
 
     def record(step: StepResult) -> None:

@@ -154,7 +154,7 @@ def watch_rollout(
     Deployment, and after ``timeout_s`` with what was last seen. Transient API errors (5xx,
     connection) are retried until the timeout.
     """
-    logger = log or _fallback_log
+    logger = _fallback_log if log is None else log
     target = f"deployment {namespace}/{deployment}"
     start = time.monotonic()
     deadline = start + timeout_s

@@ -36,7 +36,7 @@ def converge_redis(
 
     def note(text: str) -> None:
         report.notes.append(text)
-        if log:
+        if log is not None:
             log.info(text)
 
     if drift.method == METHOD_INFO:

@@ -160,7 +160,7 @@ def run_command(
     put before the command's arguments (a confinement wrapper); ``spawn`` starts the process
     (default ``subprocess.Popen``).
     """
-    logger: Log = log or logging.getLogger("twinme_ops.app_tests")
+    logger: Log = logging.getLogger("twinme_ops.app_tests") if log is None else log
     environment = dict(full_env) if full_env is not None else clean_env(env)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     logger.info(f"$ {command}")

@@ -160,7 +160,7 @@ def converge_indexes(
     report = ConvergeReport()
     specs, notes = desired_indexes(conn, vector_index, schemas["document_chunks"])
     report.notes += notes
-    if log:
+    if log is not None:
         log.info(
             f"{TARGET}: index DDL runs with lock_timeout = {lock_timeout!r}, "
             f"statement_timeout = {statement_timeout!r}"
@@ -186,7 +186,7 @@ def converge_indexes(
         except psycopg.Error as exc:
             first = first_line(exc)
             failures.append(f"{spec.name}: {first}")
-            if log:
+            if log is not None:
                 log.info(f"{TARGET}: {spec.name} failed: {first}")
     if failures:
         raise IndexBuildError(
