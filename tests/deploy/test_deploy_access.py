@@ -31,7 +31,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from tests.support.kubernetes_versions import VERSIONS
-from tests.support.network_policy import Endpoint, allowed, selects
+from tests.support.network_policy import Endpoint, allowed, each_path, selects
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "dagster"
@@ -330,11 +330,7 @@ PATHS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("src", "dst", "port", "expected"),
-    PATHS,
-    ids=[f"{s.labels or s.ip}->{d.labels or d.ip}:{p}" for s, d, p, _ in PATHS],
-)
+@each_path(PATHS)
 def test_each_network_path_is_allowed_or_denied(
     src: Endpoint, dst: Endpoint, port: int, expected: bool
 ) -> None:

@@ -47,7 +47,7 @@ from tests.support.crd_schema import (
     validation_errors,
 )
 from tests.support.kubernetes_versions import VERSIONS
-from tests.support.network_policy import Endpoint, allowed
+from tests.support.network_policy import Endpoint, allowed, each_path
 from twinme_ops.common.pgtools import pg_bin
 from twinme_ops.common.quantity import parse_quantity
 from twinme_ops.database.declared_state import DatabaseTuning
@@ -668,11 +668,7 @@ PATHS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("src", "dst", "port", "expected"),
-    PATHS,
-    ids=[f"{s.labels or s.ip}->{d.labels or d.ip}:{p}" for s, d, p, _ in PATHS],
-)
+@each_path(PATHS)
 def test_each_network_path_is_allowed_or_denied(
     src: Endpoint, dst: Endpoint, port: int, expected: bool
 ) -> None:

@@ -146,3 +146,17 @@ def allowed(
     return _side_allows(policies, src, dst, "Egress", port, protocol) and _side_allows(
         policies, dst, src, "Ingress", port, protocol
     )
+
+
+Path = tuple[Endpoint, Endpoint, int, bool]
+
+
+def each_path(paths: list[Path]) -> Any:
+    """``@each_path(PATHS)``: one test per (from, to, port, allowed?) path, named after it."""
+    import pytest
+
+    return pytest.mark.parametrize(
+        ("src", "dst", "port", "expected"),
+        paths,
+        ids=[f"{s.labels or s.ip}->{d.labels or d.ip}:{p}" for s, d, p, _ in paths],
+    )
