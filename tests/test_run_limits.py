@@ -45,6 +45,11 @@ query Run($runId: ID!) {
   }
 }
 """
+_STEPS_QUERY = """
+query Steps($runId: ID!) {
+  runOrError(runId: $runId) { ... on Run { stepStats { stepKey status } } }
+}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +116,8 @@ def test_the_repo_instance_enforces_every_jobs_max_runtime() -> None:
 
 
 def _launch_hung_backup(dev: DagsterDev, sandbox: SandboxInfo, tags: dict[str, str]) -> str:
-    """Tonight's backup, launched like the UI does, once its dump really waits on the lock."""
+    """Tonight's backup, launched like the UI does, once its dump really waits on the lock and
+    the other components are done (so that only the PostgreSQL step can be stopped)."""
     partition = backup_partitions.get_last_partition_key()
     assert partition is not None
     run_id = dev.client().submit_job_execution(
@@ -123,7 +129,14 @@ def _launch_hung_backup(dev: DagsterDev, sandbox: SandboxInfo, tags: dict[str, s
     while not any("pg_dump" in s and "Lock" in s for s in _dump_sessions(sandbox)):
         assert time.monotonic() < deadline, f"pg_dump never waited on the lock:\n{dev.log_tail()}"
         time.sleep(0.5)
-    return run_id
+    others = {"redis_backup", "files_backup"}
+    while True:
+        run = dev.graphql(_STEPS_QUERY, {"runId": run_id})["runOrError"]
+        done = {s["stepKey"] for s in run.get("stepStats") or [] if s["status"] == "SUCCESS"}
+        if others <= done:
+            return run_id
+        assert time.monotonic() < deadline, f"{others - done} never finished:\n{dev.log_tail()}"
+        time.sleep(0.5)
 
 
 def _finished(dev: DagsterDev, run_id: str) -> tuple[dict[str, Any], list[str]]:
