@@ -361,8 +361,9 @@ def test_alerts_hold_the_spec_targets_and_the_operations() -> None:
     assert "probe_ssl_earliest_cert_expiry" in exprs["TwinmeTlsCertificateExpiring"]
     assert exprs["TwinmeWalArchiveBehind"] == "twinme_wal_archive_rpo_seconds > 120"
     assert exprs["TwinmeWalReceiverDown"] == "twinme_wal_archive_receiver_up == 0"
-    assert "cnpg_pg_stat_archiver_seconds_since_last_archival) > 120" in (
-        exprs["TwinmeCnpgWalArchiveBehind"]
+    assert (
+        "cnpg_pg_stat_archiver_seconds_since_last_archival) > 120"
+        in (exprs["TwinmeCnpgWalArchiveBehind"])
     )
     for rule in alert_rules():
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
