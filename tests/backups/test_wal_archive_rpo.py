@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -98,6 +100,7 @@ def test_sandbox_archives_continuously_and_resumes_without_gap(server_tmp: Path)
     finally:
         stop_sandbox(home)
     assert receiver_pid(layout) is None and heartbeat_writer_pid(layout) is None
+    print(json.dumps(FIGURES, indent=2))
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +173,12 @@ def test_rpo_sensor_alerts_on_a_dead_receiver_and_resolves(
         os.kill(pid, signal.SIGKILL)
         assert _wait(lambda: not pid_alive(pid, "pg_receivewal"))
         time.sleep(1.5)  # heartbeats continue; the archive does not get them
+        evaluated = time.monotonic()
         cursor = tick(cursor)
-        FIGURES["kill -> alert delivered, at the next evaluation (s)"] = round(
+        FIGURES["evaluation that alerts, Slack included (s)"] = round(
+            time.monotonic() - evaluated, 3
+        )
+        FIGURES["kill -> alert delivered (1.5 s wait + evaluation) (s)"] = round(
             time.monotonic() - killed, 2
         )
         assert skips[-1].startswith("alerted: the WAL receiver is not running"), skips[-1]
@@ -209,6 +216,40 @@ def test_rpo_sensor_alerts_on_a_dead_receiver_and_resolves(
     everything += gw.get("/metrics").decode()
     assert PASSWORD not in everything
     print(json.dumps(FIGURES, indent=2))
+
+
+def test_twinme_ops_heartbeat_writes_until_sigterm(
+    source: tuple[PostgresServer, ArchiveLayout],
+) -> None:
+    """What the production Deployment runs: DATABASE_URL from the environment, SIGTERM stops it."""
+    server, _ = source
+    url = server.url("postgres", with_password=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        before = len(read_heartbeats(conn))
+    env = {**os.environ, "DATABASE_URL": url, "TWINME_HEARTBEAT_INTERVAL_S": "0.2"}
+    env.pop("TWINME_HEARTBEAT_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "twinme_ops.cli", "heartbeat"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert _wait(lambda: len(read_heartbeats(conn)) >= before + 3, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, out
+    text = out.decode()
+    assert "every 0.2 s" in text and "stopped after" in text
+    assert PASSWORD not in text
+    # without a database it says what to set
+    env.pop("DATABASE_URL")
+    bad = subprocess.run(
+        [sys.executable, "-m", "twinme_ops.cli", "heartbeat"], env=env, capture_output=True
+    )
+    assert bad.returncode == 2 and b"Fix: set DATABASE_URL" in bad.stderr
 
 
 def test_rpo_sensor_skips_for_cloudnative_pg_and_off() -> None:
