@@ -28,6 +28,7 @@ import pytest
 
 from tests.support.pushgateway import Gateway, start_gateway, stop_gateway, value
 from tests.support.slack_receiver import SlackReceiver
+from twinme_ops import cli
 from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.backups.pitr.archive import WalArchive
@@ -62,7 +63,9 @@ def _wait(predicate, timeout: float = 15.0, step: float = 0.05) -> bool:  # type
     return bool(predicate())
 
 
-def test_sandbox_archives_continuously_and_resumes_without_gap(server_tmp: Path) -> None:
+def test_sandbox_archives_continuously_and_resumes_without_gap(
+    server_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     home = server_tmp / "home"
     home.mkdir(mode=0o755)
     root = home / "wal-archive"
@@ -84,6 +87,20 @@ def test_sandbox_archives_continuously_and_resumes_without_gap(server_tmp: Path)
             assert _wait(lambda: len(read_heartbeats(conn)) >= 3)
         reading = measure_rpo(layout, url)
         assert reading.receiver_alive and reading.rpo_s is not None and reading.rpo_s < 2
+
+        # both die: `twinme-ops sandbox up` (idempotent) starts them again, same archive
+        os.kill(receiver, signal.SIGKILL)
+        os.kill(writer, signal.SIGKILL)
+        assert _wait(lambda: receiver_pid(layout) is None and heartbeat_writer_pid(layout) is None)
+        monkeypatch.delenv("TWINME_WAL_ARCHIVE_ROOT", raising=False)
+        monkeypatch.delenv("TWINME_WAL_ARCHIVE", raising=False)
+        monkeypatch.setenv("TWINME_HEARTBEAT_INTERVAL_S", "0.5")
+        assert cli.main(["sandbox", "--home", str(home), "up"]) == 0
+        out = capsys.readouterr().out
+        assert f"TWINME_WAL_ARCHIVE_ROOT={root}" in out and "heartbeat writer pid" in out
+        receiver, writer = receiver_pid(layout), heartbeat_writer_pid(layout)
+        assert receiver is not None and writer is not None
+        assert len(list_backups(layout)) == 1
 
         assert stop_sandbox(home) is True
         assert not pid_alive(receiver) and not pid_alive(writer)
@@ -250,6 +267,15 @@ def test_twinme_ops_heartbeat_writes_until_sigterm(
         [sys.executable, "-m", "twinme_ops.cli", "heartbeat"], env=env, capture_output=True
     )
     assert bad.returncode == 2 and b"Fix: set DATABASE_URL" in bad.stderr
+
+
+def test_cli_parser_has_stop_and_heartbeat() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["sandbox", "stop"]).handler is cli.cmd_sandbox_down
+    args = parser.parse_args(["heartbeat", "--interval", "2"])
+    assert args.handler is cli.cmd_heartbeat and args.interval == 2 and args.keep_days == 7
+    with pytest.raises(SystemExit):
+        parser.parse_args(["heartbeat", "--interval", "0"])
 
 
 def test_rpo_sensor_skips_for_cloudnative_pg_and_off() -> None:
