@@ -291,3 +291,12 @@ def test_rpo_sensor_skips_for_cloudnative_pg_and_off() -> None:
         assert isinstance(result, dg.SkipReason)
         assert expected in (result.skip_message or "")
     assert "cnpg_pg_stat_archiver_seconds_since_last_archival" in CNPG_RPO_SKIP
+
+
+def test_the_sensor_loads_running_every_30_seconds() -> None:
+    from twinme_ops.definitions import build_definitions
+
+    sensor = build_definitions().get_sensor_def("wal_archive_rpo_sensor")
+    assert sensor.minimum_interval_seconds == 30
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert {"wal_archive", "postgres", "slack", "metrics"} <= set(sensor.required_resource_keys)
