@@ -29,19 +29,48 @@ def _home(args: argparse.Namespace) -> Path:
 
 
 def cmd_sandbox_up(args: argparse.Namespace) -> int:
-    """Start (or reuse) the sandbox and print where it is."""
-    from twinme_ops.sandbox.servers import ensure_sandbox
+    """Start (or reuse) the sandbox and print where it is.
 
-    info = ensure_sandbox(_home(args))
+    With the local WAL archive engine (the default here), it is archived continuously: the
+    receiver, a first base backup and the heartbeat writer start with it, and a receiver or
+    writer that died is started again (idempotent).
+    """
+    from twinme_ops.backups.pitr.heartbeat_writer import interval_from_env
+    from twinme_ops.backups.pitr.layout import PitrError
+    from twinme_ops.common.redact import redact
+    from twinme_ops.defs.resources import (
+        sandbox_archive_root,
+        sandbox_archiving_hook,
+        start_sandbox_archiving,
+    )
+    from twinme_ops.sandbox.servers import ensure_sandbox, sandbox_postgres
+
+    home = _home(args)
+    root = sandbox_archive_root(str(home))
+    interval = interval_from_env()
+    info = ensure_sandbox(home, on_start=sandbox_archiving_hook(root, interval))
     print(f"DATABASE_URL={info.database_url}")
     print(f"REDIS_URL={info.redis_url}")
     print(f"TWINME_FILES_DIR={info.files_dir}")
     print(f"TWINME_HOME={info.home}")
+    server = sandbox_postgres(home)
+    if root and server is not None:
+        try:
+            report = start_sandbox_archiving(info, server, root, interval)
+        except PitrError as exc:
+            print(f"error: continuous archiving did not start: {redact(exc)}", file=sys.stderr)
+            return 1
+        print(f"TWINME_WAL_ARCHIVE_ROOT={report.root}")
+        print(
+            f"# archiving: receiver pid {report.receiver_pid}, heartbeat writer pid "
+            f"{report.heartbeat_pid} (every {interval:g} s)"
+        )
     return 0
 
 
 def cmd_sandbox_down(args: argparse.Namespace) -> int:
-    """Stop the sandbox servers (data is kept)."""
+    """Stop the sandbox servers, and the WAL receiver and heartbeat writer first (data is kept;
+    the slot keeps the WAL, so the next ``up`` resumes archiving with no gap)."""
     from twinme_ops.sandbox.servers import stop_sandbox
 
     stopped = stop_sandbox(_home(args))
@@ -89,9 +118,9 @@ def register_sandbox(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     commands.add_parser("up", help="start (or reuse) the sandbox, print its URLs").set_defaults(
         handler=cmd_sandbox_up
     )
-    commands.add_parser("down", help="stop the sandbox servers").set_defaults(
-        handler=cmd_sandbox_down
-    )
+    commands.add_parser(
+        "down", aliases=["stop"], help="stop the sandbox servers (and its WAL archiving)"
+    ).set_defaults(handler=cmd_sandbox_down)
     commands.add_parser("status", help="show whether it runs, sizes and counts").set_defaults(
         handler=cmd_sandbox_status
     )
@@ -335,10 +364,40 @@ def register_rollback(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 # Add a group here: each entry adds one sub-command tree to the parser.
+def cmd_heartbeat(args: argparse.Namespace) -> int:
+    """Commit a heartbeat every few seconds into DATABASE_URL until stopped (SIGTERM)."""
+    from twinme_ops.backups.pitr.heartbeat_writer import interval_from_env, serve, url_from_env
+    from twinme_ops.backups.pitr.layout import PitrError
+    from twinme_ops.common.redact import redact
+
+    try:
+        interval = args.interval if args.interval is not None else interval_from_env()
+        url = url_from_env()
+    except PitrError as exc:
+        print(f"error: {redact(exc)}", file=sys.stderr)
+        return 2
+    return serve(url, interval, args.keep_days)
+
+
+def register_heartbeat(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``twinme-ops heartbeat [--interval S] [--keep-days N]`` (the production Deployment)."""
+    parser = subparsers.add_parser(
+        "heartbeat",
+        help="commit a heartbeat every few seconds (continuous RPO measurement)",
+        description="Commit a row into twinme_ops.heartbeat every --interval seconds (default: "
+        "$TWINME_HEARTBEAT_INTERVAL_S or 5) in DATABASE_URL (or TWINME_HEARTBEAT_URL), until "
+        "SIGTERM. Rows older than --keep-days are deleted hourly.",
+    )
+    parser.add_argument("--interval", type=_positive_float, default=None, help="seconds")
+    parser.add_argument("--keep-days", type=int, default=7, help="days of heartbeats kept")
+    parser.set_defaults(handler=cmd_heartbeat)
+
+
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     register_sandbox,
     register_backup,
     register_rollback,
+    register_heartbeat,
 ]
 
 

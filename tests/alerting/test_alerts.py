@@ -409,3 +409,20 @@ def test_a_release_stopped_mid_rollout_says_it_was_not_rolled_back() -> None:
     timed_out = step_failure(where, "stopped: exceeding maximum runtime", stopped=True)
     assert "FAILED" in timed_out.headline and timed_out.severity == "failure"
     assert "NOT rolled back" in timed_out.advice
+
+
+def test_wal_archive_alert_words_from_plain_facts() -> None:
+    from twinme_ops.alerting.alert import Fact
+    from twinme_ops.alerting.messages import wal_archive_behind, wal_archive_caught_up
+
+    facts = [Fact("RPO", "300 s (heartbeat; alert above 120 s)"), Fact("Receiver", "not running")]
+    first = wal_archive_behind(["the WAL receiver is not running"], facts, "Restart it.")
+    assert first.severity == "warning" and first.headline.startswith(
+        "TwinMe WAL archive falls behind: the WAL receiver is not running"
+    )
+    text = first.text()
+    assert "RPO: 300 s" in text and "Receiver: not running" in text and "Restart it." in text
+    reminder = wal_archive_behind(["x"], facts, "", reminder=True)
+    assert "still behind" in reminder.headline
+    resolved = wal_archive_caught_up(0.0, "2026-12-05T12:00:00+00:00")
+    assert resolved.severity == "info" and "caught up: RPO 0.0 s" in resolved.headline

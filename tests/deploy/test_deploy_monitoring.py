@@ -63,6 +63,8 @@ EXPORTER_METRICS = {
     "probe_ssl_earliest_cert_expiry",
     "probe_success",
     "up",
+    # CloudNativePG's instance metrics (deploy/postgres/60-podmonitor.yaml)
+    "cnpg_pg_stat_archiver_seconds_since_last_archival",
 }
 
 
@@ -161,7 +163,7 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     # the rule file was found beside the config, loaded and checked
     assert "SUCCESS: 1 rule files found" in result.stdout
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 15 rules found" in result.stdout
 
 
 def test_promtool_would_catch_a_broken_config(tmp_path: Path) -> None:
@@ -324,7 +326,7 @@ def test_nodes_pushgateway_and_tls_probe_targets() -> None:
 def test_alert_rules_pass_promtool_check() -> None:
     result = run(promtool(), "check", "rules", str(ALERT_RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 15 rules found" in result.stdout
 
 
 def test_alert_rules_unit_tests_pass() -> None:
@@ -357,6 +359,12 @@ def test_alerts_hold_the_spec_targets_and_the_operations() -> None:
     assert exprs["TwinmeDeployRolledBack"] == "twinme_deploy_rolled_back == 1"
     assert exprs["TwinmeDeployRollbackUnhealthy"] == "twinme_deploy_rollback_healthy == 0"
     assert "probe_ssl_earliest_cert_expiry" in exprs["TwinmeTlsCertificateExpiring"]
+    assert exprs["TwinmeWalArchiveBehind"] == "twinme_wal_archive_rpo_seconds > 120"
+    assert exprs["TwinmeWalReceiverDown"] == "twinme_wal_archive_receiver_up == 0"
+    assert (
+        "cnpg_pg_stat_archiver_seconds_since_last_archival) > 120"
+        in (exprs["TwinmeCnpgWalArchiveBehind"])
+    )
     for rule in alert_rules():
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
@@ -394,7 +402,7 @@ def test_dashboard_has_the_spec_panels_and_the_operations() -> None:
     assert panels["Request Rate"]["type"] == "timeseries"
     assert panels["Error Rate"]["type"] == "stat"
     assert panels["Database Connections"]["type"] == "timeseries"
-    for title in ("Backup age", "Restore drill RTO", "Deploys"):
+    for title in ("Backup age", "Restore drill RTO", "Deploys", "RPO (WAL archive)"):
         assert title in panels
     # every query panel reads the provisioned datasource
     uid = load_yaml(DATASOURCES)["datasources"][0]["uid"]
@@ -416,7 +424,7 @@ def test_dashboard_queries_are_valid_promql_on_known_metrics(tmp_path: Path) -> 
         assert others <= EXPORTER_METRICS, f"{title}: unknown {others - EXPORTER_METRICS}"
     assert twinme <= set(METRICS), twinme - set(METRICS)
     # backups, drills and releases are all on the dashboard
-    for prefix in ("twinme_backup_", "twinme_restore_drill_", "twinme_deploy_"):
+    for prefix in ("twinme_backup_", "twinme_restore_drill_", "twinme_deploy_", "twinme_wal_"):
         assert any(n.startswith(prefix) for n in twinme), prefix
 
     # promtool parses each query (as a recording rule), Grafana's range variables substituted

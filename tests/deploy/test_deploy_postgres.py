@@ -63,7 +63,10 @@ _BESIDE = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "cnpg"
 CRD_DIR = Path(os.environ.get("TWINME_CNPG_CRDS", str(_BESIDE)))
 NAMESPACE = "twinme-postgres"
 PLUGIN = "barman-cloud.cloudnative-pg.io"
-CORE_KINDS = {"Namespace", "NetworkPolicy", "Secret"}
+CORE_KINDS = {"Namespace", "NetworkPolicy", "Secret", "Deployment"}
+HEARTBEAT = POSTGRES_DIR / "70-heartbeat.yaml"
+# the heartbeat runs beside the code location, whose image and Secret it shares
+HEARTBEAT_NAMESPACE = "dagster"
 # the time a nightly base backup is given to finish (50Gi of data, compressed on one core)
 BASE_BACKUP_BUDGET = timedelta(hours=2)
 # twinme_ops' nightly jobs that load the database: a base backup must not overlap them
@@ -147,7 +150,9 @@ def test_every_object_is_known_and_in_the_namespace() -> None:
         known = (doc["apiVersion"], doc["kind"]) in schemas() or doc["kind"] in CORE_KINDS
         assert known or doc["kind"] == "PodMonitor", f"{_id(doc)}: no schema to check it"
         if doc["kind"] != "Namespace":
-            assert doc["metadata"]["namespace"] == NAMESPACE, _id(doc)
+            in_heartbeat = doc in _docs(HEARTBEAT)
+            wanted = HEARTBEAT_NAMESPACE if in_heartbeat else NAMESPACE
+            assert doc["metadata"]["namespace"] == wanted, _id(doc)
     assert sorted(d["kind"] for d in custom_objects()) == [
         "Cluster",
         "Database",
@@ -243,7 +248,7 @@ def test_the_operator_admits_the_cluster() -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_the_core_objects_are_valid_kubernetes(version: str) -> None:
     core = [d for d in applied_objects() if d["kind"] in CORE_KINDS]
-    assert {d["kind"] for d in core} == {"Namespace", "NetworkPolicy"}
+    assert {d["kind"] for d in core} == {"Namespace", "NetworkPolicy", "Deployment"}
     for doc in [*core, *_docs(SECRETS_TEMPLATE)]:
         kubernetes_validate.validate(doc, version, strict=True)
 
@@ -334,6 +339,57 @@ def test_apply_order_and_what_is_left_out() -> None:
     # no Secret (an apply would blank the real ones) and no PodDisruptionBudget (the operator's)
     assert "Secret" not in kinds and "PodDisruptionBudget" not in kinds
     assert SECRETS_TEMPLATE.parent != POSTGRES_DIR
+
+
+# -- the heartbeat writer (70-heartbeat.yaml) --------------------------------------------------
+
+
+def test_the_heartbeat_writer_runs_the_code_locations_image_with_its_database_url() -> None:
+    deployment, policy = _docs(HEARTBEAT)
+    assert deployment["kind"] == "Deployment" and policy["kind"] == "NetworkPolicy"
+    for version in VERSIONS:
+        kubernetes_validate.validate(deployment, version, strict=True)
+        kubernetes_validate.validate(policy, version, strict=True)
+    values = yaml.safe_load((REPO / "deploy" / "dagster" / "values.yaml").read_text())
+    (code,) = values["dagster-user-deployments"]["deployments"]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    image = code["image"]
+    assert container["image"] == f"{image['repository']}:{image['tag']}"
+    assert container["command"][-2:] == ["twinme-ops", "heartbeat"]
+    env = {e["name"]: e for e in container["env"]}
+    # DATABASE_URL by reference to the code location's Secret, never a value
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "twinme-ops-env",
+        "key": "DATABASE_URL",
+    }
+    assert {"name": "twinme-ops-env"} in code["envSecrets"]
+    assert float(env["TWINME_HEARTBEAT_INTERVAL_S"]["value"]) == 5
+    # Pod Security "restricted"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    ctx = container["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"]["drop"] == ["ALL"]
+    assert ctx["readOnlyRootFilesystem"] is True
+    resources = container["resources"]
+    assert resources["requests"]["cpu"] and resources["limits"]["memory"]
+    assert parse_quantity(resources["limits"]["memory"]) <= 256 * 2**20
+    # its network: PostgreSQL out, nothing in; the instances let it in on 5432
+    labels = spec["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in policy["spec"]
+    assert [p["port"] for e in policy["spec"]["egress"] for p in e["ports"]] == [5432]
+    pod_endpoint = Endpoint(HEARTBEAT_NAMESPACE, labels, "10.244.0.16")
+    assert allowed(all_policies(), pod_endpoint, PRIMARY, 5432)
+    assert allowed(all_policies(), pod_endpoint, DNS, 53, "UDP")
+    for port in (443, 8000, 9187):
+        assert not allowed(all_policies(), pod_endpoint, PRIMARY, port)
+    assert not allowed(all_policies(), pod_endpoint, S3, 443)
+    assert not allowed(all_policies(), RUN, pod_endpoint, 8080)
 
 
 # -- the cluster -------------------------------------------------------------------------------

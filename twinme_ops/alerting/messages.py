@@ -268,3 +268,30 @@ def backups_fresh_again(message: str) -> Alert:
         severity="info",
         emoji=":large_green_circle:",
     )
+
+
+def wal_archive_behind(
+    problems: Sequence[str], facts: Sequence[Fact], advice: str, *, reminder: bool = False
+) -> Alert:
+    """The WAL archive fell behind or its receiver died: what is wrong, the RPO facts, the fix.
+
+    ``problems`` are sentences ("the WAL receiver is not running", "the archive is 300 s
+    behind ..."); ``reminder``: the same problem, still there an hour later."""
+    prefix = "still behind" if reminder else "falls behind"
+    return Alert(
+        headline=f"TwinMe WAL archive {prefix}: {'; '.join(problems)}",
+        severity="warning",
+        emoji=":hourglass_flowing_sand:",
+        facts=list(facts),
+        advice=advice,
+    )
+
+
+def wal_archive_caught_up(rpo_s: float | None, since: str) -> Alert:
+    """The WAL archive alert is resolved: the receiver streams and the RPO is back under."""
+    rpo = "unknown" if rpo_s is None else _duration(rpo_s)
+    return Alert(
+        headline=f"TwinMe WAL archive caught up: RPO {rpo}, receiver streaming (alerted {since})",
+        severity="info",
+        emoji=":large_green_circle:",
+    )

@@ -119,6 +119,20 @@ DEPLOY_LOAD_ERROR_RATIO = MetricSpec(
     "Failed requests / requests in the last release's load test.",
 )
 
+# --- WAL archive (operation="wal_archive"), pushed by wal_archive_rpo_sensor every 30 s
+WAL_ARCHIVE_RPO = MetricSpec(
+    "twinme_wal_archive_rpo_seconds",
+    "Recovery point of the local WAL archive: 0 when it holds everything the server wrote, "
+    "else the age of the newest heartbeat it holds (docs/backups.md).",
+)
+WAL_ARCHIVE_RECEIVER_UP = MetricSpec(
+    "twinme_wal_archive_receiver_up", "1 if the WAL receiver (pg_receivewal) runs, else 0."
+)
+WAL_ARCHIVE_LAST_CHECK = MetricSpec(
+    "twinme_wal_archive_last_check_timestamp_seconds",
+    "Unix time the WAL archive's RPO was last measured.",
+)
+
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in (
@@ -141,6 +155,9 @@ METRICS: dict[str, MetricSpec] = {
         DEPLOY_VERIFICATION_DURATION,
         DEPLOY_LOAD_P95,
         DEPLOY_LOAD_ERROR_RATIO,
+        WAL_ARCHIVE_RPO,
+        WAL_ARCHIVE_RECEIVER_UP,
+        WAL_ARCHIVE_LAST_CHECK,
     )
 }
 """Every metric name the code can push: the contract with deploy/monitoring/."""
@@ -292,6 +309,19 @@ def deploy_samples(outcome: DeployOutcome) -> list[Sample]:
     return samples
 
 
+def wal_archive_samples(
+    rpo_s: float | None, receiver_up: bool, checked_at: float | None = None
+) -> list[Sample]:
+    """One RPO measurement: the RPO (left out when unknown), the receiver, the time."""
+    samples: list[Sample] = [
+        (WAL_ARCHIVE_RECEIVER_UP, {}, 1.0 if receiver_up else 0.0),
+        (WAL_ARCHIVE_LAST_CHECK, {}, checked_at if checked_at is not None else time.time()),
+    ]
+    if rpo_s is not None:
+        samples.insert(0, (WAL_ARCHIVE_RPO, {}, float(rpo_s)))
+    return samples
+
+
 def build_registry(samples: list[Sample]) -> CollectorRegistry:
     """A fresh registry holding exactly ``samples`` (not the process-wide default registry)."""
     registry = CollectorRegistry(auto_describe=True)
@@ -359,6 +389,15 @@ class MetricsResource(dg.ConfigurableResource):
         """
         record = outcome if outcome is not None else DeployOutcome(**fields)
         return self._build_and_push("release", lambda: deploy_samples(record), log)
+
+    def push_wal_archive(
+        self, rpo_s: float | None, receiver_up: bool, log: Log | None = None
+    ) -> bool:
+        """After each RPO measurement: the RPO and whether the receiver runs (replaces the
+        group, so an RPO that became unknown is not left at its last value)."""
+        return self._build_and_push(
+            "wal_archive", lambda: wal_archive_samples(rpo_s, receiver_up), log
+        )
 
     def _build_and_push(
         self,

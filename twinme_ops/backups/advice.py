@@ -99,3 +99,12 @@ def short_error(error: str, values: Mapping[str, Any]) -> str:
     """A recovery's error ends with its state, which :func:`failure_facts` lays out line by
     line: keep only the error."""
     return error.split(". State: ")[0] if "safety_set_id" in values else error
+
+
+# wal_archive_rpo_sensor's alert (docs/runbooks.md, "The WAL archive falls behind")
+WAL_ARCHIVE_ADVICE = (
+    "Commits after the recovery point are not archived yet: a point-in-time restore now would "
+    "lose them. Read the receiver's log (receiver/pg_receivewal.log in the archive above), then "
+    "restart it: `twinme-ops sandbox up` (idempotent). The slot keeps the WAL meanwhile: watch "
+    "its safe_wal_size, and if it nears 0 free disk on the server before the slot is lost."
+)

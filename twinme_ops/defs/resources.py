@@ -9,7 +9,9 @@ loads.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,13 @@ from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.backups.crypto import BackupEncryption
 from twinme_ops.backups.pitr.archive import WalArchive
+from twinme_ops.backups.pitr.continuous import (
+    ArchivingReport,
+    archive_processes,
+    ensure_continuous_archiving,
+)
+from twinme_ops.backups.pitr.heartbeat_writer import DEFAULT_INTERVAL_S, interval_from_env
+from twinme_ops.backups.pitr.layout import ArchiveLayout
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.common.redact import redact, register_secret, register_secrets_in
 from twinme_ops.database.declared_state import DatabaseTuning
@@ -37,8 +46,10 @@ from twinme_ops.servers.redis import RedisResource
 
 if TYPE_CHECKING:
     from twinme_ops.sandbox.servers import SandboxInfo
+    from twinme_ops.scratch.postgres import PostgresServer
 
 ENVIRONMENTS = ("local", "production")
+_log = logging.getLogger("twinme_ops.sandbox.archiving")
 
 
 def twinme_env() -> str:
@@ -206,36 +217,98 @@ WHOLE_SECRET_VARS = (
 
 class SandboxPostgres(PostgresResource):
     """Locally, an empty ``url`` is the embedded sandbox under ``sandbox_home``, started on first
-    use. This module is the one place that knows the sandbox exists."""
+    use (and archived continuously into ``wal_archive_root`` when it is set). This module is the
+    one place that knows the sandbox exists."""
 
     sandbox_home: str = ".twinme"
+    wal_archive_root: str = ""
+    heartbeat_interval_s: float = DEFAULT_INTERVAL_S
 
     def resolved_url(self) -> str:
-        return self.url or _sandbox(self.sandbox_home).database_url
+        return self.url or _sandbox(self).database_url
+
+    def running_url(self) -> str | None:
+        if self.url:
+            return self.url
+        from twinme_ops.sandbox.servers import running_sandbox
+
+        info = running_sandbox(Path(self.sandbox_home))
+        return info.database_url if info is not None else None
 
 
 class SandboxRedis(RedisResource):
     """Locally, an empty ``url`` is the embedded sandbox's Redis."""
 
     sandbox_home: str = ".twinme"
+    wal_archive_root: str = ""
+    heartbeat_interval_s: float = DEFAULT_INTERVAL_S
 
     def configured_url(self) -> str:
-        return self.url or _sandbox(self.sandbox_home).redis_url
+        return self.url or _sandbox(self).redis_url
 
 
 class SandboxFiles(FileStorageResource):
     """Locally, an empty ``path`` is the embedded sandbox's file storage."""
 
     sandbox_home: str = ".twinme"
+    wal_archive_root: str = ""
+    heartbeat_interval_s: float = DEFAULT_INTERVAL_S
 
     def resolved_path(self) -> Path:
-        return Path(self.path) if self.path else _sandbox(self.sandbox_home).files_dir
+        return Path(self.path) if self.path else _sandbox(self).files_dir
 
 
-def _sandbox(home: str) -> SandboxInfo:
+def _sandbox(resource: SandboxPostgres | SandboxRedis | SandboxFiles) -> SandboxInfo:
     from twinme_ops.sandbox.servers import ensure_sandbox  # starts it only when first used
 
-    return ensure_sandbox(Path(home))
+    return ensure_sandbox(
+        Path(resource.sandbox_home),
+        on_start=sandbox_archiving_hook(resource.wal_archive_root, resource.heartbeat_interval_s),
+    )
+
+
+def sandbox_archiving_hook(
+    root: str, interval_s: float = DEFAULT_INTERVAL_S
+) -> Callable[[SandboxInfo, PostgresServer], None] | None:
+    """What the sandbox runs when it starts: continuous archiving into ``root`` ("": none)."""
+    if not root:
+        return None
+
+    def start(info: SandboxInfo, server: PostgresServer) -> None:
+        start_sandbox_archiving(info, server, root, interval_s)
+
+    return start
+
+
+def start_sandbox_archiving(
+    info: SandboxInfo, server: PostgresServer, root: str, interval_s: float = DEFAULT_INTERVAL_S
+) -> ArchivingReport:
+    """Archive the sandbox's PostgreSQL continuously into ``root`` (receiver, first base backup,
+    heartbeat writer), and register both processes so that ``stop_sandbox`` stops them."""
+    from twinme_ops.sandbox.servers import register_companion
+
+    layout = ArchiveLayout.at(Path(root))
+    for process in archive_processes(layout):
+        register_companion(info.home, process.name, process.pid_file, process.process_hint)
+    return ensure_continuous_archiving(
+        server, info.database_url, layout, heartbeat_interval_s=interval_s, log=_log
+    )
+
+
+def wal_archive_resource(env: str, home: str) -> WalArchive:
+    """The WAL archive of ``env``: TWINME_WAL_ARCHIVE (local here, cloudnative-pg in production)
+    into TWINME_WAL_ARCHIVE_ROOT (default ``<TWINME_HOME>/wal-archive``)."""
+    default_engine = "cloudnative-pg" if env == "production" else "local"
+    return WalArchive(
+        engine=(os.environ.get("TWINME_WAL_ARCHIVE") or default_engine).strip(),
+        root=os.environ.get("TWINME_WAL_ARCHIVE_ROOT") or f"{home}/wal-archive",
+    )
+
+
+def sandbox_archive_root(home: str) -> str:
+    """Where the sandbox under ``home`` archives its WAL ("" when the engine is not local)."""
+    archive = wal_archive_resource(twinme_env(), home)
+    return archive.root if archive.check_engine() == "local" else ""
 
 
 def register_configured_secrets() -> None:
@@ -269,15 +342,20 @@ def build_resources() -> dict[str, Any]:
                 "(see docs/operator-guide.md, 'Configuring production')"
             )
     backup_url = os.environ.get("TWINME_BACKUP_URL") or f"file://{home}/backups"
-    default_archive = "cloudnative-pg" if env == "production" else "local"
+    wal_archive = wal_archive_resource(env, home)
     if env == "production":
         postgres: PostgresResource = PostgresResource(url=_env_or("DATABASE_URL", ""))
         redis: RedisResource = RedisResource(url=_env_or("REDIS_URL", ""))
         files: FileStorageResource = FileStorageResource(path=_env_or("TWINME_FILES_DIR", ""))
     else:
-        postgres = SandboxPostgres(url=_env_or("DATABASE_URL", ""), sandbox_home=home)
-        redis = SandboxRedis(url=_env_or("REDIS_URL", ""), sandbox_home=home)
-        files = SandboxFiles(path=_env_or("TWINME_FILES_DIR", ""), sandbox_home=home)
+        # the sandbox archives itself continuously when the archive's engine is local
+        sandbox: dict[str, Any] = {"sandbox_home": home}
+        if wal_archive.engine == "local":
+            sandbox["wal_archive_root"] = wal_archive.root
+            sandbox["heartbeat_interval_s"] = interval_from_env()
+        postgres = SandboxPostgres(url=_env_or("DATABASE_URL", ""), **sandbox)
+        redis = SandboxRedis(url=_env_or("REDIS_URL", ""), **sandbox)
+        files = SandboxFiles(path=_env_or("TWINME_FILES_DIR", ""), **sandbox)
     return {
         "postgres": postgres,
         "redis": redis,
@@ -317,10 +395,7 @@ def build_resources() -> dict[str, Any]:
         ),
         # the URL may carry basic-auth userinfo: EnvVar keeps it out of the UI
         # continuous archiving of PostgreSQL's WAL (docs/backups.md, "Point-in-time recovery")
-        "wal_archive": WalArchive(
-            engine=(os.environ.get("TWINME_WAL_ARCHIVE") or default_archive).strip(),
-            root=os.environ.get("TWINME_WAL_ARCHIVE_ROOT") or f"{home}/wal-archive",
-        ),
+        "wal_archive": wal_archive,
         "metrics": MetricsResource(
             pushgateway_url=_env_or("TWINME_PUSHGATEWAY_URL", ""), environment=env
         ),

@@ -5,7 +5,13 @@ processes may call it at the same time, so the start is serialised with ``flock`
 case (already running) is a state-file read plus two liveness checks, without the lock.
 
 Layout under ``home/sandbox``: ``postgres/`` (data directory), ``redis/``, ``files/``,
-``state.json`` (ports, pids) and ``.lock``.
+``state.json`` (ports, pids), ``companions.json`` and ``.lock``.
+
+*Companions* are detached processes that work on the sandbox's servers on behalf of a higher
+layer (the WAL receiver and the heartbeat writer of continuous archiving): the sandbox knows them
+only by pid file and process name (:func:`register_companion`), and :func:`stop_sandbox` stops
+them before PostgreSQL. ``ensure_sandbox(on_start=...)`` is how that layer learns the servers
+just started (it may not be imported from here: docs/architecture.md, "Import contracts").
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,6 +34,7 @@ from twinme_ops.scratch.local import (
     dir_lock,
     pid_alive,
     read_json_file,
+    wait_pid_gone,
     write_json_atomic,
 )
 from twinme_ops.scratch.postgres import PostgresServer
@@ -89,11 +98,18 @@ def _locked(base: Path) -> contextlib.AbstractContextManager[None]:
     return dir_lock(base / ".lock")
 
 
-def ensure_sandbox(home: Path | None = None, *, scale: float = DEFAULT_SCALE) -> SandboxInfo:
+OnStart = Callable[[SandboxInfo, PostgresServer], None]
+
+
+def ensure_sandbox(
+    home: Path | None = None, *, scale: float = DEFAULT_SCALE, on_start: OnStart | None = None
+) -> SandboxInfo:
     """Start the sandbox if it is not running (seeding an empty database), and describe it.
 
     Safe to call from many processes at once: one starts the servers, the others wait on the
-    lock and then reuse them.
+    lock and then reuse them. ``on_start(info, postgres)`` runs under the lock once the servers
+    are up and seeded, only when this call started them (continuous archiving starts there); a
+    failure of it is logged as a warning, the sandbox stays up.
     """
     home = Path(home).absolute() if home is not None else default_home()
     base = sandbox_dir(home)
@@ -106,10 +122,26 @@ def ensure_sandbox(home: Path | None = None, *, scale: float = DEFAULT_SCALE) ->
         if _state_alive(state):
             assert state is not None
             return _info(home, state)
-        return _start(home, base, scale)
+        return _start(home, base, scale, on_start)
 
 
-def _start(home: Path, base: Path, scale: float) -> SandboxInfo:
+def running_sandbox(home: Path | None = None) -> SandboxInfo | None:
+    """The running sandbox, or None: never starts it."""
+    home = Path(home).absolute() if home is not None else default_home()
+    state = read_json_file(sandbox_dir(home) / "state.json")
+    if _state_alive(state):
+        assert state is not None
+        return _info(home, state)
+    return None
+
+
+def sandbox_postgres(home: Path | None = None) -> PostgresServer | None:
+    """The sandbox's running PostgreSQL server, or None."""
+    home = Path(home).absolute() if home is not None else default_home()
+    return PostgresServer.find(sandbox_dir(home) / "postgres")
+
+
+def _start(home: Path, base: Path, scale: float, on_start: OnStart | None = None) -> SandboxInfo:
     t0 = time.monotonic()
     pg = PostgresServer.start(base / "postgres")
     try:
@@ -135,6 +167,12 @@ def _start(home: Path, base: Path, scale: float) -> SandboxInfo:
 
         logger.info("sandbox database is empty: seeding demo data at scale %s", scale)
         seed(info.database_url, info.redis_url, files_dir, scale)
+    if on_start is not None:
+        try:
+            on_start(info, pg)
+        except Exception as exc:  # the sandbox itself is up: say what did not start, go on
+            logger.warning("sandbox up, but its start hook failed: %s", exc)
+        state["postgres_pid"] = pg.pid  # a hook may have restarted it (settings)
     state["ready"] = True
     write_json_atomic(base / "state.json", state)
     logger.info(
@@ -173,7 +211,7 @@ def stop_sandbox(home: Path | None = None) -> bool:
     if not base.exists():
         return False
     with _locked(base):
-        stopped = False
+        stopped = _stop_companions(base)
         pg = PostgresServer.find(base / "postgres")
         if pg is not None:
             pg.stop("fast")
@@ -188,6 +226,56 @@ def stop_sandbox(home: Path | None = None) -> bool:
             write_json_atomic(base / "state.json", state)
     if stopped:
         logger.info("sandbox stopped")
+    return stopped
+
+
+def register_companion(
+    home: Path | None, name: str, pid_file: Path | str, process_hint: str
+) -> None:
+    """Have :func:`stop_sandbox` stop the process whose pid is in ``pid_file`` (and whose command
+    line names ``process_hint``) before it stops the servers."""
+    home = Path(home).absolute() if home is not None else default_home()
+    path = sandbox_dir(home) / "companions.json"
+    companions = read_json_file(path) or {}
+    companions[name] = {"pid_file": str(pid_file), "process_hint": process_hint}
+    write_json_atomic(path, companions)
+
+
+def companions(home: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The registered companions: name -> pid file, process name, pid when alive."""
+    home = Path(home).absolute() if home is not None else default_home()
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in (read_json_file(sandbox_dir(home) / "companions.json") or {}).items():
+        pid = _companion_pid(entry)
+        out[name] = {**entry, "running": pid is not None, "pid": pid}
+    return out
+
+
+def _companion_pid(entry: dict[str, Any]) -> int | None:
+    try:
+        pid = int(Path(entry["pid_file"]).read_text().strip())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if pid_alive(pid, entry.get("process_hint")) else None
+
+
+def _stop_companions(base: Path, timeout_s: float = 30.0) -> bool:
+    """SIGTERM each live companion, wait, SIGKILL the stubborn; whether any ran."""
+    stopped = False
+    for name, entry in (read_json_file(base / "companions.json") or {}).items():
+        pid = _companion_pid(entry)
+        if pid is None:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+        if not wait_pid_gone(pid, timeout_s):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            wait_pid_gone(pid, 5)
+        with contextlib.suppress(OSError):
+            Path(entry["pid_file"]).unlink()
+        logger.info("sandbox companion %s (pid %s) stopped", name, pid)
+        stopped = True
     return stopped
 
 
@@ -235,6 +323,7 @@ def sandbox_status(home: Path | None = None) -> dict[str, Any]:
                     files += 1
                     size += path.stat().st_size
     status["files"] = {"dir": str(files_dir), "files": files, "symlinks": symlinks, "bytes": size}
+    status["companions"] = companions(home)
     status["running"] = pg is not None and redis_server is not None
     return status
 
@@ -245,8 +334,12 @@ __all__ = [
     "LocalServerError",
     "SandboxInfo",
     "default_home",
+    "companions",
     "ensure_sandbox",
     "prepare_database",
+    "register_companion",
+    "running_sandbox",
+    "sandbox_postgres",
     "sandbox_status",
     "stop_sandbox",
 ]

@@ -75,6 +75,11 @@ class PostgresResource(dg.ConfigurableResource):
             )
         return self.url
 
+    def running_url(self) -> str | None:
+        """The URL to watch without starting anything (monitoring): the configured URL here; a
+        local subclass returns None when its embedded server is not running."""
+        return self.resolved_url()
+
     def _split(self) -> tuple[str, str | None]:
         """The URL without its password, and the password (registered as a secret).
 

@@ -7,6 +7,7 @@ One archive root per source server::
     <root>/base/<UTC stamp>/label.json   what it is and which backup it depends on (written last)
     <root>/base/.tmp-<stamp>/       a backup being taken (or a killed one's leftovers)
     <root>/receiver/                the supervisor's pid file, state and log
+    <root>/heartbeat/               the heartbeat writer's pid file, state and log
 
 When we are root, PostgreSQL refuses to run as root: the tools run as the scratch servers' system
 user, which owns ``wal/`` and ``base/`` so that a restored server (same user) can read them in its
@@ -31,6 +32,7 @@ from twinme_ops.scratch.local import PG_SYSTEM_USER, check_traversable, ensure_s
 WAL_DIR = "wal"
 BASE_DIR = "base"
 RECEIVER_DIR = "receiver"
+HEARTBEAT_DIR = "heartbeat"
 DEFAULT_SEGMENT_SIZE = 16 << 20
 # 24 hex digits: timeline, then the segment number in two halves
 SEGMENT_RE = re.compile(r"^(?P<tli>[0-9A-F]{8})(?P<hi>[0-9A-F]{8})(?P<lo>[0-9A-F]{8})$")
@@ -74,6 +76,10 @@ class ArchiveLayout:
     def receiver_dir(self) -> Path:
         return self.root / RECEIVER_DIR
 
+    @property
+    def heartbeat_dir(self) -> Path:
+        return self.root / HEARTBEAT_DIR
+
     def create(self) -> ArchiveLayout:
         """Create the folders (idempotent); ``wal/`` and ``base/`` belong to the tools' user."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -83,7 +89,7 @@ class ArchiveLayout:
                 check_traversable(self.root, self.run_as)
             except RuntimeError as exc:
                 raise pitr_error(f"archive root {self.root}: {exc}") from None
-        for path in (self.wal_dir, self.base_dir, self.receiver_dir):
+        for path in (self.wal_dir, self.base_dir, self.receiver_dir, self.heartbeat_dir):
             path.mkdir(exist_ok=True)
         for path in (self.wal_dir, self.base_dir):
             path.chmod(0o750)

@@ -14,19 +14,34 @@ from twinme_ops.alerting.messages import (
     backups_stale,
     run_canceled,
     run_failure,
+    wal_archive_behind,
+    wal_archive_caught_up,
 )
+from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
+from twinme_ops.backups.advice import WAL_ARCHIVE_ADVICE
 from twinme_ops.backups.drill import FRESHNESS_MAX_AGE_HOURS, backup_freshness
+from twinme_ops.backups.pitr.archive import WalArchive
+from twinme_ops.backups.pitr.receiver import receiver_state
+from twinme_ops.backups.pitr.rpo import RpoReading, measure_rpo
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.common.redact import redact
 from twinme_ops.defs.alerts.hooks import alerted_steps
 from twinme_ops.defs.alerts.steps import BACKUP_JOBS, last_good_fact, step_failure
 from twinme_ops.instance.run_coordinator import REFUSED_TAG
+from twinme_ops.servers.postgres import PostgresResource
 
 # the error class of a step Dagster interrupted (run terminated, or past its max runtime)
 INTERRUPTED = "DagsterExecutionInterruptedError"
 # while backups stay stale, remind at most this often instead of on every tick
 REALERT_AFTER_HOURS = 6.0
+# while the WAL archive stays behind (or its receiver down), remind this often
+WAL_REALERT_AFTER_S = 3600.0
+CNPG_RPO_SKIP = (
+    "the WAL archive engine is cloudnative-pg: production's RPO comes from the Barman Cloud "
+    "plugin's metrics (cnpg_pg_stat_archiver_seconds_since_last_archival), alerted by "
+    "Prometheus' TwinmeCnpgWalArchiveBehind, not by this sensor"
+)
 
 
 @dg.sensor(
@@ -60,6 +75,106 @@ def backup_freshness_sensor(
     slack.send(alert, log=context.log)
     context.update_cursor(json.dumps({"alerted_at": now.timestamp()}))
     return dg.SkipReason(f"alerted: {status.message}")
+
+
+def _rpo_facts(reading: RpoReading, threshold_s: float) -> list[Fact]:
+    s = reading.status
+    rpo = "unknown" if reading.rpo_s is None else f"{reading.rpo_s:.0f} s"
+    facts = [
+        Fact("RPO", f"{rpo} ({reading.basis}; alert above {threshold_s:.0f} s)"),
+        Fact(
+            "Receiver",
+            f"running, pid {s.receiver_pid}" if s.receiver_alive else "not running",
+        ),
+        Fact(
+            "Slot",
+            f"{s.slot}: "
+            + (
+                "missing"
+                if not s.slot_exists
+                else f"{'active' if s.slot_active else 'inactive'}, wal_status "
+                f"{s.slot_wal_status or '?'}, safe_wal_size "
+                + ("unlimited" if s.slot_safe_wal_size is None else f"{s.slot_safe_wal_size:,} B")
+            ),
+        ),
+        Fact("Archive", s.root),
+    ]
+    if s.lag_bytes is not None:
+        facts.append(Fact("Not archived", f"{s.lag_bytes:,} bytes of WAL"))
+    if reading.archived_up_to:
+        facts.append(Fact("Archived up to", reading.archived_up_to))
+    if s.server_error:
+        facts.append(Fact("Source", s.server_error))
+    if s.receiver_log_tail:
+        facts.append(Fact("Receiver log", s.receiver_log_tail.splitlines()[-1]))
+    return facts
+
+
+@dg.sensor(
+    name="wal_archive_rpo_sensor",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Every 30 s, for the local WAL archive engine: measures the RPO (0 when the archive "
+        "holds everything the server wrote, else the age of the newest heartbeat it holds), "
+        "whether pg_receivewal runs and the slot's health; pushes twinme_wal_archive_rpo_seconds "
+        "and twinme_wal_archive_receiver_up. Alerts Slack once when the RPO exceeds the "
+        "threshold (120 s) or the receiver is down, reminds every hour, and says when it is "
+        "resolved. Skips for cloudnative-pg (Prometheus alerts on the plugin's metrics)."
+    ),
+)
+def wal_archive_rpo_sensor(
+    context: dg.SensorEvaluationContext,
+    wal_archive: WalArchive,
+    postgres: PostgresResource,
+    slack: SlackNotifier,
+    metrics: MetricsResource,
+) -> dg.SkipReason:
+    engine = wal_archive.check_engine()
+    if engine == "off":
+        return dg.SkipReason("continuous archiving is off (TWINME_WAL_ARCHIVE=off)")
+    if engine == "cloudnative-pg":
+        return dg.SkipReason(CNPG_RPO_SKIP)
+    layout = wal_archive.layout()
+    if receiver_state(layout) is None:
+        return dg.SkipReason(
+            f"no WAL receiver was ever started into {layout.root}: continuous archiving is not "
+            "set up here (`twinme-ops sandbox up` starts it for the sandbox)"
+        )
+    url = postgres.running_url()
+    if url is None:
+        return dg.SkipReason("the sandbox is not running: nothing to archive")
+    now = datetime.now(UTC)
+    reading = measure_rpo(layout, url, slot=wal_archive.slot)
+    metrics.push_wal_archive(reading.rpo_s, reading.receiver_alive, log=context.log)
+    threshold = float(wal_archive.rpo_alert_s)
+    problems = reading.problems(threshold)
+    state = json.loads(context.cursor) if context.cursor else {}
+    rpo = "unknown" if reading.rpo_s is None else f"{reading.rpo_s:.1f} s"
+    if not problems:
+        if state.get("alerted_at"):
+            first = state.get("first_alerted_at") or state["alerted_at"]
+            since = datetime.fromtimestamp(first, UTC).isoformat(timespec="seconds")
+            slack.send(wal_archive_caught_up(reading.rpo_s, since), log=context.log)
+        context.update_cursor(json.dumps({}))
+        return dg.SkipReason(
+            redact(f"RPO {rpo} ({reading.basis}), receiver streaming, slot {reading.status.slot}")
+        )
+    summary = redact("; ".join(problems))
+    last = state.get("alerted_at")
+    if last and now.timestamp() - last < WAL_REALERT_AFTER_S:
+        minutes = (now.timestamp() - last) / 60
+        return dg.SkipReason(f"alerted {minutes:.0f} min ago, still: {summary} (RPO {rpo})")
+    alert = wal_archive_behind(
+        problems, _rpo_facts(reading, threshold), WAL_ARCHIVE_ADVICE, reminder=bool(last)
+    )
+    delivered = slack.send(alert, log=context.log)
+    # a reminder keeps the first alert's time, so the resolved message says since when
+    first = state.get("first_alerted_at") or now.timestamp()
+    context.update_cursor(json.dumps({"alerted_at": now.timestamp(), "first_alerted_at": first}))
+    return dg.SkipReason(
+        f"{'alerted' if delivered else 'alert not delivered (see the log)'}: {summary} (RPO {rpo})"
+    )
 
 
 def _termination_reason(instance: dg.DagsterInstance, run_id: str) -> str:
