@@ -37,6 +37,7 @@ from twinme_ops.servers.redis import RedisResource
 
 if TYPE_CHECKING:
     from twinme_ops.sandbox.servers import SandboxInfo
+    from twinme_ops.scratch.postgres import PostgresServer
 
 ENVIRONMENTS = ("local", "production")
 
@@ -230,6 +231,19 @@ class SandboxFiles(FileStorageResource):
 
     def resolved_path(self) -> Path:
         return Path(self.path) if self.path else _sandbox(self.sandbox_home).files_dir
+
+
+def sandbox_postgres_server(postgres: PostgresResource) -> PostgresServer | None:
+    """The embedded sandbox's server when ``postgres`` is the sandbox (an empty URL locally),
+    started if needed; None for any other server. Only a server we run may be reconfigured
+    (settings, ``pg_hba.conf``, a restart) by the steps that need it."""
+    if not isinstance(postgres, SandboxPostgres) or postgres.url:
+        return None
+    from twinme_ops.sandbox.servers import sandbox_dir
+    from twinme_ops.scratch.postgres import PostgresServer
+
+    _sandbox(postgres.sandbox_home)
+    return PostgresServer.find(sandbox_dir(Path(postgres.sandbox_home)) / "postgres")
 
 
 def _sandbox(home: str) -> SandboxInfo:
