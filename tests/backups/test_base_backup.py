@@ -93,9 +93,7 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
     [event] = [e for e in result.all_events if e.is_step_failure]
     data = event.step_failure_data
     assert data is not None
-    return (data.user_failure_data.description if data.user_failure_data else "") or str(
-        data.error
-    )
+    return (data.user_failure_data.description if data.user_failure_data else "") or str(data.error)
 
 
 def _no_secret(*texts: object) -> None:
@@ -117,7 +115,9 @@ def test_full_then_incremental(source: Source) -> None:
 
     with source.server.connect() as conn:
         conn.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
-        conn.execute("INSERT INTO notes (body) SELECT repeat('x', 200) FROM generate_series(1, 5000)")
+        conn.execute(
+            "INSERT INTO notes (body) SELECT repeat('x', 200) FROM generate_series(1, 5000)"
+        )
     second, logs = _materialize(source.url, source.root)
     assert second.success, _failure(second)
     inc = _metadata(second)
