@@ -151,7 +151,8 @@ def test_completed_backup_records_the_operator_status(
     operator = backup_operator_factory(
         "barman", server=source, destination=f"s3://{s3_bucket}/twinme-db", endpoint=s3_server
     )
-    result, logs = _materialize(kubeconfig)
+    result, logs = _materialize(kubeconfig, {"timeout_s": 120})
+    assert not operator.errors, operator.errors
     assert result.success, _failure(result)
     meta = _metadata(result)
     name = backup_name(CLUSTER, result.run_id)
@@ -218,7 +219,7 @@ def test_a_failed_backup_fails_the_step_with_the_error_and_a_fix(
 ) -> None:
     kubeconfig, _ = k8s_emulator
     operator = backup_operator_factory("fail")
-    result, _ = _materialize(kubeconfig)
+    result, _ = _materialize(kubeconfig, {"timeout_s": 30})
     assert not result.success
     message = _failure(result)
     name = backup_name(CLUSTER, result.run_id)
