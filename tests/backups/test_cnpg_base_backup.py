@@ -131,6 +131,7 @@ def test_the_backup_twinme_ops_creates_is_valid_for_the_crd() -> None:
         "cluster": {"name": CLUSTER},
         "method": "plugin",
         "pluginConfiguration": {"name": PLUGIN},
+        "target": "prefer-standby",
     }
     # the strict schema does refuse a misspelt field (the API server would silently prune it)
     wrong = {**body, "spec": {**body["spec"], "pluginConfig": {"name": PLUGIN}}}

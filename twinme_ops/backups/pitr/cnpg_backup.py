@@ -107,6 +107,8 @@ def backup_body(name: str, namespace: str, cluster: str, run_id: str) -> dict[st
             "cluster": {"name": cluster},
             "method": "plugin",
             "pluginConfiguration": {"name": PLUGIN},
+            # read from a replica when there is one: the primary serves the API undisturbed
+            "target": "prefer-standby",
         },
     }
 
