@@ -30,6 +30,7 @@ from tests.support.cnpg_operator import (
 )
 from tests.support.crd_schema import crd_schemas, strict_schema, validation_errors
 from tests.support.k8s_emulator import EmulatorHandle
+from twinme_ops.alerting.alert import Where
 from twinme_ops.backups.pitr.archive import WalArchive
 from twinme_ops.backups.pitr.cnpg_backup import (
     GROUP,
@@ -41,7 +42,9 @@ from twinme_ops.backups.pitr.cnpg_backup import (
     take_cnpg_backup,
 )
 from twinme_ops.backups.pitr.layout import parse_lsn
+from twinme_ops.defs.alerts.steps import step_failure
 from twinme_ops.defs.backups.base_backup import postgres_base_backup
+from twinme_ops.defs.backups.jobs import base_backup_job
 from twinme_ops.scratch.postgres import PostgresServer
 from twinme_ops.servers.postgres import PostgresResource
 
@@ -229,6 +232,11 @@ def test_a_failed_backup_fails_the_step_with_the_error_and_a_fix(
     assert "Bucket twinme-db-backups does not exist" in message  # status.error, surfaced
     assert "Fix:" in message and "WAL archive still holds" in message
     assert _stored(kubeconfig, name)["status"]["error"] == FAIL_ERROR
+    # the Slack alert (base_backup_job's failure hook) says what the failure means
+    alert = step_failure(Where("base_backup_job", result.run_id, "postgres_base_backup"), message)
+    assert "PostgreSQL base backup" in alert.step_label
+    assert "WAL archive still holds every segment" in alert.advice
+    assert {hook.name for hook in base_backup_job.hooks} == {"slack_on_backup_failure"}
 
 
 def test_a_backup_that_never_finishes_times_out(
