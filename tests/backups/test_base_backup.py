@@ -205,3 +205,13 @@ def test_a_killed_run_leaves_nothing_complete(source: Source) -> None:
     assert not partial[0].exists()
     assert any("removed the unfinished base backups" in line for line in logs), logs
     assert len(list_backups(source.layout)) == len(before) + 1
+
+
+def test_only_the_sandbox_is_prepared_by_the_step(tmp_path: Path) -> None:
+    """prepare_local_source (settings, pg_hba.conf, a restart) is for the server we run; a
+    configured server (even locally) is only checked."""
+    from twinme_ops.defs.resources import SandboxPostgres, sandbox_postgres_server
+
+    assert sandbox_postgres_server(PostgresResource(url="postgresql://u@db.example:5432/x")) is None
+    local_but_configured = SandboxPostgres(url="postgresql://u@127.0.0.1:5432/x", sandbox_home="")
+    assert sandbox_postgres_server(local_but_configured) is None
