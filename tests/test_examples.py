@@ -16,6 +16,7 @@ EXAMPLES = sorted((Path(__file__).parents[1] / "examples" / "run_config").glob("
 def test_there_is_an_example_for_every_job_that_takes_config() -> None:
     names = {p.stem for p in EXAMPLES}
     assert {
+        "base_backup_job",
         "nightly_backup_job",
         "restore_drill_job",
         "retention_job",

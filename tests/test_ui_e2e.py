@@ -40,6 +40,7 @@ GRAPH_PATH = f"/locations/{LOCATION_NAME}/asset-groups/backups"
 # location defines are checked against what the UI serves; definitions added later are picked up
 # from Definitions.
 PUBLIC_JOBS = {
+    "base_backup_job",
     "nightly_backup_job",
     "retention_job",
     "restore_drill_job",
@@ -49,6 +50,7 @@ PUBLIC_JOBS = {
     "deployment_tests_job",
 }
 PUBLIC_SCHEDULES = {
+    "base_backup_schedule",
     "nightly_backup_schedule",
     "retention_schedule",
     "restore_drill_schedule",

@@ -90,6 +90,8 @@ APP_TESTS_MODULE = RELEASE / "app_tests" / "k8s.py"
 # the Job-following helpers both share
 K8S_JOB_MODULE = RELEASE / "k8s_job.py"
 BUILD_NAMESPACE_MODULES = (*CLUSTER_BUILD_MODULES, APP_TESTS_MODULE, K8S_JOB_MODULE)
+# base_backup_job's CloudNativePG Backup: its calls go to the database's namespace
+CNPG_BACKUP_MODULE = REPO / "twinme_ops" / "backups" / "pitr" / "cnpg_backup.py"
 EXAMPLES = REPO / "examples" / "run_config"
 
 # the Helm release and namespace dagster.yaml is rendered for (docs/deploy.md: helm upgrade
@@ -1189,7 +1191,8 @@ def _role(namespace: str) -> dict[str, Any]:
 
 def test_the_api_namespace_role_grants_exactly_what_twinme_ops_calls() -> None:
     """twinme_ops reads and patches the API Deployment: get and patch on it, nothing else."""
-    sources = [p for p in (REPO / "twinme_ops").rglob("*.py") if p not in BUILD_NAMESPACE_MODULES]
+    other_namespaces = (*BUILD_NAMESPACE_MODULES, CNPG_BACKUP_MODULE)
+    sources = [p for p in (REPO / "twinme_ops").rglob("*.py") if p not in other_namespaces]
     used = api_methods_used(sources)
     assert used, "no Kubernetes API call found in twinme_ops: is the derivation broken?"
     needed = {rbac_permission(m) for m in used}
@@ -1219,6 +1222,22 @@ def test_the_build_namespace_role_is_the_cluster_builder_contract() -> None:
     }
     assert direct == _granted({"rules": BUILD_RBAC_RULES})
     assert not any(resource == "secrets" for _, resource, _ in direct)
+
+
+def test_the_database_namespace_role_is_what_the_base_backup_calls() -> None:
+    """base_backup_job creates a CloudNativePG Backup and reads it back: the Role in the
+    Cluster's namespace grants exactly the module's declared rules, and those are its calls
+    (CustomObjectsApi's paths name the group and plural as parameters: the module's own)."""
+    from twinme_ops.backups.pitr.archive import WalArchive
+    from twinme_ops.backups.pitr.cnpg_backup import CNPG_BACKUP_RBAC_RULES, GROUP, PLURAL
+
+    namespace = WalArchive.model_fields["namespace"].default
+    assert _granted(_role(namespace)) == _granted({"rules": CNPG_BACKUP_RBAC_RULES})
+    direct = {
+        (GROUP if group == "{group}" else group, PLURAL if res == "{plural}" else res, verb)
+        for group, res, verb in map(rbac_permission, api_methods_used([CNPG_BACKUP_MODULE]))
+    }
+    assert direct == _granted({"rules": CNPG_BACKUP_RBAC_RULES})
 
 
 def test_the_build_namespace_role_covers_the_app_tests_job_exactly() -> None:

@@ -70,7 +70,7 @@ HEARTBEAT_NAMESPACE = "dagster"
 # the time a nightly base backup is given to finish (50Gi of data, compressed on one core)
 BASE_BACKUP_BUDGET = timedelta(hours=2)
 # twinme_ops' nightly jobs that load the database: a base backup must not overlap them
-DATABASE_JOBS = ("nightly_backup_schedule", "database_tuning_schedule")
+DATABASE_JOBS = ("base_backup_schedule", "nightly_backup_schedule", "database_tuning_schedule")
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:

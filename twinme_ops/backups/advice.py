@@ -33,6 +33,13 @@ STEPS: dict[str, StepAdvice] = {
     "backup_set": StepAdvice("backup set manifest", _NO_MANIFEST),
     "backup_set_restore_drill": StepAdvice("restore drill", _DRILL_FAILED),
     "restore_drill_op": StepAdvice("restore drill", _DRILL_FAILED),
+    "postgres_base_backup": StepAdvice(
+        "PostgreSQL base backup",
+        "No new base backup: the WAL archive still holds every segment since the previous base "
+        "backup, so point-in-time recovery still works from it (slower to replay). Read the "
+        "error's fix, then re-execute base_backup_job; if the previous base backup is old, do it "
+        "today with force_full: true.",
+    ),
     "backup_retention": StepAdvice(
         "backup retention",
         "Nothing unsafe happened: retention never deletes the newest verified set. Fix the store "

@@ -258,6 +258,19 @@ class SandboxFiles(FileStorageResource):
         return Path(self.path) if self.path else _sandbox(self).files_dir
 
 
+def sandbox_postgres_server(postgres: PostgresResource) -> PostgresServer | None:
+    """The embedded sandbox's server when ``postgres`` is the sandbox (an empty URL locally),
+    started if needed; None for any other server. Only a server we run may be reconfigured
+    (settings, ``pg_hba.conf``, a restart) by the steps that need it."""
+    if not isinstance(postgres, SandboxPostgres) or postgres.url:
+        return None
+    from twinme_ops.sandbox.servers import sandbox_dir
+    from twinme_ops.scratch.postgres import PostgresServer
+
+    _sandbox(postgres)
+    return PostgresServer.find(sandbox_dir(Path(postgres.sandbox_home)) / "postgres")
+
+
 def _sandbox(resource: SandboxPostgres | SandboxRedis | SandboxFiles) -> SandboxInfo:
     from twinme_ops.sandbox.servers import ensure_sandbox  # starts it only when first used
 

@@ -54,6 +54,11 @@ class WalArchive(dg.ConfigurableResource):
         default="twinme-backups",
         description="cloudnative-pg engine: the Barman Cloud plugin's ObjectStore name.",
     )
+    kubeconfig: str = Field(
+        default="",
+        description="cloudnative-pg engine: kubeconfig path. Empty: $KUBECONFIG, else the pod's "
+        "service account.",
+    )
     destination_path: str = Field(
         default="",
         description="cloudnative-pg engine: the ObjectStore's destinationPath "

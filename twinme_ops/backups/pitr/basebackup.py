@@ -20,9 +20,11 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +38,7 @@ from twinme_ops.backups.pitr.layout import (
     user_ids,
 )
 from twinme_ops.backups.pitr.receiver import connect
+from twinme_ops.common.log import Log
 from twinme_ops.scratch.local import read_json_file, write_json_atomic
 
 Kind = Literal["full", "incremental"]
@@ -115,6 +118,56 @@ def chain_of(layout: ArchiveLayout, backup: BaseBackup) -> list[BaseBackup]:
     return [by_id[i] for i in backup.chain]
 
 
+def choose_kind(
+    layout: ArchiveLayout, full_every_days: float, now: datetime | None = None
+) -> tuple[Kind, BaseBackup | None, str]:
+    """The next backup: full when there is none or the newest full one is older than
+    ``full_every_days``, else incremental on the newest backup. (kind, parent, why)."""
+    backups = list_backups(layout)
+    fulls = [b for b in backups if b.kind == "full"]
+    if not fulls:
+        return "full", None, f"no full base backup in {layout.base_dir}"
+    age = (now or datetime.now(UTC)) - fulls[-1].finished
+    if age >= timedelta(days=full_every_days):
+        days = age.total_seconds() / 86400
+        return "full", None, f"the newest full one ({fulls[-1].id}) is {days:.1f} days old"
+    newest = backups[-1]
+    return "incremental", newest, f"the newest full one ({fulls[-1].id}) is recent"
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for f in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            if f.is_file():
+                total += f.stat().st_size
+    return total
+
+
+@contextlib.contextmanager
+def _progress(log: Log | None, data: Path, interval_s: float) -> Iterator[None]:
+    """Log how much ``data`` holds every ``interval_s`` while the body runs."""
+    if log is None:
+        yield
+        return
+    stop = threading.Event()
+    began = time.monotonic()
+
+    def report() -> None:
+        while not stop.wait(interval_s):
+            size = _size(data)
+            rate = size / max(time.monotonic() - began, 1e-3) / 2**20
+            log.info(f"base backup: {size / 2**20:.1f} MiB copied ({rate:.1f} MiB/s)")
+
+    thread = threading.Thread(target=report, name="basebackup-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def sweep_partial_backups(layout: ArchiveLayout) -> list[str]:
     """Remove the ``.tmp-`` folders of killed backups (their lock is free); their names."""
     removed: list[str] = []
@@ -172,15 +225,20 @@ def take_base_backup(
     parent: str | None = None,
     max_rate: str | None = None,
     timeout_s: float | None = None,
+    log: Log | None = None,
+    progress_interval_s: float = 10.0,
 ) -> BaseBackup:
     """Take, verify and label one base backup of the server at ``url``; the backup.
 
     ``kind="incremental"`` builds on ``parent`` (default: the newest complete backup) and needs
     ``summarize_wal = on`` since that parent was taken. ``max_rate`` is pg_basebackup's ``-r``
-    (e.g. ``"32M"``) to spare the server's disks.
+    (e.g. ``"32M"``) to spare the server's disks. ``log`` receives the progress (the size copied
+    so far, every ``progress_interval_s``) and each stage.
     """
     layout.create()
-    sweep_partial_backups(layout)
+    swept = sweep_partial_backups(layout)
+    if swept and log is not None:
+        log.warning(f"removed the unfinished base backups of killed runs: {', '.join(swept)}")
     parent_backup: BaseBackup | None = None
     if kind == "incremental":
         backups = list_backups(layout)
@@ -200,7 +258,10 @@ def take_base_backup(
     with open(tmp / WRITER_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held until the rename: a killed writer releases it
         try:
-            backup = _take(layout, url, kind, parent_backup, stamp, tmp, max_rate, timeout_s)
+            with _progress(log, tmp / DATA, progress_interval_s):
+                backup = _take(
+                    layout, url, kind, parent_backup, stamp, tmp, max_rate, timeout_s, log
+                )
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -220,6 +281,7 @@ def _take(
     tmp: Path,
     max_rate: str | None,
     timeout_s: float | None,
+    log: Log | None = None,
 ) -> BaseBackup:
     started, system_id = _server_facts(url)
     if parent is not None and parent.system_identifier != system_id:
@@ -234,12 +296,17 @@ def _take(
         args.append(f"--incremental={parent.manifest}")
     if max_rate:
         args += ["-r", max_rate]
+    if log is not None:
+        on = f" on {parent.id}" if parent is not None else ""
+        log.info(f"base backup {stamp}: pg_basebackup ({kind}{on}) started")
     began = time.monotonic()
     proc = run_tool("pg_basebackup", args, run_as=layout.run_as, env=env, timeout=timeout_s)
     if proc.returncode != 0:
         raise tool_failure("pg_basebackup", proc, _fix_for(proc.stderr, kind))
     seconds = time.monotonic() - began
     finished, _ = _server_facts(url)
+    if log is not None:
+        log.info(f"base backup {stamp}: copied in {seconds:.1f} s, pg_verifybackup started")
     verify = run_tool("pg_verifybackup", [str(tmp / DATA)], run_as=layout.run_as)
     if verify.returncode != 0:
         raise tool_failure(

@@ -1,4 +1,4 @@
-"""Backup jobs: the nightly backup (with its drill) and the on-demand restore drill."""
+"""Backup jobs: the nightly backup (with its drill), the base backup and the on-demand drill."""
 
 from collections.abc import Iterator
 
@@ -11,6 +11,7 @@ from twinme_ops.backups.sets import newest_complete_set
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.defs.alerts.hooks import slack_on_backup_failure
 from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS, backup_set
+from twinme_ops.defs.backups.base_backup import postgres_base_backup
 from twinme_ops.defs.backups.checks import DRILL_CHECK, drill_metadata, drill_set
 from twinme_ops.defs.executors import PodResources, max_runtime, step_pod_executor
 from twinme_ops.servers.postgres import PostgresResource
@@ -39,6 +40,27 @@ nightly_backup_job = dg.define_asset_job(
     tags={"twinme/operation": "backup", **BACKUP_POD.tags(), **max_runtime(4)},
     # the steps share only the backup store: each may run in its own pod
     executor_def=step_pod_executor(BACKUP_POD),
+)
+
+# pg_basebackup copies the data directory (and pg_verifybackup reads it back) into the archive
+# root: little CPU or memory; production's copy runs in the database pods (the plugin)
+BASE_BACKUP_POD = PodResources(
+    requests={"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "1Gi"},
+    limits={"cpu": "1", "memory": "1Gi", "ephemeral-storage": "2Gi"},
+)
+
+base_backup_job = dg.define_asset_job(
+    name="base_backup_job",
+    selection=dg.AssetSelection.assets(postgres_base_backup),
+    description=(
+        "A base backup of PostgreSQL for point-in-time recovery: locally pg_basebackup into the "
+        "archive root (full weekly, incremental in between, verified), in production a "
+        "CloudNativePG Backup through the Barman Cloud plugin. A failure leaves the WAL archive "
+        "whole: recovery then starts from the previous base backup."
+    ),
+    hooks={slack_on_backup_failure},
+    # a full copy of the database: far beyond this, the server or the operator is stuck
+    tags={"twinme/operation": "base-backup", **BASE_BACKUP_POD.tags(), **max_runtime(5)},
 )
 
 

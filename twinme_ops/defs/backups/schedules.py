@@ -1,8 +1,8 @@
-"""Backup schedules (Europe/Paris): backup at 02:00, drill of the newest set at 04:00."""
+"""Backup schedules (Europe/Paris): base backup at 01:00, backup at 02:00, drill at 04:00."""
 
 import dagster as dg
 
-from twinme_ops.defs.backups.jobs import nightly_backup_job, restore_drill_job
+from twinme_ops.defs.backups.jobs import base_backup_job, nightly_backup_job, restore_drill_job
 
 nightly_backup_schedule = dg.build_schedule_from_partitioned_job(
     nightly_backup_job,
@@ -13,6 +13,19 @@ nightly_backup_schedule = dg.build_schedule_from_partitioned_job(
     ),
     hour_of_day=2,
     minute_of_hour=0,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+base_backup_schedule = dg.ScheduleDefinition(
+    name="base_backup_schedule",
+    job=base_backup_job,
+    cron_schedule="0 1 * * *",
+    execution_timezone="Europe/Paris",
+    description=(
+        "Every night at 01:00 Europe/Paris, before the nightly logical backup at 02:00: a base "
+        "backup of PostgreSQL (full weekly, incremental in between), where point-in-time "
+        "recovery starts."
+    ),
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 
