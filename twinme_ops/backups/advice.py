@@ -33,6 +33,13 @@ STEPS: dict[str, StepAdvice] = {
     "backup_set": StepAdvice("backup set manifest", _NO_MANIFEST),
     "backup_set_restore_drill": StepAdvice("restore drill", _DRILL_FAILED),
     "restore_drill_op": StepAdvice("restore drill", _DRILL_FAILED),
+    "point_in_time_drill": StepAdvice(
+        "point-in-time drill",
+        "The WAL archive did not restore to the point asked: do not count on point-in-time "
+        "recovery until a drill passes. Read the failures above (a missing or damaged WAL "
+        "segment needs a new full base backup; a stopped receiver needs restarting), then "
+        "re-run pitr_drill_job. The nightly logical sets are not affected.",
+    ),
     "backup_retention": StepAdvice(
         "backup retention",
         "Nothing unsafe happened: retention never deletes the newest verified set. Fix the store "
