@@ -131,7 +131,9 @@ def _damaged_copy(src: ArchivedSource, where: Path) -> ArchiveLayout:
     with src.source.connect() as conn:
         conn.execute("SELECT pg_switch_wal()")
     copy = ArchiveLayout.at(where)
-    shutil.copytree(src.layout.root, copy.root, ignore=shutil.ignore_patterns("receiver*", "*.partial"))
+    shutil.copytree(
+        src.layout.root, copy.root, ignore=shutil.ignore_patterns("receiver*", "*.partial")
+    )
     if copy.run_as:  # the copy is ours: give it back to the tools' user
         uid, gid = user_ids(copy.run_as)
         for path in [copy.root, *copy.root.rglob("*")]:
