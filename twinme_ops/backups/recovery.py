@@ -104,13 +104,14 @@ class RecoveryState:
         return [c for c in self.components if not (c == "postgres" and self.target_time)]
 
     def source_label(self) -> str:
-        """What the recovery restores from, for messages and the report."""
-        parts = [f"set {self.set_id}"] if self.from_set else []
-        if self.target_time:
-            reached = self.details.get("postgres", {}).get("reached_time")
-            at = f"PostgreSQL at {self.target_time}"
-            parts.insert(0, f"{at} (reached {reached})" if reached else at)
-        return " + ".join(parts)
+        """What the recovery restores from, for messages and the report: the set id, or the
+        point in time (and the point reached once restored)."""
+        if not self.target_time:
+            return self.set_id
+        reached = self.details.get("postgres", {}).get("reached_time")
+        at = f"PostgreSQL at {self.target_time}" + (f" (reached {reached})" if reached else "")
+        others = ", ".join(self.from_set)
+        return f"{at}; {others} from set {self.set_id}" if others else at
 
     def summary(self) -> str:
         """Restored / not restored / where to return: the line every failure message carries."""
