@@ -29,6 +29,7 @@ from twinme_ops.backups.pitr.heartbeat import (
 )
 from twinme_ops.backups.pitr.receiver import wait_for_flush
 from twinme_ops.sandbox.servers import DATABASE, prepare_database
+from twinme_ops.scratch.postgres import PostgresServer
 from twinme_ops.scratch.redis import RedisServer
 
 
@@ -148,3 +149,17 @@ def test_cloudnative_pg_points_to_the_cluster_bootstrap(
     _, message = _failure(recover(config, dg.DagsterInstance.ephemeral()))
     assert "needs the local WAL archive engine" in message
     assert "bootstrap a new Cluster" in message and "runbooks.md" in message
+
+
+def test_the_archive_of_another_server_is_refused(
+    live: ArchivedSource,
+    recovery_env: dict[str, str],
+    pg_server: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", pg_server.url("postgres"))
+    config = {"target_time": "latest", "components": ["postgres"], "confirm": "postgres"}
+    step, message = _failure(recover(config, dg.DagsterInstance.ephemeral()))
+    assert step == "recovery_preflight"
+    assert "is of another server" in message and "TWINME_WAL_ARCHIVE_ROOT" in message
+    assert "Nothing was touched" in message

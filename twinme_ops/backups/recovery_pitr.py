@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
+
 from twinme_ops.backups.pitr.archive import WalArchive
 from twinme_ops.backups.pitr.basebackup import list_backups
 from twinme_ops.backups.pitr.layout import PitrError
@@ -52,9 +54,15 @@ def parse_target_time(value: str) -> datetime | None:
 
 
 def check_point_target(
-    wal_archive: WalArchive, target_time: str, *, now: datetime | None = None
+    wal_archive: WalArchive,
+    target_time: str,
+    *,
+    live_system_id: str | None = None,
+    now: datetime | None = None,
 ) -> datetime | None:
-    """Refuse a point-in-time recovery that cannot succeed; the target (None: latest)."""
+    """Refuse a point-in-time recovery that cannot succeed, or that would swap another
+    server's database in (``live_system_id``: the live server's, when it could be read); the
+    target (None: latest)."""
     engine = wal_archive.check_engine()
     if engine == "cloudnative-pg":
         raise RecoveryError(
@@ -85,6 +93,14 @@ def check_point_target(
             "empty)"
         )
     oldest = backups[0]
+    archived = {b.system_identifier for b in backups}
+    if live_system_id is not None and live_system_id not in archived:
+        raise RecoveryError(
+            f"the WAL archive at {wal_archive.root} is of another server (system identifier "
+            f"{', '.join(sorted(archived))}; the live server's is {live_system_id}): its "
+            "database would replace this one. Nothing was touched. Fix: point "
+            "TWINME_WAL_ARCHIVE_ROOT at this server's archive, or recover from a set"
+        )
     if target is not None and target < oldest.finished:
         raise RecoveryError(
             f"target_time {target.isoformat()} is before the oldest base backup ended "
@@ -92,6 +108,17 @@ def check_point_target(
             f"Fix: choose a time after {oldest.finished_at}, or recover from a set"
         )
     return target
+
+
+def live_system_identifier(pg: PostgresResource) -> str | None:
+    """The live server's system identifier; None when it cannot be read (a role without the
+    right, or a server not answering: the preflight's next check names that)."""
+    try:
+        with pg.get_connection(autocommit=True) as conn:
+            row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+    except psycopg.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 def restore_postgres_to_point(

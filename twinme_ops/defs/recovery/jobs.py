@@ -29,7 +29,11 @@ from twinme_ops.backups.recovery import (
     verify_services,
     verify_set,
 )
-from twinme_ops.backups.recovery_pitr import check_point_target, restore_postgres_to_point
+from twinme_ops.backups.recovery_pitr import (
+    check_point_target,
+    live_system_identifier,
+    restore_postgres_to_point,
+)
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.backups.take import Sources, backup_all
 from twinme_ops.common.redact import redact
@@ -133,7 +137,8 @@ def recovery_preflight(
         )
         if config.target_time:
             _check_point_request(config)
-            check_point_target(wal_archive, config.target_time)
+            live_id = live_system_identifier(target_pg)
+            check_point_target(wal_archive, config.target_time, live_system_id=live_id)
         elif not config.set_id:
             raise RecoveryError(
                 "set_id is empty. Nothing was touched. Fix: name a set (YYYY-MM-DD or "
