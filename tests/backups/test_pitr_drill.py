@@ -22,7 +22,8 @@ from tests.support.list_log import ListLog
 from tests.support.pitr_helpers import ArchivedSource, HeartbeatWriter, archived_source
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.metrics import METRICS
-from twinme_ops.backups.pitr.layout import ArchiveLayout, user_ids
+from twinme_ops.backups.pitr.layout import ArchiveLayout, parse_lsn, segment_start, user_ids
+from twinme_ops.backups.pitr.receiver import wait_for_flush
 from twinme_ops.backups.pitr_drill import random_target, run_pitr_drill
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.backups.take import Sources, backup_all
@@ -177,6 +178,38 @@ def test_a_missing_wal_segment_fails_the_drill_and_alerts(
     assert any(
         "point-in-time drill" in m and "new full base backup" in m for m in slack_receiver.messages
     ), slack_receiver.messages
+
+
+def test_a_corrupted_wal_segment_fails_the_drill(
+    archived: tuple[ArchivedSource, HeartbeatWriter],
+) -> None:
+    """Last in the module: it damages the module's own archive."""
+    src, writer = archived
+    with src.source.connect() as conn:
+        conn.execute("SELECT pg_switch_wal()")
+        wait_for_flush(conn, timeout_s=30)
+    time.sleep(1.0)  # heartbeats in the next segment too
+    with src.source.connect() as conn:
+        conn.execute("SELECT pg_switch_wal()")
+        wait_for_flush(conn, timeout_s=30)
+    end = parse_lsn(src.full.end_lsn)
+    after = [p for p in src.layout.segment_files() if segment_start(p.name)[1] > end]
+    assert after, "no completed segment after the base backup"
+    victim = after[-1]
+    with victim.open("r+b") as fh:  # garbage from the first record on (after the page header)
+        fh.seek(40)
+        fh.write(os.urandom(victim.stat().st_size - 40))
+    writer.stop()
+    result = run_pitr_drill(
+        src.layout, PostgresResource(url=src.source.url()), seed=5, workdir=src.base, timeout_s=120
+    )
+    assert not result.passed
+    assert "Fix:" in result.reason
+    assert any(
+        "lacks" in f or "archive ends before the target" in f or "not exact" in f
+        for f in result.failures
+    ), result.failures
+    assert not [p for p in src.base.iterdir() if p.name.startswith("twinme-pitr-drill-")]
 
 
 def test_the_drill_metrics_are_declared() -> None:
