@@ -19,6 +19,7 @@ def test_there_is_an_example_for_every_job_that_takes_config() -> None:
         "base_backup_job",
         "nightly_backup_job",
         "restore_drill_job",
+        "pitr_drill_job",
         "retention_job",
         "recover_job",
         "release_job",

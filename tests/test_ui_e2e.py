@@ -44,6 +44,7 @@ PUBLIC_JOBS = {
     "nightly_backup_job",
     "retention_job",
     "restore_drill_job",
+    "pitr_drill_job",
     "recover_job",
     "database_tuning_job",
     "release_job",
@@ -54,6 +55,7 @@ PUBLIC_SCHEDULES = {
     "nightly_backup_schedule",
     "retention_schedule",
     "restore_drill_schedule",
+    "pitr_drill_schedule",
     "database_tuning_schedule",
 }
 PUBLIC_SENSORS = {"git_push_sensor", "slack_on_run_failure_sensor", "backup_freshness_sensor"}

@@ -735,3 +735,49 @@ def test_each_network_path_is_allowed_or_denied(
 def test_every_pod_resolves_names(pod: Endpoint) -> None:
     assert allowed(all_policies(), pod, DNS, 53, "UDP")
     assert allowed(all_policies(), pod, DNS, 53, "TCP")
+
+
+# -- the point-in-time recovery Cluster (deploy/postgres/recovery/, applied by the runbook only) --
+
+RECOVERY_CLUSTER = POSTGRES_DIR / "recovery" / "cluster-recovery.yaml"
+
+
+def recovery_cluster() -> dict[str, Any]:
+    (doc,) = _docs(RECOVERY_CLUSTER)
+    return doc
+
+
+def test_the_recovery_cluster_matches_its_crd_strictly() -> None:
+    doc = recovery_cluster()
+    schema = strict_schema(schemas()[(doc["apiVersion"], doc["kind"])])
+    assert validation_errors(doc, schema) == []
+    assert deprecated_fields(doc, schema) == []
+    assert cluster_admission_errors(doc) == []
+    wrapper = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]}
+    kubernetes_validate.validate(wrapper, VERSIONS[-1], strict=True)
+    assert doc["metadata"]["namespace"] == NAMESPACE
+    assert RECOVERY_CLUSTER not in applied_files()  # never applied with the folder
+
+
+def test_the_recovery_cluster_replays_twinme_dbs_archive_to_a_time() -> None:
+    doc, original = recovery_cluster(), one("Cluster")
+    spec = doc["spec"]
+    assert doc["metadata"]["name"] != original["metadata"]["name"]
+    recovery = spec["bootstrap"]["recovery"]
+    assert set(spec["bootstrap"]) == {"recovery"}  # no initdb: the data comes from the backup
+    target = datetime.fromisoformat(recovery["recoveryTarget"]["targetTime"])
+    assert target.tzinfo is not None
+    (source,) = [c for c in spec["externalClusters"] if c["name"] == recovery["source"]]
+    store = one("ObjectStore")["metadata"]["name"]
+    assert source["plugin"]["name"] == PLUGIN
+    assert source["plugin"]["parameters"] == {
+        "barmanObjectName": store,
+        "serverName": original["metadata"]["name"],  # the folder twinme-db archives into
+    }
+    (archiver,) = [p for p in spec["plugins"] if p.get("isWALArchiver")]
+    # its own WAL goes to its own folder, never into the history it recovers from
+    assert archiver["parameters"]["barmanObjectName"] == store
+    assert archiver["parameters"]["serverName"] == doc["metadata"]["name"]
+    # otherwise the same database as the one it replaces
+    for key in ("imageName", "postgresql", "resources", "storage", "walStorage", "affinity"):
+        assert spec[key] == original["spec"][key], key

@@ -86,6 +86,19 @@ BACKUP_LAST_VERIFIED = MetricSpec(
     "Creation time of the last backup set that passed its restore drill (pushed on pass only).",
 )
 
+# --- point-in-time drill (operation="pitr_drill"), pushed on pass and on failure
+PITR_DRILL_SUCCESS = MetricSpec(
+    "twinme_pitr_drill_success", "1 if the last point-in-time drill passed, 0 if it failed."
+)
+PITR_DRILL_RTO = MetricSpec(
+    "twinme_pitr_drill_rto_seconds",
+    "Time the last point-in-time drill's restore to the latest point took (copy + replay).",
+)
+PITR_DRILL_RPO = MetricSpec(
+    "twinme_pitr_drill_rpo_seconds",
+    "Achieved RPO of the last point-in-time drill: newest heartbeat written minus newest restored.",
+)
+
 # --- release (operation="release"), pushed once per release attempt, replacing the last one
 DEPLOY_SUCCESS = MetricSpec(
     "twinme_deploy_success", "1 if the last release was deployed and verified, else 0.", ("sha",)
@@ -147,6 +160,9 @@ METRICS: dict[str, MetricSpec] = {
         DRILL_RPO,
         DRILL_LAST_RUN,
         BACKUP_LAST_VERIFIED,
+        PITR_DRILL_SUCCESS,
+        PITR_DRILL_RTO,
+        PITR_DRILL_RPO,
         DEPLOY_SUCCESS,
         DEPLOY_ROLLED_BACK,
         DEPLOY_ROLLBACK_HEALTHY,
@@ -283,6 +299,16 @@ def drill_samples(
     return samples
 
 
+def pitr_drill_samples(*, passed: bool, rto_s: float | None, rpo_s: float | None) -> list[Sample]:
+    """A point-in-time drill's verdict, and its RTO and RPO when it measured them."""
+    samples: list[Sample] = [(PITR_DRILL_SUCCESS, {}, 1.0 if passed else 0.0)]
+    if rto_s is not None:
+        samples.append((PITR_DRILL_RTO, {}, float(rto_s)))
+    if rpo_s is not None:
+        samples.append((PITR_DRILL_RPO, {}, float(rpo_s)))
+    return samples
+
+
 def deploy_samples(outcome: DeployOutcome) -> list[Sample]:
     """One release attempt's outcome, with the verification's timings when it ran."""
     labels = {"sha": outcome.sha or "unknown"}
@@ -376,6 +402,16 @@ class MetricsResource(dg.ConfigurableResource):
             ),
             log,
             replace=False,
+        )
+
+    def push_pitr_drill(
+        self, *, passed: bool, rto_s: float | None, rpo_s: float | None, log: Log | None = None
+    ) -> bool:
+        """After a point-in-time drill, passed or not: verdict, RTO (latest restore), RPO."""
+        return self._build_and_push(
+            "pitr_drill",
+            lambda: pitr_drill_samples(passed=passed, rto_s=rto_s, rpo_s=rpo_s),
+            log,
         )
 
     def push_deploy(

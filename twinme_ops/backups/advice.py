@@ -40,6 +40,13 @@ STEPS: dict[str, StepAdvice] = {
         "error's fix, then re-execute base_backup_job; if the previous base backup is old, do it "
         "today with force_full: true.",
     ),
+    "point_in_time_drill": StepAdvice(
+        "point-in-time drill",
+        "The WAL archive did not restore to the point asked: do not count on point-in-time "
+        "recovery until a drill passes. Read the failures above (a missing or damaged WAL "
+        "segment needs a new full base backup; a stopped receiver needs restarting), then "
+        "re-run pitr_drill_job. The nightly logical sets are not affected.",
+    ),
     "backup_retention": StepAdvice(
         "backup retention",
         "Nothing unsafe happened: retention never deletes the newest verified set. Fix the store "

@@ -13,6 +13,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,12 +88,30 @@ class RecoveryState:
     components: list[str]
     target_database: str
     targets: RecoveryTargets = field(default_factory=RecoveryTargets)
+    # point-in-time recovery of PostgreSQL from the WAL archive: ISO 8601 or "latest"; "" = set
+    target_time: str = ""
     manifest: dict[str, Any] = field(default_factory=dict)
     safety_set_id: str = ""
     replicas_found: int | None = None
     restored: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     stamp: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+
+    @property
+    def from_set(self) -> list[str]:
+        """The components restored from the backup set: PostgreSQL comes from the WAL archive
+        when a ``target_time`` is given."""
+        return [c for c in self.components if not (c == "postgres" and self.target_time)]
+
+    def source_label(self) -> str:
+        """What the recovery restores from, for messages and the report: the set id, or the
+        point in time (and the point reached once restored)."""
+        if not self.target_time:
+            return self.set_id
+        reached = self.details.get("postgres", {}).get("reached_time")
+        at = f"PostgreSQL at {self.target_time}" + (f" (reached {reached})" if reached else "")
+        others = ", ".join(self.from_set)
+        return f"{at}; {others} from set {self.set_id}" if others else at
 
     def summary(self) -> str:
         """Restored / not restored / where to return: the line every failure message carries."""
@@ -145,9 +164,12 @@ def check_request(components: list[str], confirm: str, target_database: str) -> 
 
 
 def verify_set(store: BackupStore, state: RecoveryState, log: Log) -> None:
-    """Load the manifest and check every selected artifact's sha256 before anything changes."""
+    """Load the manifest and check every artifact the recovery restores from the set (its sha256)
+    before anything changes."""
+    if not state.from_set:
+        return
     state.manifest = parse_manifest(store.get_bytes(state.set_id, MANIFEST))
-    for component in state.components:
+    for component in state.from_set:
         art = state.manifest["artifacts"][component]
         try:
             size = verify_artifact(store, state.set_id, art["name"], art["sha256"])
@@ -175,12 +197,28 @@ def check_postgres_target(pg: PostgresResource, log: Log) -> None:
 def restore_postgres(
     store: BackupStore, state: RecoveryState, pg: PostgresResource, key: bytes | None, log: Log
 ) -> None:
-    """pg_restore into a fresh database, then swap it in under the live name (old one kept).
+    """pg_restore the set's dump into a fresh database, then swap it in under the live name."""
+    art = state.manifest["artifacts"]["postgres"]
+    swap_in_dump(
+        state, pg, lambda: read_manifest_artifact(store, state.set_id, art, key), log,
+        what=f"set {state.set_id}",
+    )  # fmt: skip
+
+
+def swap_in_dump(
+    state: RecoveryState,
+    pg: PostgresResource,
+    dump: Callable[[], Iterable[bytes]],
+    log: Log,
+    *,
+    what: str,
+) -> None:
+    """pg_restore ``dump()`` (a custom-format dump's bytes) into a fresh database, then swap it
+    in under the live name (old one kept).
 
     First drops the restore databases of earlier recoveries that were killed (never a
     ``__pre_recovery_`` copy, never one a running recovery holds).
     """
-    art = state.manifest["artifacts"]["postgres"]
     live = pg.database_name
     restored_db = restore_database_name(live, state.stamp)
     keep_old = pre_recovery_name(live, state.stamp)
@@ -198,17 +236,14 @@ def restore_postgres(
         )
         create_database(admin, restored_db, env)
         try:
-            chunks = read_manifest_artifact(store, state.set_id, art, key)
             dsn = urlunsplit(urlsplit(pg.tool_dsn())._replace(path=f"/{restored_db}"))
-            pg_restore_stream(chunks, dsn, env, no_owner=True)
+            pg_restore_stream(dump(), dsn, env, no_owner=True)
         except Exception:
             drop_database(admin, restored_db, env)
             raise
         swap_databases(admin, live, restored_db, keep_old, env)
-    state.details["postgres"] = {"previous_database_kept_as": keep_old}
-    log.info(
-        f"postgres: {live} now holds set {state.set_id}; the previous one is kept as {keep_old}"
-    )
+    state.details.setdefault("postgres", {})["previous_database_kept_as"] = keep_old
+    log.info(f"postgres: {live} now holds {what}; the previous one is kept as {keep_old}")
 
 
 def restore_redis(

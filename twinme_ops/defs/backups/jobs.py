@@ -1,4 +1,5 @@
-"""Backup jobs: the nightly backup (with its drill), the base backup and the on-demand drill."""
+"""Backup jobs: the nightly backup (with its drill), the base backup, the on-demand restore
+drill, and the point-in-time drill of the WAL archive."""
 
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ from twinme_ops.defs.alerts.hooks import slack_on_backup_failure
 from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS, backup_set
 from twinme_ops.defs.backups.base_backup import postgres_base_backup
 from twinme_ops.defs.backups.checks import DRILL_CHECK, drill_metadata, drill_set
+from twinme_ops.defs.backups.pitr_drill import point_in_time_drill
 from twinme_ops.defs.executors import PodResources, max_runtime, step_pod_executor
 from twinme_ops.servers.postgres import PostgresResource
 
@@ -121,3 +123,18 @@ def restore_drill_op(
 )
 def restore_drill_job() -> None:
     restore_drill_op()
+
+
+@dg.job(
+    description=(
+        "Point-in-time drill (local WAL archive engine): restores the newest base-backup chain "
+        "plus the WAL onto scratch servers, to a random second inside the recovery window and to "
+        "the latest point, and checks the heartbeats exactly (RTO, replay speed, achieved RPO). "
+        "Fails (and alerts) when the archive does not restore to the point asked."
+    ),
+    hooks={slack_on_backup_failure},
+    tags={"twinme/operation": "drill", **DRILL_POD.tags(), **max_runtime(2)},
+    executor_def=step_pod_executor(DRILL_POD),
+)
+def pitr_drill_job() -> None:
+    point_in_time_drill()

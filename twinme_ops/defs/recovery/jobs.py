@@ -15,6 +15,7 @@ from twinme_ops.access.recovery_gate import (
 from twinme_ops.alerting.messages import approval_needed, recovery_success
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.backups.crypto import BackupEncryption
+from twinme_ops.backups.pitr.archive import WalArchive
 from twinme_ops.backups.recovery import (
     RecoveryError,
     RecoveryState,
@@ -27,6 +28,11 @@ from twinme_ops.backups.recovery import (
     restore_redis,
     verify_services,
     verify_set,
+)
+from twinme_ops.backups.recovery_pitr import (
+    check_point_target,
+    live_system_identifier,
+    restore_postgres_to_point,
 )
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.backups.take import Sources, backup_all
@@ -43,7 +49,17 @@ from twinme_ops.servers.redis import RedisResource
 class RecoverConfig(dg.Config):
     """What to restore, where, and the operator's confirmation."""
 
-    set_id: str = Field(description="Backup set id (YYYY-MM-DD), or latest-verified.")
+    set_id: str = Field(
+        default="",
+        description="Backup set id (YYYY-MM-DD), or latest-verified. Required, except for a "
+        "point-in-time recovery of postgres alone (target_time, components: [postgres]).",
+    )
+    target_time: str = Field(
+        default="",
+        description="Point-in-time recovery of PostgreSQL from the WAL archive (local engine): "
+        "ISO 8601 with a time zone (2026-12-05T09:14:00+01:00), or latest. Empty: PostgreSQL "
+        "comes from the set. Redis and files always come from the set.",
+    )
     components: list[str] = Field(
         default=["postgres", "redis", "files"], description="Any of postgres, redis, files."
     )
@@ -95,6 +111,7 @@ def _fail(state: RecoveryState, step: str, exc: BaseException) -> dg.Failure:
             "restored": state.restored,
             "components": state.components,
             "safety_set_id": state.safety_set_id,
+            "target_time": state.target_time,
         },
     )
 
@@ -108,14 +125,27 @@ def recovery_preflight(
     config: RecoverConfig,
     backup_store: BackupStore,
     postgres: PostgresResource,
+    wal_archive: WalArchive,
 ) -> RecoveryState:
     targets = _targets(config)
     target_pg = targets.postgres(postgres)
     target_db = target_pg.database_name
     try:
         check_request(config.components, config.confirm, target_db)
-        set_id = resolve_set(backup_store, config.set_id)
-        state = RecoveryState(set_id, list(config.components), target_db, targets=targets)
+        state = RecoveryState(
+            "", list(config.components), target_db, targets=targets, target_time=config.target_time
+        )
+        if config.target_time:
+            _check_point_request(config)
+            live_id = live_system_identifier(target_pg)
+            check_point_target(wal_archive, config.target_time, live_system_id=live_id)
+        elif not config.set_id:
+            raise RecoveryError(
+                "set_id is empty. Nothing was touched. Fix: name a set (YYYY-MM-DD or "
+                "latest-verified), or give target_time for a point-in-time recovery of postgres"
+            )
+        if state.from_set:
+            state.set_id = resolve_set(backup_store, config.set_id)
         state.details["api_url"] = config.api_url or os.environ.get("TWINME_API_URL", "")
         state.details["approval_wait_s"] = config.approval_wait_minutes * 60
         if "postgres" in state.components:
@@ -125,9 +155,26 @@ def recovery_preflight(
     except RecoveryError as exc:
         raise dg.Failure(description=str(exc)) from None
     context.log.info(
-        f"recovering {', '.join(state.components)} of set {set_id} into {target_pg.describe()}"
+        f"recovering {', '.join(state.components)} from {state.source_label()} into "
+        f"{target_pg.describe()}"
     )
     return state
+
+
+def _check_point_request(config: RecoverConfig) -> None:
+    """A target_time recovers PostgreSQL; the other components need a set to come from."""
+    if "postgres" not in config.components:
+        raise RecoveryError(
+            "target_time recovers PostgreSQL, which is not in components. Nothing was touched. "
+            "Fix: add postgres, or leave target_time empty"
+        )
+    others = [c for c in config.components if c != "postgres"]
+    if others and not config.set_id:
+        raise RecoveryError(
+            f"{', '.join(others)} have no point-in-time archive: they come from a set, and "
+            "set_id is empty. Nothing was touched. Fix: give set_id (e.g. latest-verified) for "
+            "them, or set components: [postgres]"
+        )
 
 
 @dg.op(
@@ -159,7 +206,7 @@ def recovery_approval(
         slack.send(
             approval_needed(
                 where,
-                state.set_id,
+                state.source_label(),
                 state.components,
                 state.target_database,
                 recovery_approval.approval_url,
@@ -250,6 +297,7 @@ def recovery_restore(
     postgres: PostgresResource,
     redis: RedisResource,
     file_storage: FileStorageResource,
+    wal_archive: WalArchive,
 ) -> RecoveryState:
     targets = state.targets
     key = backup_encryption.get_key()
@@ -258,7 +306,9 @@ def recovery_restore(
         if component not in state.components:
             continue
         try:
-            if component == "postgres":
+            if component == "postgres" and state.target_time:
+                restore_postgres_to_point(wal_archive, state, targets.postgres(postgres), log)
+            elif component == "postgres":
                 restore_postgres(backup_store, state, targets.postgres(postgres), key, log)
             elif component == "redis":
                 restore_redis(backup_store, state, targets.redis(redis), key, log)
@@ -292,12 +342,13 @@ def recovery_scale_up_and_verify(
         raise _fail(state, "scale up / verification", exc) from None
     alert = recovery_success(
         step_where(context),
-        state.set_id,
+        state.source_label(),
         state.restored,
         state.safety_set_id,
         checks,
         approved_by=state.details.get("approved_by", ""),
     )
+    context.log.info(f"recovery complete from {state.source_label()}: {state.details}")
     slack.send(alert, log=context.log)
 
 
@@ -310,7 +361,8 @@ RECOVERY_POD = PodResources(
 
 @dg.job(
     description=(
-        "Guarded production recovery from a backup set: verifies checksums, takes a safety "
+        "Guarded production recovery from a backup set, or PostgreSQL to a point in time "
+        "(target_time, local WAL archive): verifies checksums or the target, takes a safety "
         "backup, scales the API to 0, restores PostgreSQL (fresh database swapped in), Redis "
         "(keys replayed) and files, scales back up and verifies. Refuses to start unless "
         "config.confirm equals the target database name. Manual only."
