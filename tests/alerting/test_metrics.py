@@ -31,12 +31,8 @@ from tests.support.pushgateway import (
 )
 from tests.support.release_env import deploy_resources
 from tests.support.slack_receiver import SlackReceiver
-from twinme_ops.alerting.metrics import (
-    METRICS,
-    MetricSpec,
-    MetricsResource,
-    build_registry,
-)
+from twinme_ops.alerting.metric_specs import METRICS, MetricSpec
+from twinme_ops.alerting.metrics import MetricsResource, build_registry
 from twinme_ops.backups.drill import DrillResult
 from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
 from twinme_ops.defs.release.checks import deployment_verification

@@ -21,7 +21,7 @@ from tests.support.backup_helpers import ENV_VARS, store_for
 from tests.support.list_log import ListLog
 from tests.support.pitr_helpers import ArchivedSource, HeartbeatWriter, archived_source
 from tests.support.slack_receiver import SlackReceiver
-from twinme_ops.alerting.metrics import METRICS
+from twinme_ops.alerting.metric_specs import METRICS
 from twinme_ops.backups.pitr.layout import ArchiveLayout, parse_lsn, segment_start, user_ids
 from twinme_ops.backups.pitr.receiver import wait_for_flush
 from twinme_ops.backups.pitr_drill import random_target, run_pitr_drill

@@ -32,7 +32,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from twinme_ops.alerting.metrics import METRICS
+from twinme_ops.alerting.metric_specs import METRICS
 from twinme_ops.scratch.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.alerting.metrics import DeployOutcome, MetricsResource
+from twinme_ops.alerting.metric_samples import DeployOutcome
+from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.common.deploy_files import deploy_file
 from twinme_ops.common.redact import redact

@@ -6,7 +6,8 @@ from typing import Any
 import dagster as dg
 
 from twinme_ops.alerting.messages import release_success
-from twinme_ops.alerting.metrics import DeployOutcome, MetricsResource
+from twinme_ops.alerting.metric_samples import DeployOutcome
+from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.alerts.hooks import step_where
 from twinme_ops.defs.release.assets import API_DEPLOYMENT, CONTAINER_IMAGE, roll_back_and_report
