@@ -46,10 +46,10 @@ def _verify_restores(sandbox, store_url: str, workdir: Path, key: bytes | None =
     tables = arts["postgres"]["source"]["tables"]
     assert "public.messages" in tables and tables["public.messages"] > 0
     for table, count in tables.items():
-        src = table_digest(sandbox.database_url, table)
         dst = table_digest(restored_url, table)
-        assert src == dst, table
         assert dst[0] == count, table
+        if table != "twinme_ops.heartbeat":  # written every few seconds since the dump
+            assert table_digest(sandbox.database_url, table) == dst, table
 
     # Redis: a scratch redis-server loads the RDB; key for key, value for value
     rdb = fetch_plain(store, PARTITION, arts["redis"], workdir, key)
