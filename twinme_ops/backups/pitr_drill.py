@@ -30,6 +30,7 @@ from psycopg import sql
 
 from twinme_ops.backups.manifest import MANIFEST, parse_manifest
 from twinme_ops.backups.pitr.basebackup import list_backups
+from twinme_ops.backups.pitr.drill_record import DrillRecord, write_drill_record
 from twinme_ops.backups.pitr.heartbeat import (
     Heartbeat,
     ensure_heartbeat_table,
@@ -38,6 +39,7 @@ from twinme_ops.backups.pitr.heartbeat import (
     write_heartbeat,
 )
 from twinme_ops.backups.pitr.layout import ArchiveLayout, PitrError
+from twinme_ops.backups.pitr.lock import archive_lock
 from twinme_ops.backups.pitr.receiver import DEFAULT_SLOT, wait_for_flush
 from twinme_ops.backups.pitr.restore import PitrRestore, restore_to_point
 from twinme_ops.backups.store.base import BackupStore
@@ -164,6 +166,25 @@ def compare_row_counts(
     return facts
 
 
+def _record(layout: ArchiveLayout, result: PitrDrillResult, log: Log) -> None:
+    """Note in the archive what this passing drill restored from: retention keeps it."""
+    target, latest = result.restores["target"], result.restores["latest"]
+    record = DrillRecord(
+        passed_at=result.checked_at,
+        target=result.target or "",
+        backup=str(target["backup"]),
+        chain=list(target["chain"]),
+        reached_lsn=str(target["reached_lsn"]),
+        latest_backup=str(latest["backup"]),
+        latest_chain=list(latest["chain"]),
+        seed=result.seed,
+    )
+    try:
+        write_drill_record(layout, record)
+    except OSError as exc:  # the drill passed; only retention's extra protection is missing
+        log.warning(f"could not record the passing drill in {layout.root}: {redact(exc)}")
+
+
 class _Scratch:
     """One restore onto a scratch server under ``root``, always stopped and removed."""
 
@@ -203,7 +224,11 @@ def run_pitr_drill(
     root = Path(tempfile.mkdtemp(prefix="twinme-pitr-drill-", dir=workdir))
     root.chmod(0o755)  # the restored server may run as another user
     try:
-        _drill(layout, pg, result, root, store, slot, rpo_alert_s, flush_timeout_s, timeout_s, log)
+        # retention deletes nothing while the drill lists the backups and restores from them
+        with archive_lock(layout, exclusive=False, timeout_s=timeout_s, purpose="PITR drill"):
+            _drill(
+                layout, pg, result, root, store, slot, rpo_alert_s, flush_timeout_s, timeout_s, log
+            )
     except (PitrError, PitrDrillError, OSError) as exc:
         result.failures.append(redact(exc))
     except Exception as exc:  # a server that would not answer: the drill failed, say so
@@ -218,6 +243,7 @@ def run_pitr_drill(
             f"{latest['replay_mb_s']} MB/s replay); heartbeats exact; achieved RPO "
             f"{result.rpo_s} s"
         )
+        _record(layout, result, log)
     else:
         result.reason = result.failures[0]
     return result

@@ -39,6 +39,7 @@ from twinme_ops.backups.pitr.layout import (
     tool_failure,
     user_ids,
 )
+from twinme_ops.backups.pitr.lock import archive_lock
 from twinme_ops.backups.pitr.walcheck import wal_gap
 from twinme_ops.scratch.local import PG_SYSTEM_USER, LocalServerError, pid_alive
 from twinme_ops.scratch.postgres import PostgresServer
@@ -228,6 +229,20 @@ def restore_to_point(
     """
     if target_time is not None and target_lsn is not None:
         raise pitr_error("give target_time or target_lsn, not both")
+    # shared with other restores; retention waits until the replay no longer reads the archive
+    with archive_lock(layout, exclusive=False, timeout_s=timeout_s, purpose="restore"):
+        return _restore(layout, data_dir, target_time, target_lsn, inclusive, settings, timeout_s)
+
+
+def _restore(
+    layout: ArchiveLayout,
+    data_dir: Path,
+    target_time: datetime | None,
+    target_lsn: str | None,
+    inclusive: bool,
+    settings: dict[str, str] | None,
+    timeout_s: float,
+) -> PitrRestore:
     target = describe_target(target_time, target_lsn)
     chain = choose_backup(layout, target_time, target_lsn)
     newest = chain[-1]
