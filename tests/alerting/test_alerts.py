@@ -33,6 +33,7 @@ from tests.support.production import recover
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.alert import ALERTED_TAG, Where
 from twinme_ops.alerting.slack import SlackNotifier, retry_after_seconds
+from twinme_ops.backups.pitr.archive import WalArchive
 from twinme_ops.backups.store.base import MIB, BackupStore
 from twinme_ops.common.redact import register_secret
 from twinme_ops.definitions import build_definitions
@@ -42,6 +43,7 @@ from twinme_ops.defs.alerts.sensors import (
 )
 from twinme_ops.defs.alerts.steps import release_failure, step_failure
 from twinme_ops.defs.backups.retention import backup_retention, retention_job
+from twinme_ops.defs.backups.wal_retention import wal_archive_retention
 from twinme_ops.defs.resources import build_resources
 from twinme_ops.release.rollback import RollbackOutcome
 from twinme_ops.sandbox.servers import DATABASE
@@ -346,7 +348,9 @@ def test_a_step_failure_no_hook_reported_is_alerted_by_the_sensor(
     store = BackupStore(url=f"file://{tmp_path}/not-a-dir")
     slack = _fast(slack_receiver, dagster_url=DAGSTER_URL)
     defs = dg.Definitions(
-        assets=[backup_retention], jobs=[retention_job], resources={"backup_store": store}
+        assets=[backup_retention, wal_archive_retention],
+        jobs=[retention_job],
+        resources={"backup_store": store, "wal_archive": WalArchive(engine="off")},
     )
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def("retention_job").execute_in_process(

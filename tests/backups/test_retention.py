@@ -31,6 +31,7 @@ from twinme_ops.backups.manifest import (
     manifest_bytes,
     parse_manifest,
 )
+from twinme_ops.backups.pitr.archive import WalArchive
 from twinme_ops.backups.retention import (
     Decision,
     DrillStatus,
@@ -47,6 +48,7 @@ from twinme_ops.defs.backups.retention import (
     retention_job,
     retention_schedule,
 )
+from twinme_ops.defs.backups.wal_retention import wal_archive_retention
 
 PARIS = ZoneInfo("Europe/Paris")
 EXAMPLE = Path(__file__).parents[2] / "examples" / "run_config" / "retention_job.yaml"
@@ -513,11 +515,13 @@ def by_state(states: list[SetState]) -> dict[str, SetState]:
 
 
 def retention_defs(store: BackupStore) -> dg.Definitions:
+    """retention_job with the WAL archive's retention off (tests/backups/test_pitr_retention.py
+    runs it against a real archive)."""
     return dg.Definitions(
-        assets=[backup_retention],
+        assets=[backup_retention, wal_archive_retention],
         jobs=[retention_job],
         schedules=[retention_schedule],
-        resources={"backup_store": store},
+        resources={"backup_store": store, "wal_archive": WalArchive(engine="off")},
     )
 
 

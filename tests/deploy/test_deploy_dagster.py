@@ -92,6 +92,7 @@ K8S_JOB_MODULE = RELEASE / "k8s_job.py"
 BUILD_NAMESPACE_MODULES = (*CLUSTER_BUILD_MODULES, APP_TESTS_MODULE, K8S_JOB_MODULE)
 # base_backup_job's CloudNativePG Backup: its calls go to the database's namespace
 CNPG_BACKUP_MODULE = REPO / "twinme_ops" / "backups" / "pitr" / "cnpg_backup.py"
+CNPG_RETENTION_MODULE = REPO / "twinme_ops" / "backups" / "pitr" / "cnpg_retention.py"
 EXAMPLES = REPO / "examples" / "run_config"
 
 # the Helm release and namespace dagster.yaml is rendered for (docs/deploy.md: helm upgrade
@@ -1191,7 +1192,7 @@ def _role(namespace: str) -> dict[str, Any]:
 
 def test_the_api_namespace_role_grants_exactly_what_twinme_ops_calls() -> None:
     """twinme_ops reads and patches the API Deployment: get and patch on it, nothing else."""
-    other_namespaces = (*BUILD_NAMESPACE_MODULES, CNPG_BACKUP_MODULE)
+    other_namespaces = (*BUILD_NAMESPACE_MODULES, CNPG_BACKUP_MODULE, CNPG_RETENTION_MODULE)
     sources = [p for p in (REPO / "twinme_ops").rglob("*.py") if p not in other_namespaces]
     used = api_methods_used(sources)
     assert used, "no Kubernetes API call found in twinme_ops: is the derivation broken?"
@@ -1225,19 +1226,31 @@ def test_the_build_namespace_role_is_the_cluster_builder_contract() -> None:
 
 
 def test_the_database_namespace_role_is_what_the_base_backup_calls() -> None:
-    """base_backup_job creates a CloudNativePG Backup and reads it back: the Role in the
-    Cluster's namespace grants exactly the module's declared rules, and those are its calls
-    (CustomObjectsApi's paths name the group and plural as parameters: the module's own)."""
+    """base_backup_job creates a CloudNativePG Backup and reads it back, retention_job reads the
+    ObjectStore: the Role in the Cluster's namespace grants exactly the two modules' declared
+    rules, and those are their calls (CustomObjectsApi's paths name the group and plural as
+    parameters: each module's own)."""
+    from twinme_ops.backups.pitr import cnpg_retention
     from twinme_ops.backups.pitr.archive import WalArchive
     from twinme_ops.backups.pitr.cnpg_backup import CNPG_BACKUP_RBAC_RULES, GROUP, PLURAL
 
     namespace = WalArchive.model_fields["namespace"].default
-    assert _granted(_role(namespace)) == _granted({"rules": CNPG_BACKUP_RBAC_RULES})
-    direct = {
-        (GROUP if group == "{group}" else group, PLURAL if res == "{plural}" else res, verb)
-        for group, res, verb in map(rbac_permission, api_methods_used([CNPG_BACKUP_MODULE]))
-    }
-    assert direct == _granted({"rules": CNPG_BACKUP_RBAC_RULES})
+    rules = [*CNPG_BACKUP_RBAC_RULES, *cnpg_retention.CNPG_RETENTION_RBAC_RULES]
+    assert _granted(_role(namespace)) == _granted({"rules": rules})
+    for module, group_, plural, declared in (
+        (CNPG_BACKUP_MODULE, GROUP, PLURAL, CNPG_BACKUP_RBAC_RULES),
+        (
+            CNPG_RETENTION_MODULE,
+            cnpg_retention.GROUP,
+            cnpg_retention.PLURAL,
+            cnpg_retention.CNPG_RETENTION_RBAC_RULES,
+        ),
+    ):
+        direct = {
+            (group_ if group == "{group}" else group, plural if res == "{plural}" else res, verb)
+            for group, res, verb in map(rbac_permission, api_methods_used([module]))
+        }
+        assert direct == _granted({"rules": declared}), module.name
 
 
 def test_the_build_namespace_role_covers_the_app_tests_job_exactly() -> None:

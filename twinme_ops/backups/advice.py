@@ -52,6 +52,13 @@ STEPS: dict[str, StepAdvice] = {
         "Nothing unsafe happened: retention never deletes the newest verified set. Fix the store "
         "access, then re-run retention_job (dry_run: true to preview).",
     ),
+    "wal_archive_retention": StepAdvice(
+        "WAL archive retention",
+        "The archive is still restorable: retention deletes oldest first and only what no kept "
+        "base backup needs. Read the error's fix, then re-run retention_job (it finishes what a "
+        "stopped run left; dry_run: true to preview). Production: fix the ObjectStore's "
+        "retentionPolicy.",
+    ),
     "recovery_preflight": StepAdvice("recovery preflight", "Nothing was touched."),
     "recovery_approval": StepAdvice(
         "recovery approval (two-person rule)",

@@ -312,9 +312,19 @@ def wal_archive_resource(env: str, home: str) -> WalArchive:
     """The WAL archive of ``env``: TWINME_WAL_ARCHIVE (local here, cloudnative-pg in production)
     into TWINME_WAL_ARCHIVE_ROOT (default ``<TWINME_HOME>/wal-archive``)."""
     default_engine = "cloudnative-pg" if env == "production" else "local"
+    extra: dict[str, Any] = {}
+    window = os.environ.get("TWINME_WAL_RECOVERY_WINDOW_DAYS", "").strip()
+    if window:
+        if not window.isdigit() or int(window) < 1:
+            raise ValueError(
+                f"TWINME_WAL_RECOVERY_WINDOW_DAYS={window!r} is not a whole number of days. "
+                "Fix: set it to 1 or more (default 30), or unset it"
+            )
+        extra["recovery_window_days"] = int(window)
     return WalArchive(
         engine=(os.environ.get("TWINME_WAL_ARCHIVE") or default_engine).strip(),
         root=os.environ.get("TWINME_WAL_ARCHIVE_ROOT") or f"{home}/wal-archive",
+        **extra,
     )
 
 

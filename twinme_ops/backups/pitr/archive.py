@@ -10,7 +10,8 @@ Two engines, one resource (``TWINME_WAL_ARCHIVE``):
   for base backups (a ``Backup`` resource) and restores from barman-cloud's bucket layout.
 - ``off``: no continuous archiving (the nightly logical sets remain).
 
-The recovery point objective is watched against ``rpo_alert_s`` (2 minutes by default).
+The recovery point objective is watched against ``rpo_alert_s`` (2 minutes by default); the
+recovery window (``recovery_window_days``, 30 by default) is what retention keeps restorable.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import Field
 
 from twinme_ops.backups.pitr.layout import ArchiveLayout, PitrError
 from twinme_ops.backups.pitr.receiver import DEFAULT_SLOT
+from twinme_ops.backups.pitr.retention import DEFAULT_RECOVERY_WINDOW_DAYS
 
 Engine = Literal["local", "cloudnative-pg", "off"]
 ENGINES: tuple[str, ...] = ("local", "cloudnative-pg", "off")
@@ -51,8 +53,9 @@ class WalArchive(dg.ConfigurableResource):
         default="twinme-postgres", description="cloudnative-pg engine: the Cluster's namespace."
     )
     object_store: str = Field(
-        default="twinme-backups",
-        description="cloudnative-pg engine: the Barman Cloud plugin's ObjectStore name.",
+        default="twinme-db-backups",
+        description="cloudnative-pg engine: the Barman Cloud plugin's ObjectStore name "
+        "(deploy/postgres/20-objectstore.yaml).",
     )
     kubeconfig: str = Field(
         default="",
@@ -67,6 +70,13 @@ class WalArchive(dg.ConfigurableResource):
     rpo_alert_s: int = Field(
         default=DEFAULT_RPO_ALERT_S,
         description="Alert when the recovery point falls further behind than this (seconds).",
+    )
+    recovery_window_days: int = Field(
+        default=DEFAULT_RECOVERY_WINDOW_DAYS,
+        ge=1,
+        description="Any second of this many last days stays restorable: retention keeps the "
+        "base backups and WAL it needs (local engine), and checks the ObjectStore's "
+        "retentionPolicy covers it (cloudnative-pg).",
     )
 
     def check_engine(self) -> Engine:

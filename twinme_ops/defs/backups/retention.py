@@ -17,6 +17,7 @@ from twinme_ops.backups.sets import LEFTOVER_GRACE_S, read_set, sweep_leftovers
 from twinme_ops.backups.store.base import BackupStore, StoreError
 from twinme_ops.common.redact import redact
 from twinme_ops.defs.backups.assets import backup_set, run_status
+from twinme_ops.defs.backups.wal_retention import wal_archive_retention
 from twinme_ops.defs.executors import max_runtime
 
 
@@ -164,11 +165,12 @@ def backup_retention(
 
 retention_job = dg.define_asset_job(
     "retention_job",
-    selection=[backup_retention],
+    selection=[backup_retention, wal_archive_retention],
     description=(
         "Applies the retention policy to the backup store (local or S3): deletes old and "
         "abandoned backup sets, keeps the recent, daily/weekly/monthly and verified ones, "
-        "reports unreadable ones. Set dry_run: true in the run config to preview."
+        "reports unreadable ones. Keeps the WAL archive's recovery window "
+        "(wal_archive_retention). Set dry_run: true in the run config of both to preview."
     ),
     tags={"twinme/operation": "retention", **max_runtime(1)},
 )
@@ -179,9 +181,10 @@ retention_schedule = dg.ScheduleDefinition(
     cron_schedule="0 5 * * *",
     execution_timezone="Europe/Paris",
     description=(
-        "Every day at 05:00 Europe/Paris, after the 02:00 backup: runs retention_job, which "
-        "deletes the backup sets the retention policy no longer keeps (never the newest "
-        "verified one)."
+        "Every day at 05:00 Europe/Paris, after the 02:00 backup and the 04:30 point-in-time "
+        "drill: runs retention_job, which deletes the backup sets the retention policy no "
+        "longer keeps (never the newest verified one) and the base backups and WAL outside the "
+        "recovery window (never what the newest passing drill restored from)."
     ),
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
