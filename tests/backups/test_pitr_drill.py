@@ -22,6 +22,7 @@ from tests.support.list_log import ListLog
 from tests.support.pitr_helpers import ArchivedSource, HeartbeatWriter, archived_source
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.metric_specs import METRICS
+from twinme_ops.backups.pitr.drill_record import read_drill_record
 from twinme_ops.backups.pitr.layout import ArchiveLayout, parse_lsn, segment_start, user_ids
 from twinme_ops.backups.pitr.receiver import wait_for_flush
 from twinme_ops.backups.pitr_drill import random_target, run_pitr_drill
@@ -112,6 +113,11 @@ def test_the_drill_restores_a_random_second_and_the_latest_point_exactly(
     assert facts["counts"]["public.notes"] == {"set": 500, "restored": 500}
     # every scratch server and directory is gone
     assert not [p for p in src.base.iterdir() if p.name.startswith("twinme-pitr-drill-")]
+    # the archive records what the passing drill restored from: retention keeps it
+    record, _ = read_drill_record(src.layout)
+    assert record is not None and record.passed_at == result.checked_at
+    assert record.chain == result.restores["target"]["chain"] == [src.full.id]
+    assert record.latest_chain == result.restores["latest"]["chain"] and record.seed == 7
     print("\nPITR drill figures:", result.to_metadata())
 
 
@@ -200,10 +206,12 @@ def test_a_corrupted_wal_segment_fails_the_drill(
         fh.seek(40)
         fh.write(os.urandom(victim.stat().st_size - 40))
     writer.stop()
+    recorded = read_drill_record(src.layout)
     result = run_pitr_drill(
         src.layout, PostgresResource(url=src.source.url()), seed=5, workdir=src.base, timeout_s=120
     )
     assert not result.passed
+    assert read_drill_record(src.layout) == recorded  # a failed drill protects nothing new
     assert "Fix:" in result.reason
     assert any(
         "lacks" in f or "archive ends before the target" in f or "not exact" in f
