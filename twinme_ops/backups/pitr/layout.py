@@ -6,6 +6,9 @@ One archive root per source server::
     <root>/base/<UTC stamp>/data/   one pg_basebackup (plain format, with its backup_manifest)
     <root>/base/<UTC stamp>/label.json   what it is and which backup it depends on (written last)
     <root>/base/.tmp-<stamp>/       a backup being taken (or a killed one's leftovers)
+    <root>/base/.trash-<stamp>/     a backup retention is removing (retention_apply.py)
+    <root>/drill-passed.json        the newest passing point-in-time drill (drill_record.py)
+    <root>/.archive.lock            restores share it, retention takes it alone (lock.py)
     <root>/receiver/                the supervisor's pid file, state and log
     <root>/heartbeat/               the heartbeat writer's pid file, state and log
 
