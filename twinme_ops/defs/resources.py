@@ -23,7 +23,7 @@ from twinme_ops.access.recovery_gate import RecoveryApprovalResource
 from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.backups.crypto import BackupEncryption
-from twinme_ops.backups.pitr.archive import WalArchive
+from twinme_ops.backups.pitr.archive import WalArchive, window_days
 from twinme_ops.backups.pitr.continuous import (
     ArchivingReport,
     archive_processes,
@@ -312,19 +312,10 @@ def wal_archive_resource(env: str, home: str) -> WalArchive:
     """The WAL archive of ``env``: TWINME_WAL_ARCHIVE (local here, cloudnative-pg in production)
     into TWINME_WAL_ARCHIVE_ROOT (default ``<TWINME_HOME>/wal-archive``)."""
     default_engine = "cloudnative-pg" if env == "production" else "local"
-    extra: dict[str, Any] = {}
-    window = os.environ.get("TWINME_WAL_RECOVERY_WINDOW_DAYS", "").strip()
-    if window:
-        if not window.isdigit() or int(window) < 1:
-            raise ValueError(
-                f"TWINME_WAL_RECOVERY_WINDOW_DAYS={window!r} is not a whole number of days. "
-                "Fix: set it to 1 or more (default 30), or unset it"
-            )
-        extra["recovery_window_days"] = int(window)
     return WalArchive(
         engine=(os.environ.get("TWINME_WAL_ARCHIVE") or default_engine).strip(),
         root=os.environ.get("TWINME_WAL_ARCHIVE_ROOT") or f"{home}/wal-archive",
-        **extra,
+        recovery_window_days=window_days(os.environ.get("TWINME_WAL_RECOVERY_WINDOW_DAYS", "")),
     )
 
 

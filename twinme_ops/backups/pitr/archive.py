@@ -104,3 +104,16 @@ class WalArchive(dg.ConfigurableResource):
                 "<TWINME_HOME>/wal-archive)"
             )
         return ArchiveLayout.at(Path(self.root))
+
+
+def window_days(text: str) -> int:
+    """``TWINME_WAL_RECOVERY_WINDOW_DAYS``: empty means the default (30)."""
+    text = text.strip()
+    if not text:
+        return DEFAULT_RECOVERY_WINDOW_DAYS
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(
+            f"TWINME_WAL_RECOVERY_WINDOW_DAYS={text!r} is not a whole number of days. Fix: set "
+            f"it to 1 or more (default {DEFAULT_RECOVERY_WINDOW_DAYS}), or unset it"
+        )
+    return int(text)
