@@ -262,7 +262,7 @@ def _wait_for_rollout(
         if clock() >= deadline:
             raise ClusterSettingsError(
                 f"{target}: the operator did not finish applying the settings within "
-                f"{timeout_s:.0f} s (phase {phase or 'none'}{': ' + reason if reason else ''}; "
+                f"{timeout_s:g} s (phase {phase or 'none'}{': ' + reason if reason else ''}; "
                 f"{redact(problem)}). Fix: look at `kubectl cnpg status {target.cluster} -n "
                 f"{target.namespace}` and the operator's log; the Cluster already holds the "
                 "declared values and the operator goes on: re-run database_tuning_job once it "
