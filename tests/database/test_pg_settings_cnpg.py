@@ -11,6 +11,7 @@ server's ``pg_settings``, as it does for the ALTER SYSTEM path.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -31,7 +32,7 @@ from tests.support.cnpg_cluster import (
 )
 from tests.support.cnpg_rules import cluster_admission_errors
 from tests.support.crd_schema import crd_schemas, strict_schema, validation_errors
-from tests.support.k8s_emulator import EmulatorHandle
+from tests.support.k8s_emulator import EmulatorHandle, write_kubeconfig
 from tests.support.list_log import ListLog
 from twinme_ops.database.declared_state import DatabaseTuning
 from twinme_ops.database.postgres.settings.applier import SettingsApplier
@@ -287,14 +288,20 @@ def test_an_unknown_setting_is_refused_before_the_cluster_changes(
 
 @pytest.mark.parametrize("verb", ["get", "patch"])
 def test_missing_rbac_names_the_verb_the_resource_and_the_role(
-    cnpg_cluster_factory: Start, k8s_emulator: tuple[Path, EmulatorHandle], verb: Any
+    cnpg_cluster_factory: Start,
+    k8s_emulator: tuple[Path, EmulatorHandle],
+    tmp_path: Path,
+    verb: Any,
 ) -> None:
+    """The runs' ServiceAccount without the Role (a token of its own; the operator is served)."""
     kubeconfig, handle = k8s_emulator
     operator = cnpg_cluster_factory()
-    forbid(handle, verb)
+    token = f"runs-token-{secrets.token_hex(8)}"
+    runs = write_kubeconfig(tmp_path / "runs.yaml", handle.url, token)
+    forbid(handle, verb, token)
     desired = wanted_settings(BIGGER)
     with pytest.raises(ClusterSettingsError) as caught:
-        applier(kubeconfig).apply(connect_to(operator.server), desired, ListLog())
+        applier(runs).apply(connect_to(operator.server), desired, ListLog())
     message = str(caught.value)
     assert "HTTP 403" in message
     assert (
@@ -303,7 +310,9 @@ def test_missing_rbac_names_the_verb_the_resource_and_the_role(
         "twinme-db) there, i.e. apply deploy/dagster/rbac.yaml (Role "
         "twinme-ops-postgres-settings" in message
     )
-    assert "kmock-dummy-token" not in message
+    assert token not in message
+    # refused: the Cluster is unchanged
+    assert read_cluster(kubeconfig)["spec"]["postgresql"]["parameters"]["shared_buffers"] == "256MB"
 
 
 def test_a_missing_cluster_is_named_with_the_fix(

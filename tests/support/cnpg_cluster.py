@@ -88,13 +88,22 @@ def declare_clusters(handle: EmulatorHandle) -> None:
     handle.run_in_loop(declare)
 
 
-def forbid(handle: EmulatorHandle, verb: Literal["get", "patch"]) -> None:
-    """From now on, the API server answers ``verb`` on Clusters with 403 (missing RBAC)."""
+def forbid(handle: EmulatorHandle, verb: Literal["get", "patch"], token: str) -> None:
+    """From now on, the API server answers ``verb`` on Clusters with 403, changing nothing, to
+    the identity of ``token`` (a ServiceAccount without the Role); everyone else, the operator
+    included, is served as before."""
+    method = {"get": "GET", "patch": "PATCH"}[verb]
 
-    def react(km: Any) -> None:
-        _ = km[verb, CLUSTERS] << forbidden(verb)
+    def deny(request: kmock.Request) -> KubernetesError | None:
+        if (
+            request.resource == CLUSTERS
+            and request.method == method
+            and request.headers.get("Authorization") == f"Bearer {token}"
+        ):
+            return forbidden(verb)
+        return None
 
-    handle.run_in_loop(react)
+    handle.run_in_loop(lambda km: km.denials.append(deny))
 
 
 def spec_patches(handle: EmulatorHandle) -> list[Any]:
