@@ -4,14 +4,12 @@ declared state, changing only what differs and listing every statement it ran.""
 import os
 import secrets
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import dagster as dg
-import psycopg
 
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact, register_secret
@@ -29,6 +27,7 @@ from twinme_ops.database.postgres.partitions import converge_partitions, partiti
 from twinme_ops.database.postgres.publication import converge_publication, publication_drift
 from twinme_ops.database.postgres.rls import converge_rls, rls_drift
 from twinme_ops.database.postgres.settings.applier import SettingsApplier
+from twinme_ops.database.postgres.settings.cnpg import Connect
 from twinme_ops.database.postgres.settings.declared import InstanceResources, desired_settings
 from twinme_ops.database.postgres.settings.drift import settings_drift
 from twinme_ops.database.postgres.settings.live import SettingsError
@@ -52,7 +51,6 @@ EXPECTED_ERRORS = (
 
 Converge = Callable[[Any, DatabaseTuning, Log], ConvergeReport]
 Drift = Callable[[Any, DatabaseTuning], list[str]]
-Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 Apply = Callable[[SettingsApplier, Connect, DatabaseTuning, Log], ConvergeReport]
 
 

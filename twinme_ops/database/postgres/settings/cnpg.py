@@ -54,6 +54,8 @@ from twinme_ops.servers.postgres import PostgresError
 Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 
 TARGET_SETTINGS = "postgres_settings"
+# a log line at least this often while the rollout goes on in one phase
+PROGRESS_EVERY_S = 60.0
 HEALTHY = "Cluster in healthy state"
 # the operator stopped before restarting the primary: a person must (supervised strategy)
 WAITING_FOR_PERSON = frozenset({"Waiting for user action"})
@@ -124,7 +126,7 @@ def refuse_fixed(desired: Mapping[str, str], instances: int = 1) -> None:
         )
 
 
-def _restart_advice(target: ClusterTarget, spec: Mapping[str, Any]) -> str:
+def _restart_advice(spec: Mapping[str, Any]) -> str:
     method = spec.get("primaryUpdateMethod") or "restart"
     strategy = spec.get("primaryUpdateStrategy") or "unsupervised"
     if strategy == "supervised":
@@ -186,9 +188,7 @@ def converge_cluster_settings(
             )
         restart = sorted(n for n in changes if states[n].restart_only)
         if restart:
-            log.info(
-                f"{', '.join(restart)} only apply at a restart: {_restart_advice(target, spec)}"
-            )
+            log.info(f"{', '.join(restart)} only apply at a restart: {_restart_advice(spec)}")
     pending, notes = _wait_for_rollout(
         api, connect, desired, log, timeout_s, poll_interval_s, clock, sleep
     )
@@ -209,9 +209,10 @@ def _wait_for_rollout(
 ) -> tuple[list[str], list[str]]:
     """Poll until healthy with every value applied: ``(pending restart, notes)``."""
     target = api.target
-    deadline = clock() + timeout_s
+    started = clock()
+    deadline = started + timeout_s
+    next_progress = started + PROGRESS_EVERY_S
     seen: tuple[str, str] | None = None
-    left: dict[str, str] = {}
     problem = ""
     while True:
         try:
@@ -246,7 +247,10 @@ def _wait_for_rollout(
             }
             notes = [msg for status, msg in verdicts.values() if status == OVERRIDDEN]
             if not left and phase == HEALTHY:
-                log.info(f"{target}: healthy, and the server applies every declared setting")
+                log.info(
+                    f"{target}: healthy after {clock() - started:.0f} s, and the server applies "
+                    "every declared setting"
+                )
                 return [], notes
             if phase in WAITING_FOR_PERSON:
                 pending = sorted(left)
@@ -259,7 +263,8 @@ def _wait_for_rollout(
                 log.warning(advice)
                 return pending, [*notes, advice]
             problem = "; ".join(left.values()) if left else "the Cluster is not healthy yet"
-        if clock() >= deadline:
+        now = clock()
+        if now >= deadline:
             raise ClusterSettingsError(
                 f"{target}: the operator did not finish applying the settings within "
                 f"{timeout_s:g} s (phase {phase or 'none'}{': ' + reason if reason else ''}; "
@@ -268,6 +273,9 @@ def _wait_for_rollout(
                 "declared values and the operator goes on: re-run database_tuning_job once it "
                 "is healthy (a second run changes nothing and waits again)"
             )
+        if now >= next_progress:
+            log.info(f"{target}: still waiting after {now - started:.0f} s: {redact(problem)}")
+            next_progress = now + PROGRESS_EVERY_S
         sleep(poll_interval_s)
 
 
