@@ -93,6 +93,8 @@ BUILD_NAMESPACE_MODULES = (*CLUSTER_BUILD_MODULES, APP_TESTS_MODULE, K8S_JOB_MOD
 # base_backup_job's CloudNativePG Backup: its calls go to the database's namespace
 CNPG_BACKUP_MODULE = REPO / "twinme_ops" / "backups" / "pitr" / "cnpg_backup.py"
 CNPG_RETENTION_MODULE = REPO / "twinme_ops" / "backups" / "pitr" / "cnpg_retention.py"
+# postgres_settings on CloudNativePG: its calls go to the database's namespace too
+CNPG_SETTINGS_MODULE = REPO / "twinme_ops" / "database" / "postgres" / "settings" / "cnpg_api.py"
 EXAMPLES = REPO / "examples" / "run_config"
 
 # the Helm release and namespace dagster.yaml is rendered for (docs/deploy.md: helm upgrade
@@ -1183,16 +1185,25 @@ def _granted(role: Mapping[str, Any]) -> set[tuple[str, str, str]]:
     }
 
 
-def _role(namespace: str) -> dict[str, Any]:
+def _role(namespace: str, name: str | None = None) -> dict[str, Any]:
     [role] = [
-        d for d in _rbac_docs() if d["kind"] == "Role" and d["metadata"]["namespace"] == namespace
+        d
+        for d in _rbac_docs()
+        if d["kind"] == "Role"
+        and d["metadata"]["namespace"] == namespace
+        and name in (None, d["metadata"]["name"])
     ]
     return role
 
 
 def test_the_api_namespace_role_grants_exactly_what_twinme_ops_calls() -> None:
     """twinme_ops reads and patches the API Deployment: get and patch on it, nothing else."""
-    other_namespaces = (*BUILD_NAMESPACE_MODULES, CNPG_BACKUP_MODULE, CNPG_RETENTION_MODULE)
+    other_namespaces = (
+        *BUILD_NAMESPACE_MODULES,
+        CNPG_BACKUP_MODULE,
+        CNPG_RETENTION_MODULE,
+        CNPG_SETTINGS_MODULE,
+    )
     sources = [p for p in (REPO / "twinme_ops").rglob("*.py") if p not in other_namespaces]
     used = api_methods_used(sources)
     assert used, "no Kubernetes API call found in twinme_ops: is the derivation broken?"
@@ -1236,7 +1247,7 @@ def test_the_database_namespace_role_is_what_the_base_backup_calls() -> None:
 
     namespace = WalArchive.model_fields["namespace"].default
     rules = [*CNPG_BACKUP_RBAC_RULES, *cnpg_retention.CNPG_RETENTION_RBAC_RULES]
-    assert _granted(_role(namespace)) == _granted({"rules": rules})
+    assert _granted(_role(namespace, "twinme-ops-base-backups")) == _granted({"rules": rules})
     for module, group_, plural, declared in (
         (CNPG_BACKUP_MODULE, GROUP, PLURAL, CNPG_BACKUP_RBAC_RULES),
         (
@@ -1251,6 +1262,38 @@ def test_the_database_namespace_role_is_what_the_base_backup_calls() -> None:
             for group, res, verb in map(rbac_permission, api_methods_used([module]))
         }
         assert direct == _granted({"rules": declared}), module.name
+
+
+def test_the_database_namespace_role_is_what_the_settings_applier_calls() -> None:
+    """postgres_settings on CloudNativePG reads the Cluster and merge-patches its parameters:
+    a Role in the Cluster's namespace grants exactly the module's declared rules, on that one
+    Cluster, and those rules are its calls."""
+    from twinme_ops.database.postgres.settings.applier import SettingsApplier
+    from twinme_ops.database.postgres.settings.cnpg_api import (
+        CNPG_CLUSTER_RBAC_RULES,
+        GROUP,
+        PLURAL,
+        RBAC_ROLE,
+    )
+
+    namespace = SettingsApplier.model_fields["namespace"].default
+    role = _role(namespace, RBAC_ROLE)
+    assert _granted(role) == _granted({"rules": CNPG_CLUSTER_RBAC_RULES})
+    cluster = SettingsApplier.model_fields["cluster"].default
+    for rule in role["rules"]:
+        assert rule.get("resourceNames") == [cluster], rule
+    direct = {
+        (GROUP if group == "{group}" else group, PLURAL if res == "{plural}" else res, verb)
+        for group, res, verb in map(rbac_permission, api_methods_used([CNPG_SETTINGS_MODULE]))
+    }
+    assert (
+        direct
+        == _granted({"rules": CNPG_CLUSTER_RBAC_RULES})
+        == {
+            ("postgresql.cnpg.io", "clusters", "get"),
+            ("postgresql.cnpg.io", "clusters", "patch"),
+        }
+    )
 
 
 def test_the_build_namespace_role_covers_the_app_tests_job_exactly() -> None:

@@ -51,8 +51,9 @@ from tests.support.network_policy import Endpoint, allowed, each_path
 from twinme_ops.common.pgtools import pg_bin
 from twinme_ops.common.quantity import parse_quantity
 from twinme_ops.database.declared_state import DatabaseTuning
+from twinme_ops.database.postgres.settings.cnpg import refuse_fixed
 from twinme_ops.defs.database.assets import EXTENSIONS, PG_STEPS, wanted_settings
-from twinme_ops.defs.resources import build_resources
+from twinme_ops.defs.resources import build_resources, settings_applier, wal_archive_resource
 from twinme_ops.scratch.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -457,6 +458,45 @@ def test_resources_are_the_declared_instance(declared: DatabaseTuning) -> None:
     assert parse_quantity(resources["limits"]["memory"]) == declared.memory_mb * 2**20
     sidecar = one("ObjectStore")["spec"]["instanceSidecarConfiguration"]["resources"]
     assert sidecar["requests"] == sidecar["limits"]  # the whole pod stays Guaranteed
+
+
+# AWS EBS StorageClasses by the kind of disk behind them (the declared storage, which sets
+# random_page_cost and effective_io_concurrency)
+EBS_STORAGE_KIND = {
+    "gp3": "ssd",
+    "gp2": "ssd",
+    "io1": "ssd",
+    "io2": "ssd",
+    "st1": "hdd",
+    "sc1": "hdd",
+}
+
+
+def test_the_storage_class_is_the_declared_kind_of_storage(declared: DatabaseTuning) -> None:
+    spec = cluster_spec()
+    for volume in (spec["storage"], spec["walStorage"]):
+        assert EBS_STORAGE_KIND.get(volume["storageClass"]) == declared.storage, volume
+
+
+def test_the_tuning_job_writes_these_parameters_through_the_cluster(
+    declared: DatabaseTuning, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CloudNativePG keeps ALTER SYSTEM off, so postgres_settings patches this spec: it would
+    accept every declared setting (none fixed by the operator, wal_level and wal_log_hints
+    left as it needs them), and production's code location chooses that applier, on this
+    Cluster."""
+    assert cluster_spec()["postgresql"]["enableAlterSystem"] is False
+    refuse_fixed(wanted_settings(declared), cluster_spec()["instances"])
+    for name in ("TWINME_POSTGRES_APPLIER", "TWINME_WAL_ARCHIVE"):
+        if name in code_location_env():
+            monkeypatch.setenv(name, code_location_env()[name])
+    applier = settings_applier("production", wal_archive_resource("production", "/unused"))
+    cluster = one("Cluster")["metadata"]
+    assert (applier.method, applier.cluster, applier.namespace) == (
+        "cloudnative-pg",
+        cluster["name"],
+        cluster["namespace"],
+    )
 
 
 def test_storage_and_a_wal_volume_that_outlasts_a_night_of_archiving_failure() -> None:

@@ -6,7 +6,8 @@ API server can be installed), so the rules that concern our manifests are ported
 
 - :func:`cluster_admission_errors`: the webhook's checks of the fields deploy/postgres/ sets,
   from cloudnative-pg ``internal/webhook/v1/cluster_webhook.go`` and the fixed parameters of
-  ``pkg/postgres/configuration.go`` (commit a95a534, the one of the CRDs in schemas/cnpg/).
+  ``pkg/postgres/configuration.go`` (commit a95a534, the one of the CRDs in schemas/cnpg/), which
+  twinme_ops/database/postgres/settings/cnpg.py holds (its applier refuses them too).
 - :data:`CEL_RULES`: each CEL rule met so far, as a Python predicate on the rule's ``self``.
   A rule missing here makes the test that collects them fail: translate it, do not skip it.
 """
@@ -19,30 +20,11 @@ from decimal import Decimal
 from typing import Any
 
 from twinme_ops.common.quantity import parse_quantity
+from twinme_ops.database.postgres.settings.cnpg import FIXED_PARAMETERS as CNPG_FIXED_PARAMETERS
 
-# FixedConfigurationParameters: set by the operator; a user value is refused (or ignored)
-FIXED_PARAMETERS = frozenset(
-    {
-        "allow_system_table_mods", "archive_mode", "bonjour", "bonjour_name", "cluster_name",
-        "config_file", "data_directory", "data_sync_retry", "event_source", "external_pid_file",
-        "hba_file", "hot_standby", "ident_file", "jit_provider", "listen_addresses",
-        "logging_collector", "port", "primary_conninfo", "primary_slot_name", "recovery_target",
-        "recovery_target_action", "recovery_target_inclusive", "recovery_target_lsn",
-        "recovery_target_name", "recovery_target_time", "recovery_target_timeline",
-        "recovery_target_xid", "restore_command", "shared_preload_libraries",
-        "temp_tablespaces", "unix_socket_directories", "unix_socket_group",
-        "unix_socket_permissions", "archive_cleanup_command", "archive_command",
-        "log_destination", "log_directory", "log_file_mode", "log_filename", "log_rotation_age",
-        "log_rotation_size", "log_truncate_on_rotation", "pg_failover_slots.primary_dsn",
-        "pg_failover_slots.standby_slot_names", "promote_trigger_file", "recovery_end_command",
-        "recovery_min_apply_delay", "restart_after_crash", "ssl", "ssl_ca_file",
-        "ssl_cert_file", "ssl_crl_file", "ssl_dh_params_file", "ssl_key_file",
-        "ssl_passphrase_command", "ssl_passphrase_command_supports_reload",
-        "ssl_prefer_server_ciphers", "stats_temp_directory", "synchronous_standby_names",
-        "synchronized_standby_slots", "syslog_facility", "syslog_ident",
-        "syslog_sequence_numbers", "syslog_split_messages",
-    }
-)  # fmt: skip
+# FixedConfigurationParameters: set by the operator; a user value is refused (or ignored). One
+# list, the code's: postgres_settings refuses them before patching the Cluster
+FIXED_PARAMETERS = CNPG_FIXED_PARAMETERS
 # postgresParameterNameRegex: a GUC name, optionally namespaced with a single dot
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 # defaults the webhook assumes when min_wal_size / max_wal_size are not set

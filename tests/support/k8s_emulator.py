@@ -23,6 +23,9 @@ What the emulator lacks, and what this module adds:
 - **Resource discovery.** ``apps/v1/deployments`` is declared in ``km.resources`` (with its
   ``status`` and ``scale`` subresources); undeclared resources answer 404 on list and discovery.
 - Label selectors are ignored by kmock; nothing here lists by label.
+- **RBAC.** kmock stores a write even when a reaction answers it with an error; a test that needs
+  a refused request appends to ``denials`` (run in the loop), which answers before anything is
+  stored.
 
 kmock's ``Server`` also patches aiohttp's resolver for its own host and port while it runs; the
 patches must be undone in reverse order, so emulators are function-scoped and never overlap.
@@ -66,8 +69,17 @@ class GenerationTrackingEmulator(kmock.KubernetesEmulator):
     """kmock's emulator plus the API server's ``metadata.generation`` rules for Deployments."""
 
     _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    # what RBAC refuses: each returns the error to answer a request with, or None. Checked before
+    # anything is stored (kmock itself stores a write even when a reaction answers it with 403)
+    denials: list[Callable[[kmock.Request], KubernetesError | None]] = attrs.field(
+        factory=list, init=False
+    )
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        for deny in self.denials:
+            error = deny(request)
+            if error is not None:
+                raise error
         is_write = request.action in (kmock.action.CREATE, kmock.action.UPDATE)
         if request.resource == DEPLOYMENTS and is_write:
             # history[-2] must be this request's "before": no other write may interleave

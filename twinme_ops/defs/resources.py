@@ -34,6 +34,7 @@ from twinme_ops.backups.pitr.layout import ArchiveLayout
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.common.redact import redact, register_secret, register_secrets_in
 from twinme_ops.database.declared_state import DatabaseTuning
+from twinme_ops.database.postgres.settings.applier import APPLIERS, SettingsApplier
 from twinme_ops.release.app_tests.local import ISOLATION_MODES, LocalAppTestRunner
 from twinme_ops.release.app_tests.runner import AppTestRunner
 from twinme_ops.release.git import GitRepoResource
@@ -319,6 +320,26 @@ def wal_archive_resource(env: str, home: str) -> WalArchive:
     )
 
 
+def settings_applier(env: str, wal_archive: WalArchive) -> SettingsApplier:
+    """How postgres_settings writes the declared settings: TWINME_POSTGRES_APPLIER
+    (cloudnative-pg in production, alter-system elsewhere), on the WAL archive's Cluster."""
+    default = "cloudnative-pg" if env == "production" else "alter-system"
+    method = (os.environ.get("TWINME_POSTGRES_APPLIER") or default).strip()
+    if method not in APPLIERS:
+        raise ValueError(
+            redact(
+                f"TWINME_POSTGRES_APPLIER={method!r} is not one of {', '.join(APPLIERS)} "
+                "(cloudnative-pg where PostgreSQL runs on CloudNativePG, alter-system elsewhere)"
+            )
+        )
+    return SettingsApplier(
+        method=method,
+        cluster=wal_archive.cluster,
+        namespace=wal_archive.namespace,
+        kubeconfig=wal_archive.kubeconfig,
+    )
+
+
 def sandbox_archive_root(home: str) -> str:
     """Where the sandbox under ``home`` archives its WAL ("" when the engine is not local)."""
     archive = wal_archive_resource(twinme_env(), home)
@@ -383,6 +404,8 @@ def build_resources() -> dict[str, Any]:
             dagster_url=os.environ.get("TWINME_DAGSTER_URL", "").strip(),
         ),
         "database_tuning": _tuning(),
+        # one declared state, two appliers: ALTER SYSTEM, or the CloudNativePG Cluster's spec
+        "postgres_settings_applier": settings_applier(env, wal_archive),
         "release_settings": ReleaseSettings(
             api_url=os.environ.get("TWINME_API_URL")
             or ("https://api.twinme.ai" if env == "production" else "")

@@ -26,7 +26,8 @@ from twinme_ops.database.postgres.objects import PgObjectsError
 from twinme_ops.database.postgres.partitions import converge_partitions, partitions_drift
 from twinme_ops.database.postgres.publication import converge_publication, publication_drift
 from twinme_ops.database.postgres.rls import converge_rls, rls_drift
-from twinme_ops.database.postgres.settings.converge import converge_settings
+from twinme_ops.database.postgres.settings.applier import SettingsApplier
+from twinme_ops.database.postgres.settings.cnpg import Connect
 from twinme_ops.database.postgres.settings.declared import InstanceResources, desired_settings
 from twinme_ops.database.postgres.settings.drift import settings_drift
 from twinme_ops.database.postgres.settings.live import SettingsError
@@ -50,6 +51,7 @@ EXPECTED_ERRORS = (
 
 Converge = Callable[[Any, DatabaseTuning, Log], ConvergeReport]
 Drift = Callable[[Any, DatabaseTuning], list[str]]
+Apply = Callable[[SettingsApplier, Connect, DatabaseTuning, Log], ConvergeReport]
 
 
 def wanted_settings(tuning: DatabaseTuning) -> dict[str, str]:
@@ -65,13 +67,19 @@ def wanted_settings(tuning: DatabaseTuning) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class PgStep:
-    """One aspect of PostgreSQL: how to converge it, how to measure its drift."""
+    """One aspect of PostgreSQL: how to converge it, how to measure its drift.
+
+    A step converges on one connection (``converge``), or through the settings applier
+    (``apply``), which opens its own connections: a rollout of the CloudNativePG Cluster
+    restarts the server under it.
+    """
 
     name: str
     description: str
-    converge: Converge
+    converge: Converge | None
     drift: Drift
     deps: tuple[str, ...] = ()
+    apply: Apply | None = None
 
 
 PG_STEPS = [
@@ -85,11 +93,14 @@ PG_STEPS = [
     PgStep(
         "postgres_settings",
         "Server settings computed from the declared instance (memory, CPUs, storage, "
-        "connections) with PGTune-style formulas plus overrides. ALTER SYSTEM only what "
-        "differs, then pg_reload_conf(); settings that need a restart are reported as pending, "
-        "never applied by restarting.",
-        lambda conn, t, log: converge_settings(conn, wanted_settings(t), log),
+        "connections) with PGTune-style formulas plus overrides, written only where they "
+        "differ by the configured applier: ALTER SYSTEM then pg_reload_conf() (settings that "
+        "need a restart are reported as pending, never applied by restarting), or on "
+        "CloudNativePG a merge patch of the Cluster's spec.postgresql.parameters, waiting for "
+        "the operator's rollout (a rolling restart when a setting needs one).",
+        None,
         lambda conn, t: settings_drift(conn, wanted_settings(t)),
+        apply=lambda applier, connect, t, log: applier.apply(connect, wanted_settings(t), log),
     ),
     PgStep(
         "postgres_indexes",
@@ -146,7 +157,53 @@ def report_metadata(report: ConvergeReport) -> dict[str, dg.MetadataValue]:
     }
 
 
+def _finish(
+    context: dg.AssetExecutionContext, step: PgStep, report: ConvergeReport
+) -> dg.MaterializeResult:
+    if report.pending_restart:
+        context.log.warning(
+            f"{step.name}: waiting for a server restart: {', '.join(report.pending_restart)}"
+        )
+    if not report.changed:
+        context.log.info(f"{step.name}: no change (no drift)")
+    return dg.MaterializeResult(metadata=report_metadata(report))
+
+
+def _applied_asset(step: PgStep, apply: Apply) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=step.name,
+        group_name="database",
+        pool="twinme_database",
+        kinds={"postgres"},
+        deps=list(step.deps),
+        description=step.description,
+    )
+    def _converge(
+        context: dg.AssetExecutionContext,
+        postgres: PostgresResource,
+        database_tuning: DatabaseTuning,
+        postgres_settings_applier: SettingsApplier,
+    ) -> dg.MaterializeResult:
+        try:
+            report = apply(
+                postgres_settings_applier,
+                lambda: postgres.get_connection(autocommit=True),
+                database_tuning,
+                context.log,
+            )
+        except EXPECTED_ERRORS as exc:
+            raise dg.Failure(description=f"{step.name}: {redact(exc)}") from None
+        return _finish(context, step, report)
+
+    return _converge
+
+
 def _pg_asset(step: PgStep) -> dg.AssetsDefinition:
+    if step.apply is not None:
+        return _applied_asset(step, step.apply)
+    converge = step.converge
+    assert converge is not None, f"{step.name} has neither converge nor apply"
+
     @dg.asset(
         name=step.name,
         group_name="database",
@@ -162,16 +219,10 @@ def _pg_asset(step: PgStep) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         try:
             with postgres.get_connection(autocommit=True) as conn:
-                report = step.converge(conn, database_tuning, context.log)
+                report = converge(conn, database_tuning, context.log)
         except EXPECTED_ERRORS as exc:
             raise dg.Failure(description=f"{step.name}: {redact(exc)}") from None
-        if report.pending_restart:
-            context.log.warning(
-                f"{step.name}: waiting for a server restart: {', '.join(report.pending_restart)}"
-            )
-        if not report.changed:
-            context.log.info(f"{step.name}: no change (no drift)")
-        return dg.MaterializeResult(metadata=report_metadata(report))
+        return _finish(context, step, report)
 
     return _converge
 
