@@ -21,8 +21,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Modules a load of the definitions must not import: dagster-aws (with boto3 and botocore) only
 # for an s3:// store's first client, the Kubernetes client and dagster-k8s only where a step talks
-# to a cluster, the GraphQL parser only in the webserver's access control.
-HEAVY_MODULES = ("dagster_aws", "boto3", "botocore", "kubernetes", "dagster_k8s", "graphql")
+# to a cluster, the GraphQL parser only in the webserver's access control; the database, Redis,
+# Pushgateway and Slack clients, the cipher, zstd and urllib3 only where they are used (each is
+# 15-100 ms of every load: the code server, the daemon and every run pay it).
+HEAVY_MODULES = (
+    "dagster_aws",
+    "boto3",
+    "botocore",
+    "kubernetes",
+    "dagster_k8s",
+    "graphql",
+    "psycopg",
+    "redis",
+    "prometheus_client",
+    "slack_sdk",
+    "cryptography",
+    "urllib3",
+    "zstandard",
+)
 
 
 def _clean_env(dagster_home: Path) -> dict[str, str]:
@@ -149,9 +165,9 @@ print(json.dumps({"loaded": loaded, "heavy": heavy, "reference": reference}))
 
 def test_loading_the_definitions_imports_no_heavy_client(tmp_path: Path) -> None:
     """A fresh process that loads the definitions, as the code server and every run do, has not
-    imported dagster-aws, boto3, botocore, the Kubernetes client, dagster-k8s or the GraphQL
-    parser; and it loads the same objects as ``dg.load_from_defs_folder`` (whose catalogue of
-    installed component types is what would import dagster-aws)."""
+    imported any of :data:`HEAVY_MODULES` (dagster-aws, the Kubernetes client, psycopg,
+    redis-py, slack_sdk, ...); and it loads the same objects as ``dg.load_from_defs_folder``
+    (whose catalogue of installed component types is what would import dagster-aws)."""
     result = subprocess.run(
         [sys.executable, "-c", _LOAD_AND_REPORT, ",".join(HEAVY_MODULES)],
         cwd=tmp_path,

@@ -31,8 +31,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-
 from twinme_ops.backups.pitr.heartbeat import SCHEMA, TABLE, ensure_heartbeat_table, write_heartbeat
 from twinme_ops.backups.pitr.layout import ArchiveLayout, pitr_error
 from twinme_ops.common.redact import redact, redact_url, register_secrets_in
@@ -76,6 +74,8 @@ def run_writer(
 
     Connection failures are logged and retried every ``min(interval_s, 5)`` seconds.
     """
+    import psycopg
+
     if interval_s <= 0:
         raise pitr_error(f"heartbeat interval {interval_s} s is not > 0. Fix: {INTERVAL_ENV}")
     register_secrets_in(url)
@@ -192,6 +192,8 @@ def start_heartbeat_writer(
     Waits until the first heartbeat is committed (at most 15 s), else stops it and raises with
     its log.
     """
+    import psycopg
+
     layout.heartbeat_dir.mkdir(parents=True, exist_ok=True)
     with dir_lock(layout.heartbeat_dir / ".lock"):
         pid = heartbeat_writer_pid(layout)

@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import psycopg
-
 from twinme_ops.backups.pitr.layout import (
     ArchiveLayout,
     as_user,
@@ -61,6 +59,8 @@ class ReceiverState:
 
 def connect(url: str) -> Any:
     """An autocommit psycopg connection to the source (the password stays out of errors)."""
+    import psycopg
+
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:

@@ -17,8 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from twinme_ops.backups.pitr.layout import (
     ArchiveLayout,
     PitrError,
@@ -112,6 +110,8 @@ def archive_status(
 
 
 def _server_facts(status: ArchiveStatus, url: str, slot: str) -> None:
+    import psycopg
+
     try:
         with connect(url) as conn:
             row = conn.execute(
