@@ -26,9 +26,9 @@ from twinme_ops.backups.pitr.layout import (
 )
 from twinme_ops.backups.pitr.receiver import (
     DEFAULT_SLOT,
-    LOG_FILE,
     connect,
     receiver_pid,
+    receiver_process,
     receiver_state,
 )
 from twinme_ops.common.redact import redact
@@ -88,10 +88,7 @@ def archive_status(
     if state is not None:
         status.synchronous = state.synchronous
     if pid is None:
-        log = layout.receiver_dir / LOG_FILE
-        if log.exists():
-            lines = log.read_text(errors="replace").strip().splitlines()[-8:]
-            status.receiver_log_tail = redact("\n".join(lines))
+        status.receiver_log_tail = redact(receiver_process(layout).log_tail(8))
     segments = layout.segment_files()
     status.segments = len(segments)
     if segments:
