@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler
@@ -47,8 +48,14 @@ class _Backoff(RetryIntervalCalculator):
         return interval * (1 + random.random() / 2)
 
 
-class _ServerErrorRetry(RetryHandler):
-    """Retry every 5xx (slack_sdk's own handler only retries 500 and 503)."""
+class _StatusRetry(RetryHandler):
+    """Retry the responses whose HTTP status ``retry_on`` accepts."""
+
+    def __init__(
+        self, max_retry_count: int, backoff: _Backoff, retry_on: Callable[[int], bool]
+    ) -> None:
+        super().__init__(max_retry_count=max_retry_count, interval_calculator=backoff)
+        self.retry_on = retry_on
 
     def _can_retry(
         self,
@@ -58,7 +65,12 @@ class _ServerErrorRetry(RetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> bool:
-        return response is not None and 500 <= response.status_code < 600
+        return response is not None and self.retry_on(response.status_code)
+
+
+def _server_error(status: int) -> bool:
+    """Every 5xx (slack_sdk's own handler only retries 500 and 503)."""
+    return 500 <= status < 600
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -77,22 +89,12 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when - (time.time() if now is None else now))
 
 
-class _RateLimitRetry(RetryHandler):
+class _RateLimitRetry(_StatusRetry):
     """On 429, wait as ``Retry-After`` says (capped: a job must not hang), else back off."""
 
     def __init__(self, max_retry_count: int, backoff: _Backoff, max_wait_s: float) -> None:
-        super().__init__(max_retry_count=max_retry_count, interval_calculator=backoff)
+        super().__init__(max_retry_count, backoff, lambda status: status == 429)
         self.max_wait_s = max_wait_s
-
-    def _can_retry(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        return response is not None and response.status_code == 429
 
     def prepare_for_next_attempt(
         self,
@@ -132,6 +134,6 @@ def webhook_client(
         retry_handlers=[
             ConnectionErrorRetryHandler(max_retry_count=max_retries, interval_calculator=backoff),
             _RateLimitRetry(max_retries, backoff, max_retry_after_s),
-            _ServerErrorRetry(max_retry_count=max_retries, interval_calculator=backoff),
+            _StatusRetry(max_retries, backoff, _server_error),
         ],
     )
