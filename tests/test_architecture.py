@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 # Modules a load of the definitions must not import: dagster-aws (with boto3 and botocore) only
 # for an s3:// store's first client, the Kubernetes client and dagster-k8s only where a step talks
@@ -44,8 +46,7 @@ HEAVY_MODULES = (
 
 def _clean_env(dagster_home: Path) -> dict[str, str]:
     """This environment without what would configure other servers, a store, a cluster or
-    another image builder (``TWINME_IMAGE_BUILDER=cluster`` loads the Kubernetes client by
-    design); the repository first on the import path."""
+    another image builder; the repository first on the import path."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -164,15 +165,37 @@ print(json.dumps({"loaded": loaded, "heavy": heavy, "reference": reference}))
 """
 
 
-def test_loading_the_definitions_imports_no_heavy_client(tmp_path: Path) -> None:
+# production as deploy/dagster/values.yaml configures it: an S3 store, the WAL archive of
+# CloudNativePG, the image built and the app tested in the cluster, a Job per step
+PRODUCTION_ENV = {
+    "TWINME_ENV": "production",
+    "DATABASE_URL": "postgresql://twinme:secret@postgres.twinme-postgres:5432/twinme",
+    "REDIS_URL": "redis://:secret@redis.twinme-prod:6379/0",
+    "TWINME_FILES_DIR": "/var/lib/twinme-files",
+    "TWINME_BACKUP_URL": "s3://twinme-backups/prod",
+    "TWINME_IMAGE_BUILDER": "cluster",
+    "TWINME_APP_TESTS_RUNNER": "kubernetes",
+    "TWINME_K8S_EXECUTOR": "1",
+    "TWINME_BACKUP_ENCRYPTION_KEY": "A" * 43 + "=",
+    "TWINME_PUSHGATEWAY_URL": "http://pushgateway.monitoring:9091",
+    "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/secret",
+}
+
+
+@pytest.mark.parametrize("environment", ["local", "production"])
+def test_loading_the_definitions_imports_no_heavy_client(tmp_path: Path, environment: str) -> None:
     """A fresh process that loads the definitions, as the code server and every run do, has not
     imported any of :data:`HEAVY_MODULES` (dagster-aws, the Kubernetes client, psycopg,
-    redis-py, slack_sdk, ...); and it loads the same objects as ``dg.load_from_defs_folder``
-    (whose catalogue of installed component types is what would import dagster-aws)."""
+    redis-py, slack_sdk, ...), locally or configured as production; and it loads the same
+    objects as ``dg.load_from_defs_folder`` (whose catalogue of installed component types is
+    what would import dagster-aws)."""
+    env = _clean_env(tmp_path)
+    if environment == "production":
+        env.update(PRODUCTION_ENV)
     result = subprocess.run(
         [sys.executable, "-c", _LOAD_AND_REPORT, ",".join(HEAVY_MODULES)],
         cwd=tmp_path,
-        env=_clean_env(tmp_path),
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,

@@ -71,7 +71,7 @@ def image_builder() -> ImageBuilderResource:
                     "number of seconds"
                 )
             ) from None
-    # imported here: the kubernetes client is loaded only where a build runs in the cluster
+    # imported here: only where builds run in the cluster (their first build imports the client)
     from twinme_ops.release.images.cluster import ClusterImageBuilder
 
     return ClusterImageBuilder(**common, **cluster)
