@@ -106,3 +106,10 @@ def test_restore_bench_quick(tmp_path: Path, bench_home: Path) -> None:
     output = run_bench("restore", tmp_path, "--home", str(bench_home))
     lines = ratio_lines(output)
     assert any("raw" in line for line in lines), output[-3000:]
+
+
+def test_load_bench_quick(tmp_path: Path) -> None:
+    output = run_bench("load", tmp_path)
+    for name in ("import dagster", "load", "definitions validate"):
+        assert re.search(rf"^{name}: min \d+\.\d\d s, median \d+\.\d\d s, {RATIO}", output, re.M)
+    assert re.search(rf"load the code location: {RATIO} import dagster \(goal < 2x", output)

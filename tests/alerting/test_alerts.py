@@ -32,7 +32,8 @@ from tests.support.backup_helpers import (
 from tests.support.production import recover
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.alert import ALERTED_TAG, Where
-from twinme_ops.alerting.slack import SlackNotifier, retry_after_seconds
+from twinme_ops.alerting.slack import SlackNotifier
+from twinme_ops.alerting.slack_delivery import retry_after_seconds
 from twinme_ops.backups.pitr.archive import WalArchive
 from twinme_ops.backups.store.base import MIB, BackupStore
 from twinme_ops.common.redact import register_secret

@@ -86,10 +86,10 @@ CLUSTER_BUILD_MODULES = (
     RELEASE / "images" / "cluster_follow.py",
 )
 # the app tests' Job (production): its calls go to the build namespace too
-APP_TESTS_MODULE = RELEASE / "app_tests" / "k8s.py"
+APP_TESTS_MODULES = (RELEASE / "app_tests" / "k8s.py", RELEASE / "app_tests" / "k8s_follow.py")
 # the Job-following helpers both share
 K8S_JOB_MODULE = RELEASE / "k8s_job.py"
-BUILD_NAMESPACE_MODULES = (*CLUSTER_BUILD_MODULES, APP_TESTS_MODULE, K8S_JOB_MODULE)
+BUILD_NAMESPACE_MODULES = (*CLUSTER_BUILD_MODULES, *APP_TESTS_MODULES, K8S_JOB_MODULE)
 # base_backup_job's CloudNativePG Backup: its calls go to the database's namespace
 CNPG_BACKUP_MODULE = REPO / "twinme_ops" / "backups" / "pitr" / "cnpg_backup.py"
 CNPG_RETENTION_MODULE = REPO / "twinme_ops" / "backups" / "pitr" / "cnpg_retention.py"
@@ -1302,7 +1302,7 @@ def test_the_build_namespace_role_covers_the_app_tests_job_exactly() -> None:
     from twinme_ops.release.app_tests.k8s import APP_TESTS_RBAC_RULES, KubernetesAppTestRunner
 
     namespace = KubernetesAppTestRunner.model_fields["namespace"].default
-    direct = {rbac_permission(m) for m in api_methods_used([APP_TESTS_MODULE, K8S_JOB_MODULE])}
+    direct = {rbac_permission(m) for m in api_methods_used([*APP_TESTS_MODULES, K8S_JOB_MODULE])}
     assert direct == _granted({"rules": APP_TESTS_RBAC_RULES})
     assert direct <= _granted(_role(namespace)), direct - _granted(_role(namespace))
     assert not any(resource == "secrets" for _, resource, _ in direct)

@@ -42,7 +42,7 @@ from tests.support.app_probe_run import (
 from tests.support.git_repos import Repo
 from tests.support.list_log import ListLog
 from tests.support.unprivileged import run_unprivileged
-from twinme_ops.defs.resources import make_app_test_runner
+from twinme_ops.defs.release.resources import make_app_test_runner
 from twinme_ops.release.app_tests.isolation import TESTS_USER, hidden_paths
 from twinme_ops.release.app_tests.k8s import KubernetesAppTestRunner
 from twinme_ops.release.app_tests.local import LocalAppTestRunner, Step, plan

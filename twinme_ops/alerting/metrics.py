@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from prometheus_client import CollectorRegistry, Gauge
 from pydantic import Field
 
 from twinme_ops.alerting.metric_samples import (
@@ -32,15 +31,20 @@ from twinme_ops.alerting.metric_specs import (
     METRICS,
     Sample,
 )
-from twinme_ops.alerting.pushgateway import gateway_target, send_registry
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 _fallback_log = logging.getLogger("twinme_ops.metrics")
 
 
 def build_registry(samples: list[Sample]) -> CollectorRegistry:
     """A fresh registry holding exactly ``samples`` (not the process-wide default registry)."""
+    # prometheus_client is imported by the first push, not with the code location
+    from prometheus_client import CollectorRegistry, Gauge
+
     registry = CollectorRegistry(auto_describe=True)
     gauges: dict[str, Gauge] = {}
     for spec, labels, value in samples:
@@ -174,6 +178,8 @@ class MetricsResource(dg.ConfigurableResource):
                 f"{operation} metrics not pushed (TWINME_PUSHGATEWAY_URL unset): {summary}"
             )
             return False
+        from twinme_ops.alerting.pushgateway import gateway_target, send_registry
+
         try:
             gateway, handler = gateway_target(self.pushgateway_url)
         except ValueError as exc:

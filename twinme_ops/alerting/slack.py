@@ -12,118 +12,17 @@ URL the alert is written to the log instead, so local runs show exactly what wou
 from __future__ import annotations
 
 import logging
-import random
-import time
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
 from pydantic import Field, field_validator
-from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler
-from slack_sdk.http_retry.handler import RetryHandler
-from slack_sdk.http_retry.interval_calculator import RetryIntervalCalculator
-from slack_sdk.http_retry.request import HttpRequest
-from slack_sdk.http_retry.response import HttpResponse
-from slack_sdk.http_retry.state import RetryState
-from slack_sdk.webhook import WebhookClient
 
 from twinme_ops.alerting.alert import Alert
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact, register_secret
 
 _fallback_log = logging.getLogger("twinme_ops.slack")
-
-
-class _RedactingFilter(logging.Filter):
-    """slack_sdk logs the webhook URL (its token) at debug level: mask it like everything else."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage()), ()
-        return True
-
-
-_sdk_log = logging.getLogger("twinme_ops.slack.sdk")
-_sdk_log.addFilter(_RedactingFilter())
-
-
-class _Backoff(RetryIntervalCalculator):
-    """``base * 2**attempt`` seconds plus up to 50 % jitter, so retries of many runs spread out."""
-
-    def __init__(self, base_s: float) -> None:
-        self.base_s = base_s
-
-    def calculate_sleep_duration(self, current_attempt: int) -> float:
-        interval = self.base_s * (2**current_attempt)
-        return interval * (1 + random.random() / 2)
-
-
-class _ServerErrorRetry(RetryHandler):
-    """Retry every 5xx (slack_sdk's own handler only retries 500 and 503)."""
-
-    def _can_retry(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        return response is not None and 500 <= response.status_code < 600
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
-
-
-class _RateLimitRetry(RetryHandler):
-    """On 429, wait as ``Retry-After`` says (capped: a job must not hang), else back off."""
-
-    def __init__(self, max_retry_count: int, backoff: _Backoff, max_wait_s: float) -> None:
-        super().__init__(max_retry_count=max_retry_count, interval_calculator=backoff)
-        self.max_wait_s = max_wait_s
-
-    def _can_retry(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        return response is not None and response.status_code == 429
-
-    def prepare_for_next_attempt(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> None:
-        header = None
-        if response is not None:
-            for name, values in response.headers.items():
-                if name.lower() == "retry-after" and values:
-                    header = values[0]
-        wait = retry_after_seconds(header)
-        if wait is None:
-            wait = self.interval_calculator.calculate_sleep_duration(state.current_attempt)
-        state.next_attempt_requested = True
-        time.sleep(min(wait, self.max_wait_s))
-        state.increment_current_attempt()
 
 
 class SlackNotifier(dg.ConfigurableResource):
@@ -183,20 +82,17 @@ class SlackNotifier(dg.ConfigurableResource):
         if not self.webhook_url:
             logger.info(f"Slack not configured (SLACK_WEBHOOK_URL unset); alert: {text}")
             return False
-        backoff = _Backoff(self.backoff_s)
-        client = WebhookClient(
-            self.webhook_url,
-            timeout=self.timeout_s,
-            logger=_sdk_log,
-            retry_handlers=[
-                ConnectionErrorRetryHandler(
-                    max_retry_count=self.max_retries, interval_calculator=backoff
-                ),
-                _RateLimitRetry(self.max_retries, backoff, self.max_retry_after_s),
-                _ServerErrorRetry(max_retry_count=self.max_retries, interval_calculator=backoff),
-            ],
-        )
         try:
+            # here, not at the top: slack_sdk is not loaded with the code location
+            from twinme_ops.alerting.slack_delivery import webhook_client
+
+            client = webhook_client(
+                self.webhook_url,
+                timeout_s=self.timeout_s,
+                max_retries=self.max_retries,
+                backoff_s=self.backoff_s,
+                max_retry_after_s=self.max_retry_after_s,
+            )
             response = client.send(text=text, blocks=blocks, unfurl_links=False)
         except Exception as exc:  # an alert must never fail the job it reports on
             logger.warning(f"Slack alert not delivered ({redact(exc)}); alert was: {text}")

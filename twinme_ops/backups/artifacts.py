@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import zstandard
-
 from twinme_ops.backups.crypto import KEY_ENV, Decryptor, Encryptor, encryption_info
 
 if TYPE_CHECKING:
@@ -86,6 +84,9 @@ def write_artifact(
     store discards the partial artifact and the exception propagates. ``size_hint`` is an upper
     bound of the stored size if known (the raw size is fine).
     """
+    # zstandard is imported by the first artifact, not with the code location
+    import zstandard
+
     start = time.monotonic()
     params = zstandard.ZstdCompressionParameters.from_level(
         level, threads=threads, job_size=JOB_SIZE if threads else 0, write_checksum=1
@@ -269,6 +270,8 @@ def _read_artifact(
     expected_sha256: str | None,
     key: bytes | None,
 ) -> Iterator[bytes]:
+    import zstandard
+
     hasher = hashlib.sha256()
     decryptor = Decryptor(key) if key is not None else None
     splitter = _ZstdFrameSplitter()

@@ -21,13 +21,15 @@ import binascii
 import hashlib
 import os
 import string
+from typing import TYPE_CHECKING
 
 import dagster as dg
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import Field
 
 from twinme_ops.common.redact import register_secret
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEY_ENV = "TWINME_BACKUP_ENCRYPTION_KEY"
 KEY_SIZE = 32
@@ -106,6 +108,13 @@ def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
     return prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
 
+def _aesgcm(key: bytes) -> AESGCM:
+    # cryptography is imported by the first encryption, not with the code location
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(bytes(key))
+
+
 class Encryptor:
     """Streaming encryptor: ``update()`` returns ciphertext as chunks fill, ``finalize()`` the rest.
 
@@ -117,7 +126,7 @@ class Encryptor:
         _check_key(key)
         if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}")
-        self._aead = AESGCM(bytes(key))
+        self._aead = _aesgcm(key)
         self._chunk_size = chunk_size
         self._prefix = os.urandom(PREFIX_SIZE)
         self._header = MAGIC + chunk_size.to_bytes(4, "big") + self._prefix
@@ -173,7 +182,7 @@ class Decryptor:
 
     def __init__(self, key: bytes) -> None:
         _check_key(key)
-        self._aead = AESGCM(bytes(key))
+        self._aead = _aesgcm(key)
         self._buf = bytearray()
         self._header: bytes | None = None
         self._prefix = b""
@@ -202,6 +211,8 @@ class Decryptor:
         return True
 
     def _open(self, ciphertext: bytes | memoryview, last: bool) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
         nonce = _nonce(self._prefix, self._counter, last)
         try:
             plaintext = self._aead.decrypt(nonce, ciphertext, self._header)

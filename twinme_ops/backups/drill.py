@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from psycopg import sql
-
 from twinme_ops.backups.artifacts import read_manifest_artifact, verify_artifact
 from twinme_ops.backups.manifest import COMPONENTS, DRILL, MANIFEST, parse_manifest
 from twinme_ops.backups.restore.files import safe_extract
@@ -195,6 +193,8 @@ def _verify_postgres(
     production_database_url: str | None,
     log: Log,
 ) -> dict[str, Any]:
+    from psycopg import sql
+
     server = PostgresServer.start(workdir / "postgres", settings=SCRATCH_SETTINGS)
     try:
         target = server.url(DRILL_DB)

@@ -25,15 +25,15 @@ import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
-
-import psycopg
-from psycopg import sql
 
 from twinme_ops.backups.restore.common import restore_error
 from twinme_ops.backups.restore.postgres_databases import connect_admin
 from twinme_ops.common.redact import redact
+
+if TYPE_CHECKING:
+    import psycopg
 
 MAINTENANCE_DATABASES = ("postgres", "template1")
 RESTORE_INFIX = "__restore_"
@@ -145,6 +145,9 @@ def drop_restore_leftovers(
     session, and whose :func:`restore_lock` no recovery holds. Nothing else matches: the live
     database, its ``__pre_recovery_`` copies and other databases are never considered.
     """
+    import psycopg
+    from psycopg import sql
+
     pattern = re.compile(re.escape(live + RESTORE_INFIX) + f"({STAMP})")
     found = Leftovers()
     with _connect(admin_url, env) as conn:

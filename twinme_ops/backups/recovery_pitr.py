@@ -21,8 +21,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
-
 from twinme_ops.backups.pitr.archive import WalArchive
 from twinme_ops.backups.pitr.basebackup import list_backups
 from twinme_ops.backups.pitr.layout import PitrError
@@ -113,6 +111,8 @@ def check_point_target(
 def live_system_identifier(pg: PostgresResource) -> str | None:
     """The live server's system identifier; None when it cannot be read (a role without the
     right, or a server not answering: the preflight's next check names that)."""
+    import psycopg
+
     try:
         with pg.get_connection(autocommit=True) as conn:
             row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()

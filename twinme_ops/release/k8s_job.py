@@ -17,13 +17,13 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
-
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.common.redact import redact
+
+if TYPE_CHECKING:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
 # one API call may not hang a build or a test run: (connect, read) seconds
 REQUEST_TIMEOUT_S = (10.0, 30.0)
@@ -45,6 +45,8 @@ def load_api_client(kubeconfig: str, failure: Callable[[str], Exception]) -> cli
     ``failure(reason)`` builds the exception raised when neither works; ``reason`` names where
     the configuration was looked for and why it failed (redacted).
     """
+    from kubernetes import client, config
+
     cfg = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG", "")
     try:
@@ -84,6 +86,8 @@ class LogFollower(threading.Thread):
         self._response: Any = None
 
     def run(self) -> None:
+        from kubernetes.watch.watch import iter_resp_lines
+
         try:
             self._response = self._core.read_namespaced_pod_log(
                 self._pod,
@@ -164,6 +168,8 @@ def failed_mount(core: client.CoreV1Api, namespace: str, pod: Any) -> str:
 
 def delete_job(batch: client.BatchV1Api, namespace: str, name: str) -> int | None:
     """Delete the Job and, in the background, its pod; the HTTP status if that failed."""
+    from kubernetes.client.exceptions import ApiException
+
     try:
         batch.delete_namespaced_job(
             name, namespace, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT_S

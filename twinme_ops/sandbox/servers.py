@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,12 +28,12 @@ from typing import Any
 
 import psycopg
 
+from twinme_ops.scratch.detached import pid_from_file, stop_pid
 from twinme_ops.scratch.local import (
     LocalServerError,
     dir_lock,
     pid_alive,
     read_json_file,
-    wait_pid_gone,
     write_json_atomic,
 )
 from twinme_ops.scratch.postgres import PostgresServer
@@ -253,10 +252,10 @@ def companions(home: Path | None = None) -> dict[str, dict[str, Any]]:
 
 def _companion_pid(entry: dict[str, Any]) -> int | None:
     try:
-        pid = int(Path(entry["pid_file"]).read_text().strip())
-    except (OSError, ValueError, KeyError, TypeError):
+        pid_file = Path(entry["pid_file"])
+    except (KeyError, TypeError):
         return None
-    return pid if pid_alive(pid, entry.get("process_hint")) else None
+    return pid_from_file(pid_file, entry.get("process_hint"))
 
 
 def _stop_companions(base: Path, timeout_s: float = 30.0) -> bool:
@@ -266,12 +265,7 @@ def _stop_companions(base: Path, timeout_s: float = 30.0) -> bool:
         pid = _companion_pid(entry)
         if pid is None:
             continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-        if not wait_pid_gone(pid, timeout_s):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-            wait_pid_gone(pid, 5)
+        stop_pid(pid, timeout_s)
         with contextlib.suppress(OSError):
             Path(entry["pid_file"]).unlink()
         logger.info("sandbox companion %s (pid %s) stopped", name, pid)

@@ -31,8 +31,9 @@ LOCALHOST = "127.0.0.1"
 PG_SYSTEM_USER = "twinme-pg"
 PORT_ATTEMPTS = 5
 
-# Popen objects of the Redis servers this process started, so they are reaped on stop() and
-# never garbage-collected (with a ResourceWarning) while the server still runs.
+# Popen objects of the Redis servers and detached processes (scratch/detached.py) this process
+# started, so they are reaped on stop() and never garbage-collected (with a ResourceWarning) while
+# they still run.
 CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
@@ -60,9 +61,11 @@ def pid_alive(pid: int | None, name_hint: str | None = None) -> bool:
         return False
     # Reap it if it is our own exited child, otherwise it stays a zombie and looks alive.
     with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        done, status = os.waitpid(pid, os.WNOHANG)
         if done == pid:
-            CHILDREN.pop(pid, None)
+            proc = CHILDREN.pop(pid, None)
+            if proc is not None:  # reaped here: its Popen must not take it for a running one
+                proc.returncode = os.waitstatus_to_exitcode(status)
             return False
     try:
         os.kill(pid, 0)

@@ -18,8 +18,6 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-import urllib3.exceptions
-
 from twinme_ops.common.redact import redact
 
 if TYPE_CHECKING:  # the client costs ~0.5 s to import: loaded on the first call, not at load
@@ -109,6 +107,7 @@ def api_errors(
     ``verb`` says what the call was doing ("reading", "scaling to 2"); ``where`` describes the
     API server, for connection errors.
     """
+    import urllib3.exceptions
     from kubernetes.client.exceptions import ApiException
 
     target = f"deployment {namespace}/{deployment}"

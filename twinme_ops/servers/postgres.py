@@ -15,17 +15,18 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import dagster as dg
-import psycopg
-from psycopg import sql
 from pydantic import Field
 
 from twinme_ops.common.libpq import libpq_fix
 from twinme_ops.common.pgtools import pg_bin, pg_tool_version
 from twinme_ops.common.redact import redact, register_secret, register_secrets_in
+
+if TYPE_CHECKING:
+    import psycopg
 
 READ_CHUNK = 1 << 20
 # how long a dump waits for a table that another session holds exclusively (ALTER TABLE, VACUUM
@@ -129,6 +130,8 @@ class PostgresResource(dg.ConfigurableResource):
     @contextmanager
     def get_connection(self, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
         """A psycopg connection; connection errors become a :class:`PostgresError` with a fix."""
+        import psycopg
+
         dsn, password = self._split()
         try:
             conn = psycopg.connect(
@@ -186,6 +189,8 @@ def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
 
 def count_rows(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Exact row count of every user table, keyed ``schema.table``."""
+    from psycopg import sql
+
     counts: dict[str, int] = {}
     for schema, table in user_tables(conn):
         query = sql.SQL("SELECT count(*) FROM {}.{}").format(
@@ -211,6 +216,8 @@ def snapshot_dump(
     raises :class:`PostgresError` if pg_dump fails, so a consumer never commits a truncated dump.
     """
     # autocommit, so that our explicit BEGIN sets the isolation level of the snapshot transaction
+    import psycopg
+
     with pg.get_connection(autocommit=True) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if lock_wait_timeout_s > 0:  # the row counts read every table too
@@ -305,6 +312,8 @@ def _abort_dump(
     it next writes to it. So the session is terminated by its application name (a role may end
     its own sessions), and the row-count query is cancelled.
     """
+    import psycopg
+
     with suppress(psycopg.Error, PostgresError), pg.get_connection(autocommit=True) as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -319,6 +328,8 @@ def _abort_dump(
 def _exclusively_locked(pg: PostgresResource, tables: list[str]) -> list[str]:
     """Which of ``tables`` another session holds with a lock a dump must wait for (best effort:
     ``[]`` when that cannot be read)."""
+    import psycopg
+
     try:
         with pg.get_connection(autocommit=True) as conn:
             rows = conn.execute(

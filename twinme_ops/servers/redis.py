@@ -11,14 +11,16 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import dagster as dg
-import redis
 from pydantic import Field
 
 from twinme_ops.common.redact import redact, redact_url, register_secret, register_secrets_in
+
+if TYPE_CHECKING:
+    import redis
 
 READ_CHUNK = 1 << 20
 EOF_MARK_LEN = 40
@@ -85,12 +87,16 @@ class RedisResource(dg.ConfigurableResource):
 
     def get_client(self) -> redis.Redis:
         """A redis-py client (bytes responses)."""
+        import redis
+
         return redis.Redis.from_url(
             self.resolved_url(), socket_timeout=self.socket_timeout_s, socket_connect_timeout=10
         )
 
     def facts(self) -> RedisFacts:
         """Version and per-database key counts (``INFO``, which works when CONFIG is renamed)."""
+        import redis
+
         client = self.get_client()
         try:
             server = client.info("server")
@@ -265,4 +271,6 @@ def _check_magic(data: bytes, first: bool, where: str) -> bytes:
 
 def redis_cli_version() -> dict[str, Any]:
     """Versions recorded in the manifest (the protocol client is built in)."""
+    import redis
+
     return {"client": "twinme_ops RESP SYNC client", "redis-py": redis.__version__}

@@ -57,15 +57,11 @@ class ArchiveProcess:
 
 def archive_processes(layout: ArchiveLayout) -> list[ArchiveProcess]:
     """The heartbeat writer and the receiver, in the order to stop them."""
+    writer = heartbeat_writer.heartbeat_writer_process(layout)
+    wal_receiver = receiver.receiver_process(layout)
     return [
-        ArchiveProcess(
-            "heartbeat-writer",
-            str(layout.heartbeat_dir / heartbeat_writer.PID_FILE),
-            heartbeat_writer.PROCESS_HINT,
-        ),
-        ArchiveProcess(
-            "wal-receiver", str(layout.receiver_dir / receiver.PID_FILE), "pg_receivewal"
-        ),
+        ArchiveProcess("heartbeat-writer", str(writer.pid_file), writer.hint),
+        ArchiveProcess("wal-receiver", str(wal_receiver.pid_file), wal_receiver.hint),
     ]
 
 

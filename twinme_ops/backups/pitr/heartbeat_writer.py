@@ -22,21 +22,18 @@ import argparse
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-import psycopg
 
 from twinme_ops.backups.pitr.heartbeat import SCHEMA, TABLE, ensure_heartbeat_table, write_heartbeat
 from twinme_ops.backups.pitr.layout import ArchiveLayout, pitr_error
 from twinme_ops.common.redact import redact, redact_url, register_secrets_in
-from twinme_ops.scratch.local import dir_lock, pid_alive, read_json_file, write_json_atomic
+from twinme_ops.scratch.detached import DetachedProcess
 
 URL_ENV = "TWINME_HEARTBEAT_URL"
 INTERVAL_ENV = "TWINME_HEARTBEAT_INTERVAL_S"
@@ -47,7 +44,6 @@ STATE_FILE = "heartbeat.json"
 LOG_FILE = "heartbeat.log"
 PROCESS_HINT = "heartbeat"
 _PRUNE_EVERY_S = 3600.0
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass
@@ -76,6 +72,8 @@ def run_writer(
 
     Connection failures are logged and retried every ``min(interval_s, 5)`` seconds.
     """
+    import psycopg
+
     if interval_s <= 0:
         raise pitr_error(f"heartbeat interval {interval_s} s is not > 0. Fix: {INTERVAL_ENV}")
     register_secrets_in(url)
@@ -160,23 +158,19 @@ def serve(url: str, interval_s: float, keep_days: int = DEFAULT_KEEP_DAYS) -> in
 # the detached writer of an archive root
 
 
+def heartbeat_writer_process(layout: ArchiveLayout) -> DetachedProcess:
+    """The writer of this archive root as a detached process: its pid, state and log files."""
+    return DetachedProcess(layout.heartbeat_dir, PID_FILE, STATE_FILE, LOG_FILE, PROCESS_HINT)
+
+
 def heartbeat_writer_state(layout: ArchiveLayout) -> HeartbeatWriterState | None:
     """The writer's recorded state, or None if it was never started here."""
-    data = read_json_file(layout.heartbeat_dir / STATE_FILE)
-    if not data:
-        return None
-    with contextlib.suppress(TypeError):
-        return HeartbeatWriterState(**data)
-    return None
+    return heartbeat_writer_process(layout).state(HeartbeatWriterState)
 
 
 def heartbeat_writer_pid(layout: ArchiveLayout) -> int | None:
     """The pid of the live heartbeat writer of this archive root, or None."""
-    try:
-        pid = int((layout.heartbeat_dir / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if pid_alive(pid, PROCESS_HINT) else None
+    return heartbeat_writer_process(layout).pid()
 
 
 def _count(conn: Any) -> int:
@@ -192,50 +186,37 @@ def start_heartbeat_writer(
     Waits until the first heartbeat is committed (at most 15 s), else stops it and raises with
     its log.
     """
-    layout.heartbeat_dir.mkdir(parents=True, exist_ok=True)
-    with dir_lock(layout.heartbeat_dir / ".lock"):
-        pid = heartbeat_writer_pid(layout)
-        state = heartbeat_writer_state(layout)
-        if pid is not None and state is not None and state.pid == pid:
-            return state
+    import psycopg
+
+    process = heartbeat_writer_process(layout)
+    with process.lock():
+        running = process.running(HeartbeatWriterState)
+        if running is not None:
+            return running
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
             ensure_heartbeat_table(conn)
             before = _count(conn)
-        log_path = layout.heartbeat_dir / LOG_FILE
         argv = [sys.executable, "-m", "twinme_ops.backups.pitr.heartbeat_writer"]
         argv += ["--interval", f"{interval_s:g}"]
+        # the URL in the environment, not in argv where ps shows it
         env = {**os.environ, URL_ENV: url}
-        with open(log_path, "ab") as log:
-            stamp = datetime.now(UTC).isoformat()
-            log.write(f"--- {stamp} starting the heartbeat writer\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd="/",
-                env=env,
-                start_new_session=True,  # outlives the process that started it
-            )
-        _CHILDREN[proc.pid] = proc
-        (layout.heartbeat_dir / PID_FILE).write_text(f"{proc.pid}\n")
+        pid = process.launch(argv, what="the heartbeat writer", env=env)
         state = HeartbeatWriterState(
-            pid=proc.pid,
+            pid=pid,
             interval_s=interval_s,
             started_at=datetime.now(UTC).isoformat(),
             target=redact_url(url),
-            log_file=str(log_path),
+            log_file=str(process.log_file),
         )
-        write_json_atomic(layout.heartbeat_dir / STATE_FILE, asdict(state))
+        process.record(state)
         deadline = time.monotonic() + 15.0
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-            while time.monotonic() < deadline and pid_alive(proc.pid, PROCESS_HINT):
+            while time.monotonic() < deadline and process.alive(pid):
                 if _count(conn) > before:
                     return state
                 time.sleep(0.05)
         stop_heartbeat_writer(layout)
-        tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-8:])
+        tail = process.log_tail(8)
         raise pitr_error(
             f"the heartbeat writer wrote nothing within 15 s. Its log:\n{tail}\nFix: check that "
             "the database accepts connections and that the role may create the twinme_ops schema"
@@ -244,24 +225,7 @@ def start_heartbeat_writer(
 
 def stop_heartbeat_writer(layout: ArchiveLayout, timeout_s: float = 10.0) -> bool:
     """Stop the writer (SIGTERM, SIGKILL after ``timeout_s``); whether one was running."""
-    pid = heartbeat_writer_pid(layout)
-    with contextlib.suppress(FileNotFoundError):
-        (layout.heartbeat_dir / PID_FILE).unlink()
-    if pid is None:
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and pid_alive(pid, PROCESS_HINT):
-        time.sleep(0.05)
-    if pid_alive(pid, PROCESS_HINT):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc = _CHILDREN.pop(pid, None)
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-    return True
+    return heartbeat_writer_process(layout).stop(timeout_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

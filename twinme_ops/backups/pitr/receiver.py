@@ -11,18 +11,11 @@ complete. pg_receivewal retries by itself when the connection drops; if the proc
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import psycopg
 
 from twinme_ops.backups.pitr.layout import (
     ArchiveLayout,
@@ -35,16 +28,14 @@ from twinme_ops.backups.pitr.layout import (
 )
 from twinme_ops.common.pgtools import pg_bin
 from twinme_ops.common.redact import redact_url
-from twinme_ops.scratch.local import dir_lock, pid_alive, read_json_file, write_json_atomic
+from twinme_ops.scratch.detached import DetachedProcess
 
 DEFAULT_SLOT = "twinme_wal_archive"
 APPLICATION_NAME = "twinme_wal_archive"
 PID_FILE = "pg_receivewal.pid"
 STATE_FILE = "receiver.json"
 LOG_FILE = "pg_receivewal.log"
-# Popen objects of receivers this process started: reaped by pid_alive, never garbage-collected
-# (with a ResourceWarning) while they run
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+PROCESS_HINT = "pg_receivewal"
 
 
 @dataclass
@@ -61,6 +52,8 @@ class ReceiverState:
 
 def connect(url: str) -> Any:
     """An autocommit psycopg connection to the source (the password stays out of errors)."""
+    import psycopg
+
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
@@ -87,23 +80,19 @@ def ensure_slot(conn: Any, slot: str = DEFAULT_SLOT) -> bool:
     return True
 
 
+def receiver_process(layout: ArchiveLayout) -> DetachedProcess:
+    """The receiver of this archive as a detached process: its pid, state and log files."""
+    return DetachedProcess(layout.receiver_dir, PID_FILE, STATE_FILE, LOG_FILE, PROCESS_HINT)
+
+
 def receiver_state(layout: ArchiveLayout) -> ReceiverState | None:
     """The receiver's recorded state, or None if it was never started here."""
-    data = read_json_file(layout.receiver_dir / STATE_FILE)
-    if not data:
-        return None
-    with contextlib.suppress(TypeError):
-        return ReceiverState(**data)
-    return None
+    return receiver_process(layout).state(ReceiverState)
 
 
 def receiver_pid(layout: ArchiveLayout) -> int | None:
     """The pid of the live receiver of this archive, or None."""
-    try:
-        pid = int((layout.receiver_dir / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if pid_alive(pid, "pg_receivewal") else None
+    return receiver_process(layout).pid()
 
 
 def _receiver_url(url: str) -> str:
@@ -111,13 +100,6 @@ def _receiver_url(url: str) -> str:
     query = dict(parse_qsl(parts.query))
     query.setdefault("application_name", APPLICATION_NAME)
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def _log_tail(path: Path, lines: int = 12) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def start_receiver(
@@ -135,16 +117,16 @@ def start_receiver(
     raises with its log if it does not within ``connect_timeout_s`` (the process is stopped then).
     """
     layout.create()
-    with dir_lock(layout.receiver_dir / ".lock"):
-        pid = receiver_pid(layout)
-        state = receiver_state(layout)
-        if pid is not None and state is not None and state.pid == pid:
-            if state.slot != slot:
+    process = receiver_process(layout)
+    with process.lock():
+        running = process.running(ReceiverState)
+        if running is not None:
+            if running.slot != slot:
                 raise pitr_error(
-                    f"a receiver already archives into {layout.wal_dir} on slot {state.slot!r}, "
-                    f"not {slot!r}: stop it first (stop_receiver)"
+                    f"a receiver already archives into {layout.wal_dir} on slot "
+                    f"{running.slot!r}, not {slot!r}: stop it first (stop_receiver)"
                 )
-            return state
+            return running
         with connect(url) as conn:
             ensure_slot(conn, slot)
         plain_url, env = split_password(_receiver_url(url))
@@ -152,43 +134,31 @@ def start_receiver(
         argv += ["-d", plain_url, "-s", str(status_interval_s), "--no-password", "-v"]
         if synchronous:
             argv.append("--synchronous")
-        log_path = layout.receiver_dir / LOG_FILE
         uid, gid, groups = as_user(layout.run_as)
-        with open(log_path, "ab") as log:
-            log.write(f"--- {datetime.now(UTC).isoformat()} starting pg_receivewal\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd="/",
-                env=tool_env(env),
-                start_new_session=True,  # outlives the step that started it
-                user=uid,
-                group=gid,
-                extra_groups=groups,
-            )
-        _CHILDREN[proc.pid] = proc
-        (layout.receiver_dir / PID_FILE).write_text(f"{proc.pid}\n")
+        # outlives the step that started it
+        pid = process.launch(
+            argv, what="pg_receivewal", env=tool_env(env), user=uid, group=gid, extra_groups=groups
+        )
         state = ReceiverState(
-            pid=proc.pid,
+            pid=pid,
             slot=slot,
             synchronous=synchronous,
             started_at=datetime.now(UTC).isoformat(),
             source=redact_url(url),
-            log_file=str(log_path),
+            log_file=str(process.log_file),
         )
-        write_json_atomic(layout.receiver_dir / STATE_FILE, asdict(state))
+        process.record(state)
         try:
-            _wait_slot_active(url, slot, proc.pid, log_path, connect_timeout_s)
+            _wait_slot_active(url, slot, process, pid, connect_timeout_s)
         except BaseException:
             stop_receiver(layout)
             raise
         return state
 
 
-def _wait_slot_active(url: str, slot: str, pid: int, log: Path, timeout: float) -> None:
+def _wait_slot_active(
+    url: str, slot: str, process: DetachedProcess, pid: int, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     with connect(url) as conn:
         while time.monotonic() < deadline:
@@ -197,12 +167,12 @@ def _wait_slot_active(url: str, slot: str, pid: int, log: Path, timeout: float) 
             ).fetchone()
             if row and row[0]:
                 return
-            if not pid_alive(pid, "pg_receivewal"):
+            if not process.alive(pid):
                 break
             time.sleep(0.1)
     raise pitr_error(
         f"pg_receivewal did not start streaming on slot {slot!r} within {timeout:.0f} s. Its log:\n"
-        f"{_log_tail(log)}\nFix: check the source URL, the role's REPLICATION attribute and "
+        f"{process.log_tail(12)}\nFix: check the source URL, the role's REPLICATION attribute and "
         "pg_hba.conf's replication lines (check_source)"
     )
 
@@ -212,24 +182,7 @@ def stop_receiver(layout: ArchiveLayout, timeout_s: float = 30.0) -> bool:
 
     Whether one was running. The slot stays, so the server keeps the WAL until it restarts.
     """
-    pid = receiver_pid(layout)
-    with contextlib.suppress(FileNotFoundError):
-        (layout.receiver_dir / PID_FILE).unlink()
-    if pid is None:
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and pid_alive(pid, "pg_receivewal"):
-        time.sleep(0.05)
-    if pid_alive(pid, "pg_receivewal"):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc = _CHILDREN.pop(pid, None)
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-    return True
+    return receiver_process(layout).stop(timeout_s)
 
 
 def flushed_lsn(conn: Any, slot: str = DEFAULT_SLOT) -> int | None:

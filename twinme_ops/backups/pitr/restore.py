@@ -26,8 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from twinme_ops.backups.pitr.basebackup import BaseBackup, chain_of, list_backups
 from twinme_ops.backups.pitr.layout import (
     ArchiveLayout,
@@ -184,6 +182,8 @@ def _fix_from_log(log: str, target: str) -> str:
 
 
 def _wait_promoted(server: PostgresServer, timeout_s: float, target: str) -> None:
+    import psycopg
+
     deadline = time.monotonic() + timeout_s
     while True:
         # the postmaster alone: pg_ctl -w has returned, the status line says "ready" in recovery

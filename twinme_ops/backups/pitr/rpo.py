@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
-
 from twinme_ops.backups.pitr.heartbeat import SCHEMA, TABLE
 from twinme_ops.backups.pitr.layout import ArchiveLayout, PitrError
 from twinme_ops.backups.pitr.receiver import DEFAULT_SLOT, connect
@@ -96,6 +94,8 @@ def _newest_heartbeat_at_or_before(url: str, flushed_lsn: str) -> datetime | Non
 
 def measure_rpo(layout: ArchiveLayout, url: str, *, slot: str = DEFAULT_SLOT) -> RpoReading:
     """Measure the RPO of the archive under ``layout`` for the source at ``url`` (see above)."""
+    import psycopg
+
     status = archive_status(layout, url, slot=slot)
     if status.server_error:
         why = f"unknown: the source cannot be reached ({status.server_error})"

@@ -18,9 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
 from twinme_ops.backups.pitr.layout import pitr_error
 from twinme_ops.scratch.postgres import PostgresServer
 
@@ -122,6 +119,8 @@ def _role_requirement(conn: Any, role: str | None) -> Requirement:
 
 
 def _hba_requirement(conn: Any, role: str | None) -> Requirement:
+    import psycopg
+
     try:
         rows = conn.execute(
             "SELECT type, user_name, auth_method FROM pg_hba_file_rules "
@@ -151,6 +150,8 @@ def apply_source_settings(conn: Any) -> SourceReport:
     ``conn`` must be a superuser's autocommit connection. The report's ``restart_needed`` names
     the settings that wait for a restart (the server keeps running on the old values until then).
     """
+    from psycopg import sql
+
     if not conn.autocommit:
         raise pitr_error("apply_source_settings needs an autocommit connection (ALTER SYSTEM)")
     report = SourceReport()
@@ -174,6 +175,8 @@ def apply_source_settings(conn: Any) -> SourceReport:
 def ensure_replication_role(conn: Any, role: str) -> bool:
     """Create ``role`` (LOGIN REPLICATION, pg_monitor to read the replication views) if missing,
     or give an existing one REPLICATION. Whether anything changed."""
+    from psycopg import sql
+
     row = conn.execute(
         "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = %s", (role,)
     ).fetchone()

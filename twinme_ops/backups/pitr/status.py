@@ -17,8 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from twinme_ops.backups.pitr.layout import (
     ArchiveLayout,
     PitrError,
@@ -28,9 +26,9 @@ from twinme_ops.backups.pitr.layout import (
 )
 from twinme_ops.backups.pitr.receiver import (
     DEFAULT_SLOT,
-    LOG_FILE,
     connect,
     receiver_pid,
+    receiver_process,
     receiver_state,
 )
 from twinme_ops.common.redact import redact
@@ -90,10 +88,7 @@ def archive_status(
     if state is not None:
         status.synchronous = state.synchronous
     if pid is None:
-        log = layout.receiver_dir / LOG_FILE
-        if log.exists():
-            lines = log.read_text(errors="replace").strip().splitlines()[-8:]
-            status.receiver_log_tail = redact("\n".join(lines))
+        status.receiver_log_tail = redact(receiver_process(layout).log_tail(8))
     segments = layout.segment_files()
     status.segments = len(segments)
     if segments:
@@ -112,6 +107,8 @@ def archive_status(
 
 
 def _server_facts(status: ArchiveStatus, url: str, slot: str) -> None:
+    import psycopg
+
     try:
         with connect(url) as conn:
             row = conn.execute(

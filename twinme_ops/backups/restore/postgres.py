@@ -20,8 +20,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from twinme_ops.backups.restore.common import close_iterator, restore_error
 from twinme_ops.common.libpq import libpq_fix
 from twinme_ops.common.pgtools import pg_bin
@@ -66,6 +64,8 @@ def pg_restore_stream(
     restore that the caller must drop. A ``pg_restore`` failure raises :class:`RestoreError` with
     its last stderr lines.
     """
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
     if jobs < 1:
         raise ValueError("jobs must be >= 1")
     if single_transaction is None:

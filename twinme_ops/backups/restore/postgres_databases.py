@@ -12,14 +12,15 @@ No Dagster in this module: it is plain library code.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import psycopg
-from psycopg import sql
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.backups.restore.common import restore_error
 from twinme_ops.common.redact import redact, register_secret
 from twinme_ops.servers.postgres import connection_error_message
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import sql
 
 
 def connect_admin(
@@ -27,6 +28,8 @@ def connect_admin(
 ) -> psycopg.Connection[Any]:
     """An autocommit connection to a maintenance database, PGPASSWORD from ``env`` (masked in
     every message), a connection failure turned into a restore error with its fix."""
+    import psycopg
+
     env = env or {}
     password = env.get("PGPASSWORD")
     register_secret(password)
@@ -76,6 +79,9 @@ def create_database(
     extra objects. ``like`` copies the encoding and locale of an existing database (the live one)
     so that text sorts and indexes behave the same after the swap. Refuses an existing name.
     """
+    import psycopg
+    from psycopg import sql
+
     with connect_admin(admin_url, env) as conn:
         check_not_current(conn, name)
         if _database_exists(conn, name):
@@ -100,6 +106,8 @@ def create_database(
 
 
 def _locale_options(conn: psycopg.Connection[Any], like: str) -> list[sql.Composable]:
+    from psycopg import sql
+
     row = conn.execute(
         "SELECT pg_encoding_to_char(encoding), datcollate, datctype, datlocprovider, datlocale "
         "FROM pg_database WHERE datname = %s",
@@ -135,6 +143,9 @@ def drop_database(admin_url: str, name: str, env: Mapping[str, str] | None = Non
     :func:`~twinme_ops.backups.restore.postgres_swap.swap_databases`). A no-op when the database
     does not exist.
     """
+    import psycopg
+    from psycopg import sql
+
     with connect_admin(admin_url, env) as conn:
         check_not_current(conn, name)
         try:

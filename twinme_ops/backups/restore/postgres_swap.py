@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Mapping
-from typing import Any
-
-import psycopg
-from psycopg import sql
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.backups.restore.common import restore_error
 from twinme_ops.backups.restore.postgres_databases import check_not_current, connect_admin
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import sql
 
 
 def swap_databases(
@@ -48,6 +49,8 @@ def swap_databases(
     true``. Logical replication slots of ``live`` stay with ``keep_old_as`` (they are per
     database oid): recreate subscriptions after a recovery.
     """
+    import psycopg
+
     names = {live, restored, keep_old_as}
     if len(names) != 3:
         raise ValueError("live, restored and keep_old_as must be three different names")
@@ -88,6 +91,8 @@ def swap_databases(
 
 
 def _allow_connections(conn: psycopg.Connection[Any], name: str, allowed: bool) -> None:
+    from psycopg import sql
+
     conn.execute(
         sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
             sql.Identifier(name), sql.SQL("true" if allowed else "false")
@@ -103,6 +108,9 @@ def _rename_when_idle(
     live_allowed: bool,
     timeout: float,
 ) -> None:
+    import psycopg
+    from psycopg import sql
+
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -148,6 +156,8 @@ def _rename_when_idle(
 
 def _copy_database_properties(conn: psycopg.Connection[Any], live: str, restored: str) -> None:
     """Owner, grants and ``ALTER DATABASE SET`` settings: database state pg_dump does not save."""
+    from psycopg import sql
+
     row = conn.execute(
         "SELECT pg_get_userbyid(datdba), datacl IS NULL FROM pg_database WHERE datname = %s",
         (live,),
@@ -189,6 +199,8 @@ def _copy_database_properties(conn: psycopg.Connection[Any], live: str, restored
 
 def _setting_value(name: str, value: str) -> sql.Composable:
     """A stored setting as SQL: list settings (search_path...) are one literal per element."""
+    from psycopg import sql
+
     if name.lower() not in _LIST_SETTINGS:
         return sql.Literal(value)
     return sql.SQL(", ").join(sql.Literal(item) for item in _split_setting_list(value))

@@ -16,9 +16,7 @@ import os
 import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.backups.restore.common import close_iterator, restore_error
 from twinme_ops.scratch.local import LocalServerError
@@ -29,6 +27,9 @@ from twinme_ops.scratch.redis import (
     redis_binary_version,
     redis_server_candidates,
 )
+
+if TYPE_CHECKING:
+    import redis
 
 # Redis (major, minor) -> newest RDB format it reads; a DUMP payload carries its RDB version
 # and RESTORE refuses a newer one ("DUMP payload version or checksum are wrong").
@@ -45,6 +46,8 @@ def _rdb_version_of(version: str) -> int:
 
 def _db_client(client: redis.Redis, db: int) -> redis.Redis:
     """A client of the same server on logical database ``db``, returning bytes."""
+    import redis
+
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     kwargs["db"] = db
@@ -75,6 +78,8 @@ def replay_redis(
     "expired"}}}``. Raises :class:`RestoreError` when the target cannot read the source's DUMP
     payloads (its Redis is older than the source's RDB format) or a command fails.
     """
+    import redis
+
     where = _describe(target)
     try:
         src_version = str(source.info("server").get("redis_version", "0"))

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from typing import Any
-
-import psycopg
-from psycopg import sql
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.common.log import Log
 from twinme_ops.database.convergence import ConvergeReport
 from twinme_ops.database.postgres.objects import first_line
+
+if TYPE_CHECKING:
+    import psycopg
 
 TARGET_EXTENSIONS = "postgres_extensions"
 
@@ -101,6 +101,9 @@ def ensure_extensions(
     the server's default version gets a note (``ALTER EXTENSION ... UPDATE`` is left to a person:
     it can rewrite indexes).
     """
+    import psycopg
+    from psycopg import sql
+
     names = list(dict.fromkeys(names))
     report = ConvergeReport()
     installed, available = _extension_states(conn, names)

@@ -33,17 +33,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from twinme_ops.common.log import Log
 from twinme_ops.database.convergence import ConvergeReport
 
+if TYPE_CHECKING:
+    import psycopg
+
 LOCK_TIMEOUT = "5s"
 TWINME_SCHEMA_FIX = "apply the TwinMe schema, or point DATABASE_URL at the TwinMe database"
 
-Conn = psycopg.Connection[Any]
+# a string: psycopg is imported where a connection is made, not with the code location
+Conn: TypeAlias = "psycopg.Connection[Any]"
 
 
 class PgObjectsError(RuntimeError):

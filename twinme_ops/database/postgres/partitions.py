@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-import psycopg
-
 from twinme_ops.common.log import Log
 from twinme_ops.database.convergence import ConvergeReport
 from twinme_ops.database.postgres.objects import (
@@ -290,6 +288,8 @@ def converge_partitions(
 def _create_partition(
     conn: Conn, layout: _Layout, month: MonthPartition, report: ConvergeReport, log: Log | None
 ) -> None:
+    import psycopg
+
     name = f"{layout.schema}.{month.name}"
     create = f"CREATE TABLE {name} PARTITION OF {layout.parent} FOR VALUES {month.bounds_sql}"
     if not _default_has_rows(conn, layout, month):

@@ -10,8 +10,7 @@ No Dagster in this module.
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import redis
+from typing import TYPE_CHECKING
 
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
@@ -19,6 +18,9 @@ from twinme_ops.database.convergence import ConvergeReport
 from twinme_ops.database.redis.declared import RedisConfigError
 from twinme_ops.database.redis.drift import redis_config_drift, show_value
 from twinme_ops.database.redis.live import METHOD_INFO, config_file
+
+if TYPE_CHECKING:
+    import redis
 
 
 def converge_redis(
@@ -31,6 +33,8 @@ def converge_redis(
     config file. Without CONFIG (renamed away in production) nothing is changed: the report
     says to deploy the rendered file and restart Redis. The password is never touched.
     """
+    import redis
+
     drift = redis_config_drift(client, desired)
     report = ConvergeReport()
 

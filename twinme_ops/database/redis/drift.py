@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-import redis
+from typing import TYPE_CHECKING
 
 from twinme_ops.database.redis.declared import refuse_secrets
 from twinme_ops.database.redis.live import read_live
 from twinme_ops.database.redis.values import normalize_value
+
+if TYPE_CHECKING:
+    import redis
 
 
 @dataclass

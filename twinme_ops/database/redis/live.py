@@ -10,12 +10,12 @@ nothing. No Dagster in this module.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-import redis
-from redis.exceptions import NoPermissionError
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.database.redis.values import normalize_value
+
+if TYPE_CHECKING:
+    import redis
 
 METHOD_CONFIG = "CONFIG GET"
 METHOD_INFO = "INFO"
@@ -39,6 +39,8 @@ def _text(value: Any) -> str:
 
 def _config_unavailable(exc: redis.ResponseError) -> bool:
     """Whether CONFIG is renamed away (unknown command) or denied by an ACL."""
+    from redis.exceptions import NoPermissionError
+
     message = str(exc).lower()
     return isinstance(exc, NoPermissionError) or (
         "unknown command" in message and "config" in message
@@ -78,6 +80,8 @@ def read_live(client: redis.Redis, names: list[str]) -> tuple[dict[str, str], st
 
     A setting the method cannot show (or the server does not know) is left out of the values.
     """
+    import redis
+
     try:
         return _read_config(client, names), METHOD_CONFIG
     except redis.ResponseError as exc:

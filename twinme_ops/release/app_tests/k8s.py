@@ -3,42 +3,31 @@
 :class:`KubernetesAppTestRunner` (``TWINME_APP_TESTS_RUNNER=kubernetes``, the default with
 ``TWINME_ENV=production``) ships the checkout as ConfigMaps, creates the Job of
 :mod:`twinme_ops.release.app_tests.job` (no Secret, no token, restricted, throwaway PostgreSQL and
-Redis sidecars), follows the ``tests`` container's log into the run's log (redacted, one message
-per poll at most), turns its exit code and markers into the same results and
+Redis sidecars), follows it (:mod:`twinme_ops.release.app_tests.k8s_follow`: the ``tests``
+container's log into the run's log, failing fast with the fix when the pod cannot get to the
+tests), turns its exit code and markers into the same results and
 :class:`~twinme_ops.release.app_tests.runner.AppTestsFailed` text as the local runner, and deletes
-the Job
-and the ConfigMaps whatever happened: the whole log is in the run's log already.
+the Job and the ConfigMaps whatever happened: the whole log is in the run's log already.
 
-It fails fast, with :class:`~twinme_ops.release.app_tests.runner.AppTestsUnavailable` naming the
-fix, when
-the pod cannot be created (``FailedCreate``: Pod Security admission, a missing ServiceAccount,
-a quota), when an image cannot be pulled, when a sidecar keeps crashing before the tests start,
-or when the source cannot be unpacked. The API calls (official client, an ``ApiClient`` of its
-own) are exactly :data:`APP_TESTS_RBAC_RULES` in the build namespace.
+The API calls (official client, an ``ApiClient`` of its own) are exactly
+:data:`APP_TESTS_RBAC_RULES` in the build namespace. The client is imported when tests run, not
+when the code location loads.
 """
 
 from __future__ import annotations
 
-import queue
 import secrets
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import Field
 
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.release.app_tests.job import (
     APP_LABEL,
-    POSTGRES_CONTAINER,
-    REDIS_CONTAINER,
-    SOURCE_CONTAINER,
-    TESTS_CONTAINER,
     MarkerParser,
     PodSettings,
     archive_sha256,
@@ -51,15 +40,9 @@ from twinme_ops.release.app_tests.runner import (
     AppTestsUnavailable,
     CommandResult,
 )
-from twinme_ops.release.k8s_job import (
-    FATAL_WAITING,
-    REQUEST_TIMEOUT_S,
-    LogFollower,
-    api_error_detail,
-    container_statuses,
-    load_api_client,
-    warning_events,
-)
+
+if TYPE_CHECKING:  # the client costs ~0.5 s to import: loaded when tests run, not at load
+    from kubernetes import client
 
 # Pinned: a floating tag would change what tests run on under a release. The Node image is the
 # one deploy/dagster/Dockerfile takes Node from; pin digests through the TWINME_APP_TESTS_*_IMAGE
@@ -68,13 +51,6 @@ TEST_IMAGE = "node:20.19.5-bookworm-slim"
 POSTGRES_IMAGE = "pgvector/pgvector:0.8.2-pg18-bookworm"
 REDIS_IMAGE = "redis:7.4.6-alpine"
 MAX_SOURCE_BYTES = 20 * 1024 * 1024
-_REQUEST_TIMEOUT_S = REQUEST_TIMEOUT_S
-_IMAGE_VARIABLE = {
-    SOURCE_CONTAINER: "TWINME_APP_TESTS_IMAGE",
-    TESTS_CONTAINER: "TWINME_APP_TESTS_IMAGE",
-    POSTGRES_CONTAINER: "TWINME_APP_TESTS_POSTGRES_IMAGE",
-    REDIS_CONTAINER: "TWINME_APP_TESTS_REDIS_IMAGE",
-}
 
 # What the code calls in the build namespace (deploy/dagster/rbac.yaml's twinme-build Role
 # grants it, with the image builder's calls): no Secret is ever read or created.
@@ -141,23 +117,14 @@ class KubernetesAppTestRunner(AppTestRunner):
     )
 
     def _api_client(self) -> client.ApiClient:
+        from twinme_ops.release.k8s_job import load_api_client
+
         return load_api_client(
             self.kubeconfig,
             lambda why: AppTestsUnavailable(
                 f"cannot reach the cluster for the app tests through {why}. Fix: set "
                 "KUBECONFIG, run in the cluster, or TWINME_APP_TESTS_RUNNER=local"
             ),
-        )
-
-    def _api_error(self, exc: ApiException, what: str) -> AppTestsUnavailable:
-        detail = api_error_detail(exc)
-        fix = {
-            403: "grant the run's ServiceAccount APP_TESTS_RBAC_RULES in namespace "
-            f"{self.namespace} (deploy/dagster/rbac.yaml)",
-            404: f"apply deploy/build/ (namespace {self.namespace})",
-        }.get(exc.status or 0, "check the cluster and retry")
-        return AppTestsUnavailable(
-            redact(f"{what} failed: HTTP {exc.status} {exc.reason or ''}: {detail}. Fix: {fix}")
         )
 
     def run(
@@ -177,6 +144,13 @@ class KubernetesAppTestRunner(AppTestRunner):
                 f"than the {MAX_SOURCE_BYTES // 2**20} MiB shipped to the cluster. Fix: mark "
                 "large files export-ignore in .gitattributes"
             )
+        # the Kubernetes client is imported here, when tests run, not when the code location loads
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        from twinme_ops.release.app_tests.k8s_follow import AppTestsJobFollower, api_error
+        from twinme_ops.release.k8s_job import REQUEST_TIMEOUT_S
+
         api = self._api_client()
         batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
         name = f"twinme-app-tests-{sha[:12]}-{secrets.token_hex(3)}"
@@ -206,17 +180,17 @@ class KubernetesAppTestRunner(AppTestRunner):
             for body in maps:
                 try:
                     core.create_namespaced_config_map(
-                        self.namespace, body, _request_timeout=_REQUEST_TIMEOUT_S
+                        self.namespace, body, _request_timeout=REQUEST_TIMEOUT_S
                     )
                 except ApiException as exc:
-                    raise self._api_error(exc, "creating the source ConfigMaps") from None
+                    what = "creating the source ConfigMaps"
+                    raise api_error(exc, what, self.namespace) from None
                 created.append(body["metadata"]["name"])
             try:
-                batch.create_namespaced_job(
-                    self.namespace, job, _request_timeout=_REQUEST_TIMEOUT_S
-                )
+                batch.create_namespaced_job(self.namespace, job, _request_timeout=REQUEST_TIMEOUT_S)
             except ApiException as exc:
-                raise self._api_error(exc, f"creating Job {self.namespace}/{name}") from None
+                what = f"creating Job {self.namespace}/{name}"
+                raise api_error(exc, what, self.namespace) from None
             job_created = True
             log.info(
                 f"app tests of {sha[:12]} in Job {self.namespace}/{name} ({self.test_image}, "
@@ -224,158 +198,16 @@ class KubernetesAppTestRunner(AppTestRunner):
                 + ", ".join(commands)
             )
             parser = MarkerParser(commands)
-            exit_code, reason = self._follow(core, batch, name, parser, log, timeout_s, commands)
+            follower = AppTestsJobFollower(
+                core, batch, self.namespace, name, self.poll_interval_s, self.start_timeout_s
+            )
+            exit_code, reason = follower.follow(parser, log, timeout_s, commands)
         finally:
             self._cleanup(core, batch, name if job_created else "", created, log)
         results, failed = parser.outcome(exit_code, reason)
         if failed >= 0:
             raise AppTestsFailed(results[failed], results)
         return results
-
-    def _follow(
-        self,
-        core: client.CoreV1Api,
-        batch: client.BatchV1Api,
-        name: str,
-        parser: MarkerParser,
-        log: Log,
-        timeout_s: float,
-        commands: Sequence[str],
-    ) -> tuple[int | None, str]:
-        """Poll the Job and its pod until the tests container ends: (exit code, why if not)."""
-        started = time.monotonic()
-        deadline = started + self.start_timeout_s + timeout_s * max(len(commands), 1)
-        follower: LogFollower | None = None
-        pending: list[str] = []
-
-        def drain(wait_s: float) -> None:
-            until = time.monotonic() + wait_s
-            while follower is not None:
-                try:
-                    line = follower.lines.get(timeout=max(0.0, until - time.monotonic()))
-                except queue.Empty:
-                    break
-                line = redact(line.rstrip("\r\n"))
-                if not parser.feed(line):
-                    pending.append(line)
-            if pending:
-                log.info("\n".join(pending))  # one event per poll, not one per line
-                pending.clear()
-
-        try:
-            while True:
-                pod, job_status = self._observe(core, batch, name)
-                states = container_statuses(pod)
-                self._fail_fast(core, name, pod, states, follower is None)
-                tests = states.get(TESTS_CONTAINER)
-                state = tests.state if tests is not None else None
-                if follower is None and state is not None and (state.running or state.terminated):
-                    follower = LogFollower(core, self.namespace, pod.metadata.name, TESTS_CONTAINER)
-                    follower.start()
-                if state is not None and state.terminated is not None:
-                    break
-                if job_status is not None and job_status.failed:
-                    cond = next(
-                        (c for c in job_status.conditions or [] if c.type == "Failed"), None
-                    )
-                    why = f"{cond.reason}: {cond.message}" if cond else "the Job failed"
-                    return None, redact(f"Job {self.namespace}/{name} ended: {why}")
-                if time.monotonic() > deadline:
-                    return None, f"timed out: the Job ran longer than {deadline - started:.0f} s"
-                if follower is None and time.monotonic() > started + self.start_timeout_s:
-                    raise AppTestsUnavailable(self._not_started(name, pod))
-                if follower is not None:
-                    drain(self.poll_interval_s)  # lines as they come, the API once a poll
-                else:
-                    time.sleep(self.poll_interval_s)
-        finally:
-            if follower is not None:
-                follower.stop(10)
-                drain(0)
-                if follower.error:
-                    log.info(f"the tests' log could not be followed: {follower.error}")
-        return int(state.terminated.exit_code), redact(state.terminated.message or "")
-
-    def _observe(self, core: client.CoreV1Api, batch: client.BatchV1Api, name: str) -> Any:
-        try:
-            job: Any = batch.read_namespaced_job_status(
-                name, self.namespace, _request_timeout=_REQUEST_TIMEOUT_S
-            )
-            pods: Any = core.list_namespaced_pod(
-                self.namespace,
-                label_selector=f"job-name={name}",
-                _request_timeout=_REQUEST_TIMEOUT_S,
-            )
-        except ApiException as exc:
-            raise self._api_error(exc, f"following Job {self.namespace}/{name}") from None
-        mine = [p for p in pods.items if (p.metadata.labels or {}).get("job-name") == name]
-        return (mine[-1] if mine else None), job.status
-
-    def _fail_fast(
-        self, core: client.CoreV1Api, name: str, pod: Any, states: dict[str, Any], starting: bool
-    ) -> None:
-        """Raise when the pod cannot get to the tests: no pod, no image, no source, no sidecar."""
-        where = f"Job {self.namespace}/{name}"
-        if pod is None:
-            for event in self._events(core, name):
-                if event.reason == "FailedCreate":
-                    raise AppTestsUnavailable(
-                        redact(
-                            f"{where} cannot create its pod: {event.message}. Fix: apply "
-                            f"deploy/build/ (namespace labels, ServiceAccount) or adjust quotas"
-                        )
-                    )
-            return
-        for container, status in states.items():
-            waiting = status.state.waiting if status.state is not None else None
-            if waiting is not None and waiting.reason in FATAL_WAITING:
-                raise AppTestsUnavailable(
-                    redact(
-                        f"{where}: container {container} cannot start: {waiting.reason}: "
-                        f"{waiting.message or ''}. Fix: a pinned image the nodes can pull in "
-                        f"{_IMAGE_VARIABLE.get(container, 'the runner config')}"
-                    )
-                )
-            if not starting:
-                continue
-            terminated = status.state.terminated if status.state is not None else None
-            crashed = (terminated is not None and terminated.exit_code != 0) or (
-                waiting is not None and waiting.reason == "CrashLoopBackOff"
-            )
-            if crashed and container != TESTS_CONTAINER:
-                raise AppTestsUnavailable(
-                    f"{where}: container {container} failed before the tests started"
-                    f"{self._container_tail(core, pod, container)}"
-                )
-
-    def _container_tail(self, core: client.CoreV1Api, pod: Any, container: str) -> str:
-        try:
-            text: Any = core.read_namespaced_pod_log(
-                pod.metadata.name,
-                self.namespace,
-                container=container,
-                tail_lines=20,
-                _request_timeout=_REQUEST_TIMEOUT_S,
-            )
-        except ApiException:
-            return ""
-        return ":\n" + redact(str(text).rstrip()) if text else ""
-
-    def _events(self, core: client.CoreV1Api, name: str) -> list[Any]:
-        return warning_events(core, self.namespace, name)  # [] if unreadable: a diagnosis aid
-
-    def _not_started(self, name: str, pod: Any) -> str:
-        where = "no pod was created"
-        if pod is not None:
-            where = f"pod {pod.metadata.name} is {pod.status.phase if pod.status else '?'}"
-            for cond in (pod.status.conditions if pod.status else None) or []:
-                if cond.type == "PodScheduled" and cond.status == "False":
-                    where += f" (not scheduled: {cond.message or cond.reason})"
-        return redact(
-            f"the app tests of Job {self.namespace}/{name} did not start within "
-            f"{self.start_timeout_s:.0f} s: {where}. Fix: kubectl -n {self.namespace} describe "
-            f"job {name}; check capacity, images and deploy/build/"
-        )
 
     def _cleanup(
         self,
@@ -386,6 +218,10 @@ class KubernetesAppTestRunner(AppTestRunner):
         log: Log,
     ) -> None:
         """Delete the Job (its pod with it) and the source ConfigMaps, best effort."""
+        from kubernetes.client.exceptions import ApiException
+
+        from twinme_ops.release.k8s_job import REQUEST_TIMEOUT_S
+
         gone: list[str] = []
         if job:
             try:
@@ -393,7 +229,7 @@ class KubernetesAppTestRunner(AppTestRunner):
                     job,
                     self.namespace,
                     propagation_policy="Background",
-                    _request_timeout=_REQUEST_TIMEOUT_S,
+                    _request_timeout=REQUEST_TIMEOUT_S,
                 )
                 gone.append(f"Job {job}")
             except ApiException as exc:
@@ -401,7 +237,7 @@ class KubernetesAppTestRunner(AppTestRunner):
         for name in configmaps:
             try:
                 core.delete_namespaced_config_map(
-                    name, self.namespace, _request_timeout=_REQUEST_TIMEOUT_S
+                    name, self.namespace, _request_timeout=REQUEST_TIMEOUT_S
                 )
             except ApiException as exc:
                 log.info(f"could not delete ConfigMap {self.namespace}/{name}: HTTP {exc.status}")

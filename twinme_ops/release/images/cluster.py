@@ -60,15 +60,9 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from dagster_k8s.client import (
-    DagsterK8sAPIRetryLimitExceeded,
-    DagsterK8sUnrecoverableAPIError,
-)
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import Field
 
 from twinme_ops.common.log import Log
@@ -92,9 +86,11 @@ from twinme_ops.release.images.cluster_job import (
 )
 from twinme_ops.release.images.local import BuiltImage, ImageBuilderResource, ImageBuildError
 
+if TYPE_CHECKING:
+    from kubernetes import client
+
 _TAIL_LINES = 25
 _TIMEOUT = k8s_job.REQUEST_TIMEOUT_S
-_DAGSTER_API_ERRORS = (DagsterK8sAPIRetryLimitExceeded, DagsterK8sUnrecoverableAPIError)
 _IMAGE_VARIABLE = {CLONE_CONTAINER: "TWINME_BUILD_GIT_IMAGE", BUILD_CONTAINER: "TWINME_BUILD_IMAGE"}
 
 
@@ -202,6 +198,9 @@ class ClusterImageBuilder(BuildJobFollower, ImageBuilderResource):
         file is uploaded as a ConfigMap and mounted into the pod. ``branch`` only names the
         commit in the log: the pod fetches the commit itself.
         """
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
         ref = self.tag_ref(tag or commit)
         validate_pinned_image(self.build_image, "TWINME_BUILD_IMAGE", BUILDAH_IMAGE)
         validate_pinned_image(self.git_image, "TWINME_BUILD_GIT_IMAGE", GIT_IMAGE)
@@ -265,6 +264,8 @@ class ClusterImageBuilder(BuildJobFollower, ImageBuilderResource):
 
     def _api_error(self, exc: Exception, what: str) -> ImageBuildError:
         """An API failure as an ImageBuildError with the HTTP status and the fix."""
+        from kubernetes.client.exceptions import ApiException
+
         if not isinstance(exc, ApiException):
             inner = getattr(exc, "k8s_api_exception", None)  # dagster-k8s's retries gave up
             if not isinstance(inner, ApiException):
@@ -308,6 +309,8 @@ class ClusterImageBuilder(BuildJobFollower, ImageBuilderResource):
 
     def _ensure_configmap(self, core: client.CoreV1Api, body: dict[str, Any]) -> None:
         """Create the Dockerfile's ConfigMap, or check that the existing one holds the same text."""
+        from kubernetes.client.exceptions import ApiException
+
         name = body["metadata"]["name"]
         try:
             core.create_namespaced_config_map(self.namespace, body, _request_timeout=_TIMEOUT)

@@ -19,14 +19,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dagster_k8s.client import (
-    DagsterK8sAPIRetryLimitExceeded,
-    DagsterK8sUnrecoverableAPIError,
-    k8s_api_retry,
-)
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.release import k8s_job
@@ -39,10 +31,21 @@ from twinme_ops.release.images.cluster_job import (
 )
 from twinme_ops.release.images.local import BuiltImage, ImageBuildError
 
+if TYPE_CHECKING:
+    from kubernetes import client
+
 _TAIL_LINES = 25
 _TIMEOUT = k8s_job.REQUEST_TIMEOUT_S
-_DAGSTER_API_ERRORS = (DagsterK8sAPIRetryLimitExceeded, DagsterK8sUnrecoverableAPIError)
 _IMAGE_VARIABLE = {CLONE_CONTAINER: "TWINME_BUILD_GIT_IMAGE", BUILD_CONTAINER: "TWINME_BUILD_IMAGE"}
+
+
+def _read_failures() -> tuple[type[Exception], ...]:
+    """What a read of the Job or its pod raises: the API's error, or dagster-k8s's retries
+    giving up."""
+    from dagster_k8s.client import DagsterK8sAPIRetryLimitExceeded, DagsterK8sUnrecoverableAPIError
+    from kubernetes.client.exceptions import ApiException
+
+    return (ApiException, DagsterK8sAPIRetryLimitExceeded, DagsterK8sUnrecoverableAPIError)
 
 
 @dataclass
@@ -74,10 +77,16 @@ class BuildJobFollower:
 
     def _retry(self, call: Any) -> Any:
         """One read, retried by dagster-k8s on the API server's transient answers (429, 5xx)."""
+        from dagster_k8s.client import k8s_api_retry
+
         return k8s_api_retry(call, max_retries=3, timeout=self.poll_interval_s)
 
     def _job_status(self, batch: client.BatchV1Api, name: str) -> Any:
         """The Job's status (empty before the controller writes one), ``None`` once deleted."""
+        from dagster_k8s.client import DagsterK8sUnrecoverableAPIError
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
         try:
             job: Any = self._retry(
                 lambda: batch.read_namespaced_job_status(
@@ -138,7 +147,7 @@ class BuildJobFollower:
                 try:
                     watch.job_status = self._job_status(batch, name)
                     watch.pod = self._retry(lambda: k8s_job.job_pod(core, self.namespace, name))
-                except (ApiException, *_DAGSTER_API_ERRORS) as exc:
+                except _read_failures() as exc:
                     raise self._api_error(exc, f"following the build Job {name}") from None
                 statuses = k8s_job.container_statuses(watch.pod)
                 for container in (CLONE_CONTAINER, BUILD_CONTAINER):
@@ -169,7 +178,7 @@ class BuildJobFollower:
                     log.info(f"the {container} log could not be followed: {follower.error}")
             drain()
         # the pod as it ended: the termination message is written with the terminated state
-        with contextlib.suppress(ApiException, *_DAGSTER_API_ERRORS):
+        with contextlib.suppress(*_read_failures()):
             watch.pod = k8s_job.job_pod(core, self.namespace, name) or watch.pod
         return watch
 

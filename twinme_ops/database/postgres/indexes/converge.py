@@ -12,10 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-import psycopg
-from psycopg import sql
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.common.log import Log
 from twinme_ops.database.convergence import ConvergeReport
@@ -29,6 +26,10 @@ from twinme_ops.database.postgres.indexes.declared import (
 from twinme_ops.database.postgres.indexes.drift import mismatch
 from twinme_ops.database.postgres.indexes.live import index_state
 from twinme_ops.database.postgres.objects import first_line, require_tables
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import sql
 
 TARGET = "postgres_indexes"
 
@@ -46,6 +47,8 @@ class IndexBuildError(RuntimeError):
 
 
 def _require_autocommit(conn: psycopg.Connection[Any]) -> None:
+    import psycopg
+
     if not conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise ValueError(
             "converge_indexes needs an idle connection in autocommit mode: CREATE INDEX "
@@ -99,12 +102,16 @@ class _Runner:
 
 
 def _drop(schema: str, name: str) -> sql.Composed:
+    from psycopg import sql
+
     return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
         sql.Identifier(schema), sql.Identifier(name)
     )
 
 
 def _converge_one(run: _Runner, spec: IndexSpec, schema: str) -> None:
+    from psycopg import sql
+
     conn = run.conn
     temp = spec.name + REBUILD_SUFFIX
     if index_state(conn, temp, schema) is not None:
@@ -154,6 +161,8 @@ def converge_indexes(
     when a table or column is missing, and :class:`IndexBuildError` after trying every index
     when some builds failed; a failed build leaves an INVALID index that the next run repairs.
     """
+    import psycopg
+
     _require_autocommit(conn)
     check_vector_index(vector_index)
     schemas = require_tables(conn, required_columns())

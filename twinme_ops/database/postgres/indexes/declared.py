@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, LiteralString
-
-import psycopg
-from psycopg import sql
+from typing import TYPE_CHECKING, Any, LiteralString
 
 from twinme_ops.database.postgres.indexes.live import embedding_rows
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import sql
 
 VECTOR_INDEX_METHODS = ("hnsw", "ivfflat")
 VECTOR_INDEX = "idx_document_chunks_embedding"
@@ -49,6 +50,8 @@ class IndexSpec:
         self, schema: str, *, concurrently: bool = True, name: str | None = None
     ) -> sql.Composed:
         """``CREATE INDEX [CONCURRENTLY] name ON schema.table USING method (cols) [WITH (...)]``."""
+        from psycopg import sql
+
         columns = sql.SQL(", ").join(
             sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_KEYWORDS[self.opclass]))
             if self.opclass

@@ -9,9 +9,7 @@ No Dagster in this module.
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.database.postgres.indexes.declared import (
     REBUILD_SUFFIX,
@@ -21,6 +19,9 @@ from twinme_ops.database.postgres.indexes.declared import (
 )
 from twinme_ops.database.postgres.indexes.live import IndexState, index_state
 from twinme_ops.database.postgres.objects import require_tables
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def mismatch(spec: IndexSpec, state: IndexState) -> str | None:

@@ -9,10 +9,10 @@ trained on. This module changes nothing. No Dagster in this module.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import sql
+if TYPE_CHECKING:
+    import psycopg
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ def index_state(conn: psycopg.Connection[Any], name: str, schema: str) -> IndexS
 
 def embedding_rows(conn: psycopg.Connection[Any], schema: str) -> int:
     """How many rows of ``schema.document_chunks`` have an embedding (ivfflat trains on them)."""
+    from psycopg import sql
+
     row = conn.execute(
         sql.SQL("SELECT count(*) FROM {}.{} WHERE embedding IS NOT NULL").format(
             sql.Identifier(schema), sql.Identifier("document_chunks")

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
-
-import psycopg
-from psycopg import sql
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.common.log import Log
 from twinme_ops.database.convergence import ConvergeReport
@@ -30,6 +27,9 @@ from twinme_ops.database.postgres.settings.live import (
     preload_libraries,
     read_settings,
 )
+
+if TYPE_CHECKING:
+    import psycopg
 
 TARGET_SETTINGS = "postgres_settings"
 RELOAD_WAIT_S = 10.0
@@ -72,6 +72,9 @@ def converge_settings(
     Raises :class:`UnknownSettingError` for a name the server does not know (before changing
     anything), :class:`SettingsError` when ALTER SYSTEM is refused or a value is invalid.
     """
+    import psycopg
+    from psycopg import sql
+
     refuse_unmanaged(desired)
     if not conn.autocommit:
         raise SettingsError(

@@ -11,12 +11,13 @@ No Dagster in this module.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.database.postgres.settings.declared import refuse_unmanaged
 from twinme_ops.database.postgres.settings.live import SettingState, read_settings
+
+if TYPE_CHECKING:
+    import psycopg
 
 # What a setting needs
 OK, ALTER, RELOAD, RESTART, OVERRIDDEN = "ok", "alter", "reload", "restart", "overridden"

@@ -12,11 +12,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.database.postgres.settings.values import display_value, same_value
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class SettingsError(RuntimeError):
@@ -124,6 +125,8 @@ def _configured_values(conn: psycopg.Connection[Any], names: list[str]) -> dict[
     pg_file_settings needs superuser or pg_read_all_settings; without it we only know what
     the server applied, which is enough except for a value waiting for a restart.
     """
+    import psycopg
+
     try:
         rows = conn.execute(
             "SELECT name, setting FROM pg_file_settings WHERE name = ANY(%s) ORDER BY seqno",
@@ -136,6 +139,8 @@ def _configured_values(conn: psycopg.Connection[Any], names: list[str]) -> dict[
 
 def file_errors(conn: psycopg.Connection[Any], names: list[str]) -> list[str]:
     """Lines of the configuration files the server rejected (``name = 'value': error``)."""
+    import psycopg
+
     try:
         rows = conn.execute(
             "SELECT name, setting, error FROM pg_file_settings "
