@@ -128,6 +128,12 @@ def _conf(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def scalar(conn: Any, query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    assert row is not None, query
+    return row[0]
+
+
 def _as_pg(argv: list[str], run_as: str | None, timeout: float | None = None) -> None:
     uid, gid, groups = as_user(run_as)
     subprocess.run(
@@ -166,7 +172,7 @@ def raw_restore(
         deadline = time.monotonic() + RESTORE_TIMEOUT_S
         while True:
             with psycopg.connect(url, autocommit=True) as conn:
-                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                if not scalar(conn, "SELECT pg_is_in_recovery()"):
                     break
             if time.monotonic() > deadline:
                 raise SystemExit(
@@ -175,7 +181,7 @@ def raw_restore(
             time.sleep(0.1)
         replayed = time.monotonic()
         with psycopg.connect(url, autocommit=True) as conn:
-            lsn = conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]
+            lsn = scalar(conn, "SELECT pg_last_wal_replay_lsn()::text")
             check = verify_heartbeats(conn, known, target)
     finally:
         _as_pg([*ctl, "-m", "immediate", "-w", "stop"], layout.run_as, timeout=120)
