@@ -113,3 +113,21 @@ def test_load_bench_quick(tmp_path: Path) -> None:
     for name in ("import dagster", "load", "definitions validate"):
         assert re.search(rf"^{name}: min \d+\.\d\d s, median \d+\.\d\d s, {RATIO}", output, re.M)
     assert re.search(rf"load the code location: {RATIO} import dagster \(goal < 2x", output)
+
+
+def test_pitr_restore_bench_quick(tmp_path: Path) -> None:
+    output = run_bench("pitr_restore", tmp_path)
+    for label in ("random target", "latest"):
+        assert re.search(
+            rf"^{label}: ours \d+\.\d+ s \(pg_combinebackup .* vs raw \d+\.\d+ s \(cp -a .*"
+            rf"{RATIO} ours/raw",
+            output,
+            re.MULTILINE,
+        ), output[-3000:]
+
+
+def test_archive_lag_bench_quick(tmp_path: Path) -> None:
+    output = run_bench("archive_lag", tmp_path)
+    assert re.search(r"^ours \(pg_receivewal --synchronous\): RPO p50/p95/max ", output, re.M)
+    assert re.search(r"^raw \(archive_command, archive_timeout=2\): RPO p50/p95/max ", output, re.M)
+    assert re.search(rf"^RPO ours/raw: p95 {RATIO}, max {RATIO}", output, re.M), output[-3000:]

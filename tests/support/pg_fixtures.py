@@ -89,3 +89,29 @@ def scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
     row = conn.execute(query.encode(), params).fetchone()
     assert row is not None
     return row[0]
+
+
+# --- a team's own PostgreSQL (not the sandbox), for `twinme-ops wal-archive` ------------------
+
+ARCHIVER_ROLE = "archiver"
+ARCHIVER_PASSWORD = "archiver-Passw0rd-7b2c"
+
+
+@pytest.fixture
+def unready_pg(server_tmp: Path) -> Iterator[PostgresServer]:
+    """A server twinme_ops does not run, as a team might have it: not ready for archiving
+    (``wal_level = minimal``, no WAL sender), scram-sha-256 over TCP, and a login role
+    :data:`ARCHIVER_ROLE` without ``REPLICATION``. Restart it after fixing it."""
+    server = PostgresServer.start(
+        server_tmp / "team-pg",
+        password=PASSWORD,
+        settings={"wal_level": "minimal", "max_wal_senders": "0"},
+    )
+    try:
+        with server.connect() as conn:
+            conn.execute(
+                f"CREATE ROLE {ARCHIVER_ROLE} LOGIN PASSWORD '{ARCHIVER_PASSWORD}'".encode()
+            )
+        yield server
+    finally:
+        server.stop(mode="immediate")

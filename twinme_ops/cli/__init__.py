@@ -1,8 +1,8 @@
 """``twinme-ops``: command line for the local side of the TwinMe operations.
 
 One sub-command group per module of this package (``sandbox``, ``backup``, ``rollback``,
-``heartbeat``). A group is a ``register_<group>(subparsers)`` function that adds its parser and
-sets ``handler`` on each command; :func:`build_parser` calls the registrars listed in
+``heartbeat``, ``wal_archive``). A group is a ``register_<group>(subparsers)`` function that adds
+its parser and sets ``handler`` on each command; :func:`build_parser` calls the registrars listed in
 ``COMMAND_GROUPS``, so a new group is one module plus one entry there.
 """
 
@@ -23,6 +23,12 @@ from twinme_ops.cli.sandbox import (
     cmd_sandbox_up,
     register_sandbox,
 )
+from twinme_ops.cli.wal_archive import (
+    cmd_wal_archive_start,
+    cmd_wal_archive_status,
+    cmd_wal_archive_stop,
+    register_wal_archive,
+)
 
 __all__ = [
     "COMMAND_GROUPS",
@@ -34,6 +40,9 @@ __all__ = [
     "cmd_sandbox_seed",
     "cmd_sandbox_status",
     "cmd_sandbox_up",
+    "cmd_wal_archive_start",
+    "cmd_wal_archive_status",
+    "cmd_wal_archive_stop",
     "main",
     "today_partition",
 ]
@@ -45,6 +54,7 @@ COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParse
     register_backup,
     register_rollback,
     register_heartbeat,
+    register_wal_archive,
 ]
 
 

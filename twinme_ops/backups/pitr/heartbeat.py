@@ -56,9 +56,18 @@ class HeartbeatCheck:
 
 
 def ensure_heartbeat_table(conn: Any) -> None:
-    """Create the schema and table if missing (``conn`` in autocommit)."""
-    for statement in DDL:
-        conn.execute(statement)
+    """Create the schema and table if missing (``conn`` in autocommit).
+
+    Each statement runs only when its object is missing: PostgreSQL checks the privilege to
+    create before ``IF NOT EXISTS``, and a role given a ready schema or table needs no more.
+    """
+    schema, table = conn.execute(
+        "SELECT to_regnamespace(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+        (SCHEMA, f"{SCHEMA}.{TABLE}"),
+    ).fetchone()
+    for exists, statement in zip((schema, table), DDL, strict=True):
+        if not exists:
+            conn.execute(statement)
 
 
 def write_heartbeat(conn: Any) -> Heartbeat:

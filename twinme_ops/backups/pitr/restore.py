@@ -8,7 +8,8 @@
    still writing: without it a target whose WAL is only in the ``.partial`` is never reached),
    the target, ``recovery_target_action = 'promote'``, and archiving *off* (a restored copy
    inherits ``archive_mode``/``archive_command``, and must never write into the archive, nor wait
-   for the source's synchronous standby); then ``recovery.signal``.
+   for the source's synchronous standby); then ``recovery.signal``, and a ``pg_hba.conf`` that
+   trusts loopback (the source's may require passwords we do not have).
 4. Start it on a free port and wait until ``pg_is_in_recovery()`` is false (``pg_ctl -w`` returns
    as soon as the server accepts read-only connections, long before the target).
 
@@ -17,7 +18,6 @@ The caller owns the returned server (stop it) and the data directory (remove it)
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import time
@@ -78,6 +78,15 @@ class PitrRestore:
     def to_metadata(self) -> dict[str, Any]:
         facts = {k: v for k, v in vars(self).items() if k != "server"}
         return {**facts, "port": self.server.port, "data_dir": str(self.server.data_dir)}
+
+
+RESTORED_HBA = (
+    "# twinme_ops point-in-time restore: a scratch copy on loopback\n"
+    "local   all   all                  trust\n"
+    "host    all   all   127.0.0.1/32   trust\n"
+)
+# connection failures that waiting will not cure
+_AUTH_FAILURES = ("authentication failed", "no pg_hba.conf entry", "does not exist")
 
 
 def describe_target(target_time: datetime | None, target_lsn: str | None) -> str:
@@ -156,13 +165,19 @@ def _write_recovery(
         fh.write("\n# twinme_ops point-in-time restore: archiving off, never into the archive\n")
         fh.writelines(f"{key} = {_conf(value)}\n" for key, value in lines.items())
     (data_dir / "recovery.signal").touch()
+    # the source's pg_hba.conf came with the copy (or, with its config outside the data directory,
+    # none did): the scratch copy trusts loopback like every scratch server, so that we can
+    # connect as postgres without the source's passwords
+    (data_dir / "pg_hba.conf").write_text(RESTORED_HBA)
+    with open(data_dir / "postgresql.auto.conf", "a") as fh:
+        fh.write(f"hba_file = {_conf(str(data_dir / 'pg_hba.conf'))}\n")
     # the source's socket lock files and log came with the copy
     for stale in data_dir.glob(".s.PGSQL.*"):
         stale.unlink()
     (data_dir / "server.log").write_text("")
     if layout.run_as:
         uid, gid = user_ids(layout.run_as)
-        for name in ("recovery.signal", "server.log", "postgresql.auto.conf"):
+        for name in ("recovery.signal", "server.log", "postgresql.auto.conf", "pg_hba.conf"):
             os.chown(data_dir / name, uid, gid)
 
 
@@ -193,9 +208,17 @@ def _wait_promoted(server: PostgresServer, timeout_s: float, target: str) -> Non
                 f"the restored server stopped during recovery. Server log (last lines):\n{log}\n"
                 f"Fix: {_fix_from_log(log, target)}"
             )
-        with contextlib.suppress(psycopg.OperationalError), server.connect() as conn:
-            if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-                return
+        try:
+            with server.connect() as conn:
+                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    return
+        except psycopg.OperationalError as exc:
+            if any(failure in str(exc) for failure in _AUTH_FAILURES):
+                raise pitr_error(
+                    f"cannot connect to the restored server: {exc}. Fix: the restored copy "
+                    "must accept the postgres role over loopback (its pg_hba.conf is replaced "
+                    "by trust lines; a cluster without a postgres role needs one)"
+                ) from None
         if time.monotonic() >= deadline:
             raise pitr_error(
                 f"the restored server was still in recovery after {timeout_s:.0f} s "

@@ -64,10 +64,13 @@ class SourceReport:
         ]
 
 
+SETTINGS = ("wal_level", "summarize_wal", "max_wal_senders", "max_replication_slots")
+
+
 def _settings(conn: Any) -> dict[str, tuple[str, str, bool]]:
     rows = conn.execute(
         "SELECT name, setting, context, pending_restart FROM pg_settings WHERE name = ANY(%s)",
-        (["wal_level", "summarize_wal", "max_wal_senders", "max_replication_slots"],),
+        (list(SETTINGS),),
     ).fetchall()
     return {name: (setting, context, bool(pending)) for name, setting, context, pending in rows}
 
@@ -82,13 +85,54 @@ def _wanted(name: str, setting: str) -> tuple[bool, str, str]:
     return int(setting) >= minimum, f">= {minimum}", str(max(minimum, 10))
 
 
+def setting_statement(name: str, current: str) -> str:
+    """``ALTER SYSTEM SET name = 'value'`` with the value the archive needs for ``name``."""
+    return f"ALTER SYSTEM SET {name} = '{_wanted(name, current)[2]}'"
+
+
+def _quote_ident(name: str) -> str:
+    return (
+        name
+        if name.isidentifier() and name == name.lower()
+        else '"' + name.replace('"', '""') + '"'
+    )
+
+
+def fix_statements(requirements: list[Requirement]) -> tuple[list[str], list[str]]:
+    """The SQL a superuser runs to meet the unmet ``requirements``, and the settings among them
+    that only change at a restart. ``pg_hba.conf`` is a file, not SQL: its fix stays in words."""
+    statements: list[str] = []
+    restart: list[str] = []
+    reload = False
+    for r in requirements:
+        if r.ok:
+            continue
+        if r.name in SETTINGS:
+            if not r.fix.startswith("already set"):
+                statements.append(setting_statement(r.name, r.current) + ";")
+                reload = True
+            if r.needs_restart or r.fix.startswith("already set"):
+                restart.append(r.name)
+        elif r.name.startswith("role "):
+            role = _quote_ident(r.name.removeprefix("role "))
+            if r.current == "missing":
+                statements.append(f"CREATE ROLE {role} LOGIN REPLICATION;")
+            else:
+                statements.append(f"ALTER ROLE {role} REPLICATION;")
+            statements.append(f"GRANT pg_monitor TO {role};")
+    if reload:
+        statements.append("SELECT pg_reload_conf();")
+    return statements, restart
+
+
 def check_source(conn: Any, role: str | None = None) -> list[Requirement]:
     """Every requirement of the source, read from the server ``conn`` is connected to."""
     out: list[Requirement] = []
     for name, (setting, context, pending) in sorted(_settings(conn).items()):
         ok, wanted, _ = _wanted(name, setting)
         restart = context == "postmaster"
-        fix = f"ALTER SYSTEM SET {name} = ..." + (", then restart the server" if restart else "")
+        fix = setting_statement(name, setting)
+        fix += ", then restart the server" if restart else ", then SELECT pg_reload_conf()"
         if pending:
             fix = "already set with ALTER SYSTEM: restart the server"
         out.append(Requirement(name, setting, wanted, ok, restart and not ok, fix))

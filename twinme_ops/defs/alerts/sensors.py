@@ -139,7 +139,8 @@ def wal_archive_rpo_sensor(
     if receiver_state(layout) is None:
         return dg.SkipReason(
             f"no WAL receiver was ever started into {layout.root}: continuous archiving is not "
-            "set up here (`twinme-ops sandbox up` starts it for the sandbox)"
+            "set up here (`twinme-ops sandbox up` starts it for the sandbox, "
+            "`twinme-ops wal-archive start` for DATABASE_URL's server)"
         )
     url = postgres.running_url()
     if url is None:
