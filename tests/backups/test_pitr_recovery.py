@@ -140,15 +140,21 @@ def test_the_guards_refuse_before_anything(
     assert not store_for(recovery_env["TWINME_BACKUP_URL"]).list_sets()
 
 
-def test_cloudnative_pg_points_to_the_cluster_bootstrap(
+def test_cloudnative_pg_without_a_bucket_names_it_and_the_cluster_bootstrap(
     live: ArchivedSource, recovery_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With cloudnative-pg recover_job restores from the plugin's bucket
+    (tests/backups/test_pitr_barman.py); without one configured it says which setting, and the
+    other way back (a new Cluster)."""
     monkeypatch.setenv("TWINME_WAL_ARCHIVE", "cloudnative-pg")
+    monkeypatch.delenv("TWINME_WAL_ARCHIVE_DESTINATION", raising=False)
     past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     config = {"target_time": past, "components": ["postgres"], "confirm": DATABASE}
-    _, message = _failure(recover(config, dg.DagsterInstance.ephemeral()))
-    assert "needs the local WAL archive engine" in message
-    assert "bootstrap a new Cluster" in message and "runbooks.md" in message
+    step, message = _failure(recover(config, dg.DagsterInstance.ephemeral()))
+    assert step == "recovery_preflight"
+    assert "has no destination" in message and "TWINME_WAL_ARCHIVE_DESTINATION" in message
+    assert "Nothing was touched" in message
+    assert "new Cluster bootstrapped from the ObjectStore" in message and "runbooks.md" in message
 
 
 def test_the_archive_of_another_server_is_refused(

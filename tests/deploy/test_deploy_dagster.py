@@ -1404,6 +1404,11 @@ def test_the_dockerfile_builds_the_code_location_image() -> None:
     assert f"\ndagster-postgres=={dagster_k8s.__version__} " in lock
     assert "pip install --no-cache-dir --require-hashes -r requirements.lock" in run
     assert "pip install --no-cache-dir --no-deps --no-build-isolation . " in run
+    # barman-cloud for restores from the plugin's bucket: its own venv, from a hashed lock
+    assert "/opt/barman/bin/pip install --no-cache-dir --no-deps --require-hashes" in run
+    barman_lock = (DEPLOY / "barman.lock").read_text()
+    pinned = re.findall(r"^([a-z0-9-]+)==\S+ \\\n    --hash=sha256:[0-9a-f]{64}", barman_lock, re.M)
+    assert {"barman", "psycopg2-binary", "boto3", "botocore"} <= set(pinned), pinned
 
     assert by_kind["USER"][-1] == "10001:10001"
     assert [k for k, _ in steps].index("USER") > max(
@@ -1427,6 +1432,7 @@ def test_the_dockerfile_builds_the_code_location_image() -> None:
         "README.md",
         "twinme_ops",
         "deploy/dagster/requirements.lock",
+        "deploy/dagster/barman.lock",
     }
     ignore = DOCKERIGNORE.read_text().splitlines()
     assert "*" in ignore, "the build context must exclude everything by default"

@@ -21,22 +21,26 @@ from twinme_ops.scratch.postgres import PostgresServer
 
 
 class HeartbeatWriter:
-    """Commits a heartbeat every ``interval_s`` on its own connection until :meth:`stop`."""
+    """Commits a heartbeat every ``interval_s`` on its own connection (to ``dbname``) until
+    :meth:`stop`."""
 
-    def __init__(self, server: PostgresServer, interval_s: float = 0.25) -> None:
+    def __init__(
+        self, server: PostgresServer, interval_s: float = 0.25, dbname: str = "postgres"
+    ) -> None:
         self.server = server
         self.interval_s = interval_s
+        self.dbname = dbname
         self.written: list[Heartbeat] = []
         self.error: BaseException | None = None
         self._stop = threading.Event()
-        with server.connect() as conn:
+        with server.connect(dbname) as conn:
             ensure_heartbeat_table(conn)
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
 
     def _run(self) -> None:
         conn: Any = None
         try:
-            conn = self.server.connect()
+            conn = self.server.connect(self.dbname)
             while not self._stop.is_set():
                 self.written.append(write_heartbeat(conn))
                 self._stop.wait(self.interval_s)

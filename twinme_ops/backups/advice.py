@@ -44,8 +44,9 @@ STEPS: dict[str, StepAdvice] = {
         "point-in-time drill",
         "The WAL archive did not restore to the point asked: do not count on point-in-time "
         "recovery until a drill passes. Read the failures above (a missing or damaged WAL "
-        "segment needs a new full base backup; a stopped receiver needs restarting), then "
-        "re-run pitr_drill_job. The nightly logical sets are not affected.",
+        "segment needs a new full base backup; a stopped receiver needs restarting, or with "
+        "CloudNativePG the plugin's archiving checking), then re-run pitr_drill_job. The nightly "
+        "logical sets are not affected.",
     ),
     "backup_retention": StepAdvice(
         "backup retention",

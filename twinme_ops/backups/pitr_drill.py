@@ -1,9 +1,11 @@
 """The point-in-time drill: prove every night that the WAL archive restores to any second.
 
-Local engine (``pitr/``), on scratch servers, never on the source:
+Either engine (``pitr/engine.py``: the local archive root, or barman-cloud's bucket written by
+CloudNativePG's Barman Cloud plugin), on scratch servers, never on the source:
 
-1. commit a heartbeat on the source, read every heartbeat, and wait until the archive has flushed
-   them (``wait_for_flush``): from then on each of them must come back;
+1. commit a heartbeat on the source, read every heartbeat, and wait until the archive holds them
+   (the receiver's flush, or the segment in the bucket): from then on each of them must come
+   back;
 2. pick a random target inside the recovery window, between the oldest base backup's end and the
    newest heartbeat (``seed`` makes it repeatable), restore the newest chain before it plus the
    WAL to that second, and check the heartbeats: every one at or before the target present, none
@@ -12,12 +14,13 @@ Local engine (``pitr/``), on scratch servers, never on the source:
 3. commit one more heartbeat and restore to the latest point at once: every flushed heartbeat
    must be there, and the achieved RPO is the newest heartbeat written minus the newest present.
 
-Restored servers run with archiving off (``pitr/restore.py``). Each scratch server is stopped
+Restored servers run with archiving off (``pitr/replay.py``). Each scratch server is stopped
 and its directory removed, whatever happens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import tempfile
@@ -26,9 +29,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
 from twinme_ops.backups.manifest import MANIFEST, parse_manifest
-from twinme_ops.backups.pitr.basebackup import list_backups
 from twinme_ops.backups.pitr.drill_record import DrillRecord, write_drill_record
+from twinme_ops.backups.pitr.engine import LocalEngine, PitrEngine
 from twinme_ops.backups.pitr.heartbeat import (
     Heartbeat,
     ensure_heartbeat_table,
@@ -38,8 +43,8 @@ from twinme_ops.backups.pitr.heartbeat import (
 )
 from twinme_ops.backups.pitr.layout import ArchiveLayout, PitrError
 from twinme_ops.backups.pitr.lock import archive_lock
-from twinme_ops.backups.pitr.receiver import DEFAULT_SLOT, wait_for_flush
-from twinme_ops.backups.pitr.restore import PitrRestore, restore_to_point
+from twinme_ops.backups.pitr.receiver import DEFAULT_SLOT
+from twinme_ops.backups.pitr.replay import PitrRestore
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.common.log import DEFAULT_LOG, Log
 from twinme_ops.common.redact import redact
@@ -58,6 +63,7 @@ class PitrDrillResult:
     reason: str = ""
     checked_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     seed: int | None = None
+    engine: str = ""
     window_start: str | None = None
     window_end: str | None = None
     target: str | None = None
@@ -78,10 +84,11 @@ class PitrDrillResult:
 
 
 def _figures(restore: PitrRestore) -> dict[str, Any]:
-    keys = ("backup", "chain", "target", "restore_s", "replay_s", "total_s", "wal_bytes")
+    keys = ("engine", "backup", "chain", "target", "restore_s", "replay_s", "total_s")
     facts = {k: getattr(restore, k) for k in keys}
     return {
         **facts,
+        "wal_bytes": restore.wal_bytes,
         "replay_mb_s": restore.replay_mb_s,
         "reached_lsn": restore.reached_lsn,
         "reached_time": restore.reached_time,
@@ -90,8 +97,6 @@ def _figures(restore: PitrRestore) -> dict[str, Any]:
 
 
 def _show(restore: PitrRestore, name: str) -> str:
-    from psycopg import sql
-
     with restore.server.connect() as conn:
         return str(conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0])
 
@@ -129,8 +134,6 @@ def compare_row_counts(
 
     The set was dumped at another moment than the target, so counts may differ by the writes in
     between: they are reported, and only a missing table fails the drill."""
-    from psycopg import sql
-
     source = manifest["artifacts"]["postgres"]["source"]
     created = datetime.fromisoformat(str(manifest["created_at"]))
     facts: dict[str, Any] = {
@@ -208,7 +211,7 @@ def _heartbeat_now(pg: PostgresResource) -> list[Heartbeat]:
 
 
 def run_pitr_drill(
-    layout: ArchiveLayout,
+    archive: ArchiveLayout | PitrEngine,
     pg: PostgresResource,
     *,
     seed: int | None = None,
@@ -220,17 +223,22 @@ def run_pitr_drill(
     timeout_s: float = 600.0,
     log: Log = DEFAULT_LOG,
 ) -> PitrDrillResult:
-    """Run the drill against the source ``pg`` archived at ``layout``; never raises for a failed
-    check (the result says why), only for a bug."""
-    result = PitrDrillResult(seed=seed)
+    """Run the drill against the source ``pg`` archived by ``archive`` (an engine, or the local
+    archive root, whose receiver uses ``slot``); never raises for a failed check (the result
+    says why), only for a bug."""
+    engine = LocalEngine(archive, slot) if isinstance(archive, ArchiveLayout) else archive
+    result = PitrDrillResult(seed=seed, engine=engine.name)
     root = Path(tempfile.mkdtemp(prefix="twinme-pitr-drill-", dir=workdir))
     root.chmod(0o755)  # the restored server may run as another user
+    # the local archive: retention deletes nothing while the drill lists and restores backups
+    layout = engine.layout if isinstance(engine, LocalEngine) else None
     try:
-        # retention deletes nothing while the drill lists the backups and restores from them
-        with archive_lock(layout, exclusive=False, timeout_s=timeout_s, purpose="PITR drill"):
-            _drill(
-                layout, pg, result, root, store, slot, rpo_alert_s, flush_timeout_s, timeout_s, log
-            )
+        with (
+            archive_lock(layout, exclusive=False, timeout_s=timeout_s, purpose="PITR drill")
+            if layout
+            else contextlib.nullcontext()
+        ):
+            _drill(engine, pg, result, root, store, rpo_alert_s, flush_timeout_s, timeout_s, log)
     except (PitrError, PitrDrillError, OSError) as exc:
         result.failures.append(redact(exc))
     except Exception as exc:  # a server that would not answer: the drill failed, say so
@@ -245,19 +253,19 @@ def run_pitr_drill(
             f"{latest['replay_mb_s']} MB/s replay); heartbeats exact; achieved RPO "
             f"{result.rpo_s} s"
         )
-        _record(layout, result, log)
+        if layout:
+            _record(layout, result, log)
     else:
         result.reason = result.failures[0]
     return result
 
 
 def _drill(
-    layout: ArchiveLayout,
+    engine: PitrEngine,
     pg: PostgresResource,
     result: PitrDrillResult,
     root: Path,
     store: BackupStore | None,
-    slot: str,
     rpo_alert_s: float,
     flush_timeout_s: float,
     timeout_s: float,
@@ -266,12 +274,11 @@ def _drill(
     dbname = pg.database_name
     known = _heartbeat_now(pg)
     with pg.get_connection(autocommit=True) as conn:
-        wait_for_flush(conn, slot=slot, timeout_s=flush_timeout_s)
-    backups = list_backups(layout)
+        engine.wait_archived(conn, timeout_s=flush_timeout_s)
+    backups = engine.restore_points()
     if not backups:
         raise PitrDrillError(
-            f"no complete base backup in {layout.base_dir}: nothing to drill. Fix: take one "
-            "(take_base_backup) while the WAL receiver runs"
+            f"no complete base backup in {engine.where}: nothing to drill. Fix: {engine.backup_fix}"
         )
     start, end = backups[0].finished, known[-1].at
     result.window_start, result.window_end = start.isoformat(), end.isoformat()
@@ -286,8 +293,8 @@ def _drill(
 
     scratch = _Scratch(root, "target")
     try:
-        scratch.restore = restore_to_point(
-            layout, scratch.where / "data", target_time=target, timeout_s=timeout_s
+        scratch.restore = engine.restore(
+            scratch.where / "data", target_time=target, timeout_s=timeout_s
         )
         result.restores["target"] = _figures(scratch.restore)
         with scratch.restore.server.connect(dbname) as conn:
@@ -315,7 +322,7 @@ def _drill(
     written = _heartbeat_now(pg)  # no wait: what the archive holds right now is the RPO
     scratch = _Scratch(root, "latest")
     try:
-        scratch.restore = restore_to_point(layout, scratch.where / "data", timeout_s=timeout_s)
+        scratch.restore = engine.restore(scratch.where / "data", timeout_s=timeout_s)
         result.restores["latest"] = _figures(scratch.restore)
         with scratch.restore.server.connect(dbname) as conn:
             check = verify_heartbeats(conn, known, None)
@@ -328,13 +335,13 @@ def _drill(
             result.failures.append(
                 f"the restore to latest lacks {check.expected - check.present} of "
                 f"{check.expected} archived heartbeats (first missing {check.first_missing}). "
-                "Fix: check the receiver (archive status) and the WAL in the archive"
+                f"Fix: {engine.archiving_fix}, and the WAL in {engine.where}"
             )
         if result.rpo_s is None or result.rpo_s > rpo_alert_s:
             result.failures.append(
                 f"achieved RPO {result.rpo_s} s is above {rpo_alert_s:.0f} s: the newest "
                 f"heartbeat written ({written[-1].at.isoformat()}) is not in the archive. Fix: "
-                "check that the receiver runs and is --synchronous"
+                f"{engine.archiving_fix}"
             )
         log.info(f"restore to latest: {result.restores['latest']}, RPO {result.rpo_s} s")
     finally:

@@ -1,15 +1,19 @@
-"""Point-in-time recovery of PostgreSQL inside recover_job (local WAL archive engine).
+"""Point-in-time recovery of PostgreSQL inside recover_job, from either WAL archive engine.
 
 With a ``target_time``, the PostgreSQL component does not come from a backup set:
 
-1. preflight (:func:`check_point_target`): the engine is local (CloudNativePG recovers by
-   bootstrapping a new Cluster from its ObjectStore, see docs/runbooks.md), the target has a time
-   zone, is not in the future and not before the oldest base backup ended;
-2. :func:`restore_postgres_to_point`: ``restore_to_point`` rebuilds the server at that second on a
-   scratch server (archiving off), ``pg_dump`` streams the live database's copy from it into a
-   fresh database on the live server, and the same swap as a recovery from a set puts it in place
-   (the old database kept as ``<db>__pre_recovery_<stamp>``).
+1. preflight (:func:`check_point_target`): the archive is configured (``pitr/engine.py``: the
+   local root, or with ``cloudnative-pg`` the Barman Cloud plugin's bucket), the target has a
+   time zone, is not in the future, not before the oldest base backup ended, the archive is of
+   the live server, and its WAL has no hole after the backup the restore would start from;
+2. :func:`restore_postgres_to_point`: the engine rebuilds the server at that second on a scratch
+   server (archiving off), ``pg_dump`` streams the live database's copy from it into a fresh
+   database on the live server, and the same swap as a recovery from a set puts it in place (the
+   old database kept as ``<db>__pre_recovery_<stamp>``). With CloudNativePG the live Cluster
+   stays (its replicas, its timeline, its archive): only the database is replaced.
 
+Rebuilding the whole Cluster instead (every database and role, or when the Cluster itself is
+lost) is a new Cluster bootstrapped from the ObjectStore, by hand: docs/runbooks.md.
 Redis and files have no point-in-time archive: they still come from a set (``set_id``).
 """
 
@@ -22,9 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from twinme_ops.backups.pitr.archive import WalArchive
-from twinme_ops.backups.pitr.basebackup import list_backups
+from twinme_ops.backups.pitr.engine import pitr_engine
 from twinme_ops.backups.pitr.layout import PitrError
-from twinme_ops.backups.pitr.restore import restore_to_point
 from twinme_ops.backups.recovery import RecoveryError, RecoveryState, swap_in_dump
 from twinme_ops.common.log import Log
 from twinme_ops.servers.postgres import PostgresResource, snapshot_dump
@@ -61,14 +64,7 @@ def check_point_target(
     """Refuse a point-in-time recovery that cannot succeed, or that would swap another
     server's database in (``live_system_id``: the live server's, when it could be read); the
     target (None: latest)."""
-    engine = wal_archive.check_engine()
-    if engine == "cloudnative-pg":
-        raise RecoveryError(
-            "point-in-time recovery with recover_job needs the local WAL archive engine; this "
-            "one is cloudnative-pg. Nothing was touched. Fix: bootstrap a new Cluster from the "
-            f"ObjectStore with recoveryTarget.targetTime and switch DATABASE_URL ({RUNBOOK})"
-        )
-    if engine == "off":
+    if wal_archive.check_engine() == "off":
         raise RecoveryError(
             "point-in-time recovery needs the WAL archive, and TWINME_WAL_ARCHIVE is off. "
             "Nothing was touched. Fix: recover from a set (leave target_time empty)"
@@ -81,31 +77,50 @@ def check_point_target(
             "Nothing was touched. Fix: choose a past time, or latest"
         )
     try:
-        backups = list_backups(wal_archive.layout())
+        engine = pitr_engine(wal_archive)
+        backups = engine.restore_points()
     except PitrError as exc:
-        raise RecoveryError(f"{exc}. Nothing was touched.") from None
+        also = f" {WHOLE_CLUSTER}" if wal_archive.engine == "cloudnative-pg" else ""
+        raise RecoveryError(f"{_sentence(exc)} Nothing was touched.{also}") from None
     if not backups:
         raise RecoveryError(
-            f"the WAL archive at {wal_archive.root} has no complete base backup: nothing to "
-            "recover from. Nothing was touched. Fix: recover from a set (leave target_time "
-            "empty)"
+            f"the WAL archive at {engine.where} has no complete base backup: nothing to "
+            f"recover from. Nothing was touched. Fix: {engine.backup_fix}, or recover from a "
+            "set (leave target_time empty)"
         )
     oldest = backups[0]
     archived = {b.system_identifier for b in backups}
     if live_system_id is not None and live_system_id not in archived:
         raise RecoveryError(
-            f"the WAL archive at {wal_archive.root} is of another server (system identifier "
+            f"the WAL archive at {engine.where} is of another server (system identifier "
             f"{', '.join(sorted(archived))}; the live server's is {live_system_id}): its "
             "database would replace this one. Nothing was touched. Fix: point "
-            "TWINME_WAL_ARCHIVE_ROOT at this server's archive, or recover from a set"
+            f"{engine.setting} at this server's archive, or recover from a set"
         )
     if target is not None and target < oldest.finished:
         raise RecoveryError(
             f"target_time {target.isoformat()} is before the oldest base backup ended "
-            f"({oldest.finished_at}): the archive cannot go back that far. Nothing was touched. "
-            f"Fix: choose a time after {oldest.finished_at}, or recover from a set"
+            f"({oldest.finished.isoformat()}): the archive cannot go back that far. Nothing "
+            f"was touched. Fix: choose a time after {oldest.finished.isoformat()}, or recover "
+            "from a set"
         )
+    try:
+        engine.check_restorable(target)
+    except PitrError as exc:
+        raise RecoveryError(f"{_sentence(exc)} Nothing was touched.") from None
     return target
+
+
+# the other way back with CloudNativePG, named where recover_job cannot reach the archive
+WHOLE_CLUSTER = (
+    "With CloudNativePG, the whole Cluster can also be recovered as a new Cluster bootstrapped "
+    f"from the ObjectStore ({RUNBOOK})."
+)
+
+
+def _sentence(exc: BaseException) -> str:
+    text = str(exc).rstrip()
+    return text if text.endswith(".") else text + "."
 
 
 def live_system_identifier(pg: PostgresResource) -> str | None:
@@ -132,14 +147,15 @@ def restore_postgres_to_point(
     """Restore the archive to ``state.target_time`` on a scratch server, then swap a copy of the
     live database's state at that point into the live server."""
     target = parse_target_time(state.target_time)
+    engine = pitr_engine(wal_archive)
     workdir = Path(tempfile.mkdtemp(prefix="twinme-recover-pitr-"))
     workdir.chmod(0o755)  # the restored server may run as another user
     restored = None
     try:
-        restored = restore_to_point(
-            wal_archive.layout(), workdir / "data", target_time=target, timeout_s=timeout_s
-        )
+        log.info(f"postgres: restoring the {engine.name} archive {engine.where} (scratch server)")
+        restored = engine.restore(workdir / "data", target_time=target, timeout_s=timeout_s)
         facts = {
+            "engine": engine.name,
             "target": state.target_time,
             "reached_time": restored.reached_time,
             "reached_lsn": restored.reached_lsn,

@@ -208,12 +208,17 @@ def start_sandbox_archiving(
 
 def wal_archive_resource(env: str, home: str) -> WalArchive:
     """The WAL archive of ``env``: TWINME_WAL_ARCHIVE (local here, cloudnative-pg in production)
-    into TWINME_WAL_ARCHIVE_ROOT (default ``<TWINME_HOME>/wal-archive``)."""
+    into TWINME_WAL_ARCHIVE_ROOT (default ``<TWINME_HOME>/wal-archive``), or for cloudnative-pg
+    the bucket TWINME_WAL_ARCHIVE_DESTINATION (/TWINME_WAL_ARCHIVE_SERVER_NAME)."""
     default_engine = "cloudnative-pg" if env == "production" else "local"
     return WalArchive(
         engine=(os.environ.get("TWINME_WAL_ARCHIVE") or default_engine).strip(),
         root=os.environ.get("TWINME_WAL_ARCHIVE_ROOT") or f"{home}/wal-archive",
         recovery_window_days=window_days(os.environ.get("TWINME_WAL_RECOVERY_WINDOW_DAYS", "")),
+        # cloudnative-pg: the bucket the drill and recover_job restore from (barman-cloud)
+        destination_path=os.environ.get("TWINME_WAL_ARCHIVE_DESTINATION", "").strip(),
+        server_name=os.environ.get("TWINME_WAL_ARCHIVE_SERVER_NAME", "").strip(),
+        barman_bin=os.environ.get("TWINME_BARMAN_BIN", "").strip() or "/opt/barman/bin",
     )
 
 

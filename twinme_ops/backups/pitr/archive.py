@@ -7,7 +7,8 @@ Two engines, one resource (``TWINME_WAL_ARCHIVE``):
   incremental) into an archive root beside the local backup store (``layout.py``).
 - ``cloudnative-pg`` (production): CloudNativePG's Barman Cloud plugin archives the WAL and takes
   the base backups into the backup bucket (``deploy/postgres/``); twinme_ops asks the operator
-  for base backups (a ``Backup`` resource) and restores from barman-cloud's bucket layout.
+  for base backups (a ``Backup`` resource) and restores from barman-cloud's bucket layout
+  (``destination_path``/``server_name``, with the barman-cloud tools in ``barman_bin``).
 - ``off``: no continuous archiving (the nightly logical sets remain).
 
 The recovery point objective is watched against ``rpo_alert_s`` (2 minutes by default); the
@@ -66,6 +67,16 @@ class WalArchive(dg.ConfigurableResource):
         default="",
         description="cloudnative-pg engine: the ObjectStore's destinationPath "
         "(s3://bucket/prefix), where restores read barman-cloud's layout.",
+    )
+    server_name: str = Field(
+        default="",
+        description="cloudnative-pg engine: the folder under destination_path (the plugin's "
+        "serverName parameter). Empty: the Cluster's name, the plugin's default.",
+    )
+    barman_bin: str = Field(
+        default="/opt/barman/bin",
+        description="cloudnative-pg engine: where barman-cloud-restore and "
+        "barman-cloud-wal-restore are (barman[cloud] 3.19; the restored server runs them).",
     )
     rpo_alert_s: int = Field(
         default=DEFAULT_RPO_ALERT_S,

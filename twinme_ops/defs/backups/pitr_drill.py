@@ -1,4 +1,7 @@
-"""The nightly point-in-time drill: the WAL archive restored to a random second and to now."""
+"""The nightly point-in-time drill: the WAL archive restored to a random second and to now.
+
+Whichever engine archives (``TWINME_WAL_ARCHIVE``): the local archive root, or in production the
+bucket CloudNativePG's Barman Cloud plugin writes (restored with barman-cloud's own tools)."""
 
 import secrets
 from collections.abc import Iterator
@@ -8,6 +11,8 @@ from pydantic import Field
 
 from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.backups.pitr.archive import WalArchive
+from twinme_ops.backups.pitr.engine import pitr_engine
+from twinme_ops.backups.pitr.layout import PitrError
 from twinme_ops.backups.pitr_drill import PitrDrillResult, run_pitr_drill
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.servers.postgres import PostgresResource
@@ -26,6 +31,12 @@ class PitrDrillConfig(dg.Config):
     timeout_minutes: float = Field(
         default=30, gt=0, description="Longest time one restore may take (copy + replay)."
     )
+    archive_wait_seconds: float = Field(
+        default=180,
+        gt=0,
+        description="Longest wait for the newest heartbeat to be archived (the local receiver "
+        "flushes within milliseconds; CloudNativePG's plugin within archive_timeout, 60 s).",
+    )
 
 
 def pitr_metadata(result: PitrDrillResult) -> dict[str, dg.MetadataValue]:
@@ -34,6 +45,7 @@ def pitr_metadata(result: PitrDrillResult) -> dict[str, dg.MetadataValue]:
         "passed": dg.MetadataValue.bool(result.passed),
         "reason": dg.MetadataValue.text(result.reason),
         "seed": dg.MetadataValue.int(result.seed if result.seed is not None else -1),
+        "engine": dg.MetadataValue.text(result.engine),
         "target": dg.MetadataValue.text(result.target or ""),
         "window_start": dg.MetadataValue.text(result.window_start or ""),
         "window_end": dg.MetadataValue.text(result.window_end or ""),
@@ -61,9 +73,10 @@ def pitr_metadata(result: PitrDrillResult) -> dict[str, dg.MetadataValue]:
 
 @dg.op(
     name=PITR_DRILL_OP,
-    description="Restore the WAL archive (local engine) onto scratch servers to a random second "
-    "inside the recovery window and to the latest point; check the heartbeats exactly and the "
-    "nearest nightly set's tables. A failed drill fails the step.",
+    description="Restore the WAL archive (local root, or the Barman Cloud plugin's bucket) onto "
+    "scratch servers to a random second inside the recovery window and to the latest point; "
+    "check the heartbeats exactly and the nearest nightly set's tables. A failed drill fails "
+    "the step.",
 )
 def point_in_time_drill(
     context: dg.OpExecutionContext,
@@ -73,23 +86,24 @@ def point_in_time_drill(
     backup_store: BackupStore,
     metrics: MetricsResource,
 ) -> Iterator[dg.Output[None]]:
-    engine = wal_archive.check_engine()
-    if engine != "local":
-        # nothing archived here to drill (off), or archived by CloudNativePG, whose drill is a
-        # Cluster bootstrapped from the ObjectStore (docs/runbooks.md)
+    if not wal_archive.enabled:  # nothing is archived: nothing to drill
         context.log.warning(
-            f"point-in-time drill skipped: the WAL archive engine is {engine}, the drill needs "
-            "the local engine (TWINME_WAL_ARCHIVE=local)"
+            "point-in-time drill skipped: the WAL archive is off (TWINME_WAL_ARCHIVE=off)"
         )
-        yield dg.Output(None, metadata={"skipped": dg.MetadataValue.text(engine)})
+        yield dg.Output(None, metadata={"skipped": dg.MetadataValue.text("off")})
         return
+    try:
+        engine = pitr_engine(wal_archive)
+    except PitrError as exc:
+        raise dg.Failure(description=f"point-in-time drill FAILED: {exc}") from None
+    context.log.info(f"point-in-time drill of the {engine.name} archive {engine.where}")
     result = run_pitr_drill(
-        wal_archive.layout(),
+        engine,
         postgres,
         seed=_seed(config.seed),
         store=backup_store,
-        slot=wal_archive.slot,
         rpo_alert_s=wal_archive.rpo_alert_s,
+        flush_timeout_s=config.archive_wait_seconds,
         timeout_s=config.timeout_minutes * 60,
         log=context.log,
     )

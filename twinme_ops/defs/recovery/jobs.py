@@ -56,7 +56,8 @@ class RecoverConfig(dg.Config):
     )
     target_time: str = Field(
         default="",
-        description="Point-in-time recovery of PostgreSQL from the WAL archive (local engine): "
+        description="Point-in-time recovery of PostgreSQL from the WAL archive (either "
+        "engine; with cloudnative-pg, from the Barman Cloud plugin's bucket): "
         "ISO 8601 with a time zone (2026-12-05T09:14:00+01:00), or latest. Empty: PostgreSQL "
         "comes from the set. Redis and files always come from the set.",
     )
@@ -362,7 +363,8 @@ RECOVERY_POD = PodResources(
 @dg.job(
     description=(
         "Guarded production recovery from a backup set, or PostgreSQL to a point in time "
-        "(target_time, local WAL archive): verifies checksums or the target, takes a safety "
+        "(target_time, from the WAL archive: the local root, or the Barman Cloud plugin's "
+        "bucket on a scratch server): verifies checksums or the target, takes a safety "
         "backup, scales the API to 0, restores PostgreSQL (fresh database swapped in), Redis "
         "(keys replayed) and files, scales back up and verifies. Refuses to start unless "
         "config.confirm equals the target database name. Manual only."
