@@ -29,8 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from psycopg import sql
-
 from twinme_ops.backups.manifest import MANIFEST, parse_manifest
 from twinme_ops.backups.pitr.drill_record import DrillRecord, write_drill_record
 from twinme_ops.backups.pitr.engine import LocalEngine, PitrEngine
@@ -97,6 +95,8 @@ def _figures(restore: PitrRestore) -> dict[str, Any]:
 
 
 def _show(restore: PitrRestore, name: str) -> str:
+    from psycopg import sql
+
     with restore.server.connect() as conn:
         return str(conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0])
 
@@ -134,6 +134,8 @@ def compare_row_counts(
 
     The set was dumped at another moment than the target, so counts may differ by the writes in
     between: they are reported, and only a missing table fails the drill."""
+    from psycopg import sql
+
     source = manifest["artifacts"]["postgres"]["source"]
     created = datetime.fromisoformat(str(manifest["created_at"]))
     facts: dict[str, Any] = {

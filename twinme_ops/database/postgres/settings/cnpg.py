@@ -30,9 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
@@ -51,7 +49,17 @@ from twinme_ops.database.postgres.settings.live import read_settings
 from twinme_ops.database.postgres.settings.values import same_value
 from twinme_ops.servers.postgres import PostgresError
 
-Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+if TYPE_CHECKING:
+    import psycopg
+
+Connect = Callable[[], AbstractContextManager["psycopg.Connection[Any]"]]
+
+
+def _operational_error() -> type[Exception]:
+    import psycopg
+
+    return psycopg.OperationalError
+
 
 TARGET_SETTINGS = "postgres_settings"
 # a log line at least this often while the rollout goes on in one phase
@@ -237,7 +245,7 @@ def _wait_for_rollout(
         try:
             with connect() as conn:
                 states = read_settings(conn, list(desired))
-        except (PostgresError, psycopg.OperationalError) as exc:
+        except (PostgresError, _operational_error()) as exc:
             # a restart or switchover in progress: the -rw Service has no primary for a moment
             problem = f"the server is unreachable ({first_line(exc)})"
         else:
