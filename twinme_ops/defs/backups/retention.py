@@ -11,10 +11,17 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.backups.retention import RetentionPolicy, decisions_markdown, plan_retention
-from twinme_ops.backups.retention_apply import apply_retention, inspect_sets
+from twinme_ops.backups.retention import (
+    RetentionPolicy,
+    decisions_markdown,
+    kept_beyond_window,
+    plan_retention,
+)
+from twinme_ops.backups.retention_apply import apply_retention, extend_kept_locks, inspect_sets
 from twinme_ops.backups.sets import LEFTOVER_GRACE_S, read_set, sweep_leftovers
 from twinme_ops.backups.store.base import BackupStore, StoreError
+from twinme_ops.backups.store.immutability import ImmutabilityReport, lock_covers_policy
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.defs.backups.assets import backup_set, run_status
 from twinme_ops.defs.executors import max_runtime
@@ -70,6 +77,15 @@ class RetentionConfig(dg.Config):
         "run's objects and a dead writer's partial file go at once.",
     )
 
+    lock_extension_days: int = Field(
+        default=7,
+        ge=0,
+        description="On an S3 bucket with Object Lock, the sets kept beyond keep_days (whose "
+        "default lock has run out) are locked again until this many days ahead, so that not "
+        "even the retention role can destroy a set the policy keeps; a set dropped later waits "
+        "up to this long before it is deleted. 0 disables the extension.",
+    )
+
     def policy(self) -> RetentionPolicy:
         """The policy these settings describe."""
         return RetentionPolicy(
@@ -102,24 +118,37 @@ def backup_retention(
     """Inspect every set, plan with the configured policy, apply (or preview), report."""
     policy = config.policy()
     mode = "dry run" if config.dry_run else "applying"
-    context.log.info(f"retention of {backup_store.describe()} ({mode}): keep {policy.describe()}")
+    # the retention role (TWINME_RETENTION_AWS_PROFILE): the only one that may delete versions
+    store = backup_store.for_retention()
+    context.log.info(f"retention of {store.describe()} ({mode}): keep {policy.describe()}")
+    lock = _lock_check(store, policy, context.log)
     try:
-        states = inspect_sets(backup_store)
+        states = inspect_sets(store)
     except StoreError as exc:
         raise dg.Failure(description=f"retention could not read the store: {redact(exc)}") from None
-    decisions = plan_retention(states, policy, datetime.now(UTC))
+    now = datetime.now(UTC)
+    decisions = plan_retention(states, policy, now)
 
-    report = apply_retention(backup_store, decisions, dry_run=config.dry_run, log=context.log)
+    report = apply_retention(store, decisions, dry_run=config.dry_run, log=context.log)
+    extended, extension_failures = 0, []
+    if not config.dry_run and lock.lock_enabled and config.lock_extension_days:
+        extended, extension_failures = extend_kept_locks(
+            store,
+            kept_beyond_window(report.kept, policy, now),
+            now=now,
+            days=config.lock_extension_days,
+            log=context.log,
+        )
     leftovers = 0
     for decision in report.kept:
         if config.dry_run or decision.status != "complete":
             continue
         try:
-            view = read_set(backup_store, decision.set_id)
+            view = read_set(store, decision.set_id)
             if view.manifest is not None:
                 leftovers += len(
                     sweep_leftovers(
-                        backup_store,
+                        store,
                         decision.set_id,
                         view.manifest,
                         log=context.log,
@@ -139,6 +168,12 @@ def backup_retention(
         "to_delete": dg.MetadataValue.int(len(report.deleted)),
         "reported": dg.MetadataValue.int(len(report.reported)),
         "failed_deletions": dg.MetadataValue.int(len(report.failed)),
+        # Object Lock: sets due for deletion still locked (deleted by a later run), extensions
+        "locked": dg.MetadataValue.int(len(report.locked)),
+        "locks_extended": dg.MetadataValue.int(extended),
+        "lock_extension_failures": dg.MetadataValue.int(len(extension_failures)),
+        "object_lock": dg.MetadataValue.text(lock.describe_lock()),
+        "lock_covers_policy": dg.MetadataValue.bool(lock_covers_policy(lock, policy.keep_days)[0]),
         "leftovers_removed": dg.MetadataValue.int(leftovers),
         "oldest_kept": dg.MetadataValue.text(min(kept) if kept else "none"),
         "newest_kept": dg.MetadataValue.text(max(kept) if kept else "none"),
@@ -157,9 +192,25 @@ def backup_retention(
     verb = "would delete" if config.dry_run else "deleted"
     context.log.info(
         f"retention done: kept {len(report.kept)}, {verb} {len(report.deleted)}, "
-        f"reported {len(report.reported)}"
+        f"reported {len(report.reported)}, still locked {len(report.locked)}"
     )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _lock_check(store: BackupStore, policy: RetentionPolicy, log: Log) -> ImmutabilityReport:
+    """The bucket's Object Lock as retention sees it, with a warning (and the fix) when the lock
+    does not cover the policy; a store that cannot say counts as no lock (nothing extended)."""
+    try:
+        # no probe: the retention role may delete versions, by design
+        lock = store.check_immutability(probe=False)
+    except (StoreError, ValueError) as exc:
+        log.warning(f"could not read the store's Object Lock configuration: {redact(exc)}")
+        return ImmutabilityReport(store.describe(), False, "unknown", policy.keep_days)
+    if not lock.applicable:
+        return lock
+    covers, why = lock_covers_policy(lock, policy.keep_days)
+    (log.info if covers else log.warning)(f"Object Lock {lock.describe_lock()}: {why}")
+    return lock
 
 
 retention_job = dg.define_asset_job(
