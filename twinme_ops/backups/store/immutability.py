@@ -19,7 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from twinme_ops.common.log import Log
+
+if TYPE_CHECKING:
+    from twinme_ops.backups.store.base import BackupStore
 
 LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
 # TWINME_BACKUP_LOCK_MODE=off: no lock required (a development bucket); the check only reports
@@ -248,3 +253,32 @@ def lock_covers_policy(report: ImmutabilityReport, keep_days: int) -> tuple[bool
             "a later run"
         )
     return True, f"every set is locked for the {keep_days} days the policy keeps it"
+
+
+def check_after_backup(store: BackupStore, set_id: str, log: Log) -> dict[str, str | bool | int]:
+    """The store's immutability as the writer of set ``set_id`` sees it, for the set's metadata.
+
+    Logs a warning naming each problem and its fix when the store is not immutable (the backup
+    itself stands: an erasable backup is still better than none), and reports when the set's
+    manifest is locked until (the proof that what was just written landed locked).
+    """
+    from twinme_ops.backups.manifest import MANIFEST
+    from twinme_ops.backups.store.base import StoreError
+
+    try:
+        report = store.check_immutability(probe=True)
+        lock = store.lock_of(set_id, MANIFEST) if report.applicable else None
+    except StoreError as exc:
+        log.warning(f"could not check that the backup store is immutable: {exc}")
+        return {"store_immutable": False, "object_lock": "unknown"}
+    meta = report.metadata()
+    if report.applicable:
+        if lock is not None and lock.until is not None:
+            meta["manifest_locked_until"] = f"{lock.until:%Y-%m-%d %H:%M} UTC ({lock.mode})"
+        else:
+            meta["manifest_locked_until"] = "not locked"
+    if report.applicable and report.problems:
+        log.warning(report.summary())
+    elif report.applicable:
+        log.info(report.summary())
+    return meta

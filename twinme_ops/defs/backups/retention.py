@@ -6,6 +6,7 @@ resource, the run config and the UI. It replaces the spec's ``find -mtime +30 -d
 only cleaned local copies (S3 was never cleaned) and trusted file times.
 """
 
+import json
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -24,7 +25,37 @@ from twinme_ops.backups.store.immutability import ImmutabilityReport, lock_cover
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.defs.backups.assets import backup_set, run_status
-from twinme_ops.defs.executors import max_runtime
+from twinme_ops.defs.executors import K8S_CONFIG_TAG, PodResources, max_runtime, step_pod_executor
+
+# Production: retention runs in its own step pod as the ServiceAccount twinme-ops-retention, whose
+# IAM role alone may delete object versions (deploy/backup-bucket/). These are op tags, read only
+# for step pods: they are code, which no one launching a run can change (a run's own tags may not
+# pick a ServiceAccount: the run launcher's allowlist, deploy/dagster/values.yaml). The profile
+# makes botocore ignore the writer's keys that every pod gets in its environment.
+RETENTION_SERVICE_ACCOUNT = "twinme-ops-retention"
+RETENTION_AWS_PROFILE = "twinme-retention"
+RETENTION_AWS_CONFIG_MAP = "twinme-ops-retention-aws"
+_RETENTION_AWS_DIR = "/etc/twinme/retention-aws"
+RETENTION_STEP_POD: dict = {
+    "container_config": {
+        "env": [
+            {"name": "TWINME_RETENTION_AWS_PROFILE", "value": RETENTION_AWS_PROFILE},
+            {"name": "AWS_CONFIG_FILE", "value": f"{_RETENTION_AWS_DIR}/config"},
+        ],
+        "volume_mounts": [
+            {"name": "retention-aws", "mount_path": _RETENTION_AWS_DIR, "read_only": True}
+        ],
+    },
+    "pod_spec_config": {
+        "service_account_name": RETENTION_SERVICE_ACCOUNT,
+        "volumes": [{"name": "retention-aws", "config_map": {"name": RETENTION_AWS_CONFIG_MAP}}],
+    },
+}
+# reads manifests and deletes objects: little CPU or memory
+RETENTION_POD = PodResources(
+    requests={"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "256Mi"},
+    limits={"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "1Gi"},
+)
 
 
 class RetentionConfig(dg.Config):
@@ -101,6 +132,7 @@ class RetentionConfig(dg.Config):
     group_name="backups",
     deps=[backup_set],
     kinds={"s3"},
+    op_tags={K8S_CONFIG_TAG: json.dumps(RETENTION_STEP_POD, sort_keys=True)},
     description=(
         "Deletes old backup sets from the backup store (local folder or S3, same rules) and says "
         "why for each set. By default it keeps every set of the last 30 days, then 7 daily, "
@@ -222,6 +254,9 @@ retention_job = dg.define_asset_job(
         "reports unreadable ones. Set dry_run: true in the run config to preview."
     ),
     tags={"twinme/operation": "retention", **max_runtime(1)},
+    # in production (TWINME_K8S_EXECUTOR=1) its one step runs in a pod of its own, with the
+    # retention role (RETENTION_STEP_POD)
+    executor_def=step_pod_executor(RETENTION_POD),
 )
 
 retention_schedule = dg.ScheduleDefinition(
