@@ -199,14 +199,19 @@ class S3Backend(Backend):
             raise self.error(exc, "write", key) from None
 
     def pages(
-        self, operation: str, action: str, prefix: str, **kwargs: Any
+        self,
+        operation: str,
+        action: str,
+        prefix: str,
+        denied_fix: str | None = None,
+        **kwargs: Any,
     ) -> Iterator[dict[str, Any]]:
         """The pages of ``operation`` (``list_objects_v2``, ``list_multipart_uploads``)."""
         paginator = self.client.get_paginator(operation)
         try:
             yield from paginator.paginate(Bucket=self.bucket, Prefix=prefix, **kwargs)
         except (BotoCoreError, ClientError) as exc:
-            raise self.error(exc, action, prefix) from None
+            raise self.error(exc, action, prefix, denied_fix) from None
 
     def _uploads(self, prefix: str) -> list[dict[str, Any]]:
         """The unfinished multipart uploads under ``prefix`` (those of nested keys included)."""

@@ -143,7 +143,10 @@ def lock_of(b: S3Backend, key: str, version_id: str | None = None) -> ObjectLock
 
 def _versions(b: S3Backend, prefix: str) -> Iterator[dict[str, Any]]:
     """Every version and delete marker under ``prefix`` (``Marker`` True for a marker)."""
-    for page in b.pages("list_object_versions", "list the versions under", prefix):
+    pages = b.pages(
+        "list_object_versions", "list the versions under", prefix, denied_fix=VERSION_DELETE_FIX
+    )
+    for page in pages:
         for v in page.get("Versions", []):
             yield {**v, "Marker": False}
         for m in page.get("DeleteMarkers", []):
