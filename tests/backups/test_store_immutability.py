@@ -476,7 +476,7 @@ def test_retention_job_signs_with_the_retention_profile_not_the_writers_keys(
     )
     assert result.success
     [mat] = result.asset_materializations_for_node("backup_retention")
-    meta = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    meta: dict[str, Any] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
     assert (meta["deleted"], meta["locked"], meta["failed_deletions"]) == (1, 1, 0)
     assert meta["object_lock"] == "GOVERNANCE 30 days"
     assert meta["lock_covers_policy"] is True
