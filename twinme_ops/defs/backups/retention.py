@@ -21,7 +21,11 @@ from twinme_ops.backups.retention import (
 from twinme_ops.backups.retention_apply import apply_retention, extend_kept_locks, inspect_sets
 from twinme_ops.backups.sets import LEFTOVER_GRACE_S, read_set, sweep_leftovers
 from twinme_ops.backups.store.base import BackupStore, StoreError
-from twinme_ops.backups.store.immutability import ImmutabilityReport, lock_covers_policy
+from twinme_ops.backups.store.immutability import (
+    BucketFacts,
+    ImmutabilityReport,
+    lock_covers_policy,
+)
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.defs.backups.assets import backup_set, run_status
@@ -236,8 +240,10 @@ def _lock_check(store: BackupStore, policy: RetentionPolicy, log: Log) -> Immuta
         # no probe: the retention role may delete versions, by design
         lock = store.check_immutability(probe=False)
     except (StoreError, ValueError) as exc:
-        log.warning(f"could not read the store's Object Lock configuration: {redact(exc)}")
-        return ImmutabilityReport(store.describe(), False, "unknown", policy.keep_days)
+        problem = f"could not read the store's Object Lock configuration: {redact(exc)}"
+        log.warning(problem)
+        unknown = BucketFacts(unread=(problem,))
+        return ImmutabilityReport(store.describe(), True, "unknown", policy.keep_days, unknown)
     if not lock.applicable:
         return lock
     covers, why = lock_covers_policy(lock, policy.keep_days)
