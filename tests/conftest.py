@@ -11,5 +11,6 @@ pytest_plugins = [
     "tests.support.production",
     "tests.support.registry_fixtures",
     "tests.support.s3_fixtures",
+    "tests.support.s3_iam",  # an S3 server that enforces IAM (backups nobody can erase)
     "tests.support.slack_receiver",
 ]

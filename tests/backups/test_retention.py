@@ -477,10 +477,10 @@ def test_a_refused_deletion_is_listed_and_the_others_still_go(
         write_set(store, day(n))
     real_delete = BackupStore.delete_set
 
-    def refuse_one(self: BackupStore, set_id: str) -> None:
+    def refuse_one(self: BackupStore, set_id: str, first: tuple[str, ...] = ()) -> None:
         if set_id == day(41):
             raise StoreError("access denied while trying to delete: Fix: grant s3:DeleteObject")
-        real_delete(self, set_id)
+        real_delete(self, set_id, first)
 
     monkeypatch.setattr(BackupStore, "delete_set", refuse_one)
     lines = ListLog()

@@ -114,7 +114,7 @@ HEAVY_JOBS: dict[str, PodResources] = {
     "database_tuning_job": TUNING_POD,
 }
 # jobs whose steps may each run in a pod (they share only external state)
-STEP_POD_JOBS = {"nightly_backup_job", "restore_drill_job", "database_tuning_job"}
+STEP_POD_JOBS = {"nightly_backup_job", "restore_drill_job", "database_tuning_job", "retention_job"}
 
 # keys of the twinme-ops-env secret (docs/deploy.md): what the code location needs and must not
 # see in a ConfigMap. Dummy values stand in for them in the processes these tests start.

@@ -312,6 +312,23 @@ def _decide(
     )
 
 
+def kept_beyond_window(
+    decisions: list[Decision], policy: RetentionPolicy, now: datetime
+) -> list[str]:
+    """Ids of the complete sets a plan keeps although they are ``keep_days`` old or more (by a
+    grandfather-father-son rule, or as the newest complete or verified set): the bucket's
+    default lock, which covers ``keep_days``, no longer protects them, so retention extends it."""
+    today = _paris_today(now)
+    return [
+        d.set_id
+        for d in decisions
+        if d.action == "keep"
+        and d.status == "complete"
+        and (day := parse_set_date(d.set_id)) is not None
+        and (today - day).days >= policy.keep_days
+    ]
+
+
 def decisions_markdown(decisions: list[Decision], states: list[SetState] | None = None) -> str:
     """A markdown table of the decisions (set, status, drill, action, reasons) for the UI."""
     by_id = {s.set_id: s for s in states or []}

@@ -5,17 +5,20 @@ The two steps of the retention pipeline that touch the store, around the pure
 :mod:`twinme_ops.backups.retention`): :func:`inspect_sets` reads each set's ``manifest.json`` and
 ``drill.json``; :func:`apply_retention` deletes what the plan says (or, in a dry run, only says
 so). Only :class:`~twinme_ops.backups.store.base.BackupStore` calls are used, so local directories
-and S3 are read and cleaned alike.
+and S3 are read and cleaned alike. On an S3 bucket with Object Lock, a set still locked is not
+deleted and not a failure: it is listed in ``locked`` and deleted by a later run; the sets kept
+beyond the lock's reach have their lock extended (:func:`extend_kept_locks`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 from twinme_ops.backups.manifest import MANIFEST
 from twinme_ops.backups.retention import Decision, SetState, parse_set_date
 from twinme_ops.backups.sets import read_set
-from twinme_ops.backups.store.base import BackupStore, StoreError
+from twinme_ops.backups.store.base import BackupStore, ObjectLockedError, StoreError
 from twinme_ops.common.log import Log
 
 
@@ -25,6 +28,8 @@ class RetentionReport:
 
     ``deleted`` lists the sets deleted or, in a dry run, the sets a real run would delete.
     ``failed`` lists deletions the store refused, with the error (the other sets were handled).
+    ``locked`` lists sets to delete that Object Lock still protects, with the end of the lock
+    (None: a legal hold): nothing of them was deleted, a later run deletes them.
     """
 
     dry_run: bool
@@ -32,11 +37,18 @@ class RetentionReport:
     deleted: list[Decision] = field(default_factory=list)
     reported: list[Decision] = field(default_factory=list)
     failed: list[tuple[Decision, str]] = field(default_factory=list)
+    locked: list[tuple[Decision, datetime | None]] = field(default_factory=list)
 
     @property
     def decisions(self) -> list[Decision]:
         """Every decision, sorted by set id."""
-        every = [*self.kept, *self.deleted, *self.reported, *(d for d, _ in self.failed)]
+        every = [
+            *self.kept,
+            *self.deleted,
+            *self.reported,
+            *(d for d, _ in self.failed),
+            *(d for d, _ in self.locked),
+        ]
         return sorted(every, key=lambda d: d.set_id)
 
 
@@ -80,8 +92,10 @@ def apply_retention(
 
     Only :class:`BackupStore` calls are used, so local directories and S3 are cleaned alike. An
     incomplete set is re-checked just before deletion: if its manifest appeared since the plan
-    (a backup finished meanwhile), it is kept. A deletion the store refuses is logged and listed
-    in ``failed``; the other sets are still handled.
+    (a backup finished meanwhile), it is kept; one whose manifest someone deleted (an S3 delete
+    marker over its versions: twinme_ops never deletes a manifest) is reported, not deleted. A
+    set Object Lock still protects is listed in ``locked``, untouched. A deletion the store
+    refuses is logged and listed in ``failed``; the other sets are still handled.
     """
     report = RetentionReport(dry_run=dry_run)
     for decision in sorted(decisions, key=lambda d: d.set_id):
@@ -108,7 +122,20 @@ def apply_retention(
                 log.info(f"keep {kept.explain()}")
                 report.kept.append(kept)
                 continue
-            store.delete_set(decision.set_id)
+            if decision.status == "incomplete" and MANIFEST in store.hidden_names(decision.set_id):
+                hidden = replace(decision, action="report", reasons=[_HIDDEN_MANIFEST])
+                log.warning(f"report {hidden.explain()}")
+                report.reported.append(hidden)
+                continue
+            store.delete_set(decision.set_id, first=(MANIFEST,))
+        except ObjectLockedError as exc:
+            when = f"until {exc.until:%Y-%m-%d %H:%M} UTC" if exc.until else "by a legal hold"
+            locked = replace(
+                decision, reasons=[*decision.reasons, f"locked {when}: deleted by a later run"]
+            )
+            log.info(f"not yet deleted {locked.explain()}")
+            report.locked.append((locked, exc.until))
+            continue
         except StoreError as exc:
             log.warning(f"could not delete {decision.explain()}: {exc}")
             report.failed.append((decision, str(exc)))
@@ -116,3 +143,43 @@ def apply_retention(
         log.info(f"deleted {decision.explain()}")
         report.deleted.append(decision)
     return report
+
+
+_HIDDEN_MANIFEST = (
+    f"{MANIFEST} was deleted by someone (a delete marker hides its versions; twinme_ops never "
+    "deletes a manifest): reported, not deleted. Fix: find who deleted it (CloudTrail), then "
+    "bring it back by deleting the delete marker (aws s3api delete-object --version-id <the "
+    "marker's id>, with the retention role)"
+)
+
+
+def extend_kept_locks(
+    store: BackupStore,
+    set_ids: list[str],
+    *,
+    now: datetime,
+    days: int,
+    log: Log,
+) -> tuple[int, list[tuple[str, str]]]:
+    """Lock the current objects of ``set_ids`` (sets kept beyond the bucket's default lock,
+    :func:`~twinme_ops.backups.retention.kept_beyond_window`) until ``now + days``.
+
+    A lock already ending later than a day before that is left alone, so each object is
+    extended about once every ``days - 1`` days. A set the policy drops afterwards stays locked
+    up to ``days`` more days and is deleted by a later run. Returns the number of object
+    versions extended and the sets whose extension failed, with the error (logged, not fatal).
+    """
+    extended = 0
+    failures: list[tuple[str, str]] = []
+    until = now + timedelta(days=days)
+    for set_id in set_ids:
+        try:
+            n = store.extend_lock(set_id, until, slack=timedelta(days=1))
+        except StoreError as exc:
+            log.warning(f"could not extend the lock of set {set_id}: {exc}")
+            failures.append((set_id, str(exc)))
+            continue
+        if n:
+            log.info(f"lock of set {set_id} extended to {until:%Y-%m-%d} ({n} object(s))")
+        extended += n
+    return extended, failures

@@ -32,6 +32,12 @@ from twinme_ops.backups.pitr.continuous import (
 from twinme_ops.backups.pitr.heartbeat_writer import DEFAULT_INTERVAL_S, interval_from_env
 from twinme_ops.backups.pitr.layout import ArchiveLayout
 from twinme_ops.backups.store.base import BackupStore
+from twinme_ops.backups.store.immutability import (
+    DAYS_ENV,
+    MODE_ENV,
+    RETENTION_PROFILE_ENV,
+    required_lock,
+)
 from twinme_ops.common.redact import redact, register_secret, register_secrets_in
 from twinme_ops.database.declared_state import DatabaseTuning
 from twinme_ops.database.postgres.settings.applier import APPLIERS, SettingsApplier
@@ -248,6 +254,27 @@ def sandbox_archive_root(home: str) -> str:
     return archive.root if archive.check_engine() == "local" else ""
 
 
+def backup_store_resource(url: str) -> BackupStore:
+    """The backup store at ``url`` with its Object Lock requirements (TWINME_BACKUP_LOCK_MODE,
+    TWINME_BACKUP_LOCK_DAYS) and the retention role's profile (TWINME_RETENTION_AWS_PROFILE);
+    a bad value refuses to load, naming the variable and the fix."""
+    mode = os.environ.get(MODE_ENV, "").strip() or "GOVERNANCE"
+    raw_days = os.environ.get(DAYS_ENV, "").strip() or "30"
+    try:
+        days = int(raw_days)
+    except ValueError:
+        raise ValueError(
+            redact(f"{DAYS_ENV}={raw_days!r} is not a whole number of days. Fix: e.g. 30")
+        ) from None
+    mode, days = required_lock(mode, days)
+    return BackupStore(
+        url=url,
+        lock_mode=mode,
+        lock_days=days,
+        retention_aws_profile=os.environ.get(RETENTION_PROFILE_ENV, "").strip(),
+    )
+
+
 def register_configured_secrets() -> None:
     """Register the configured secrets before any resource parses (and may echo) its value.
 
@@ -298,7 +325,9 @@ def build_resources() -> dict[str, Any]:
         "redis": redis,
         "file_storage": files,
         # s3:// stores make their client with a default S3Resource() on first use (boto3's AWS_*)
-        "backup_store": BackupStore(url=backup_url),
+        # Object Lock requirements and the retention role: docs/backups.md, "Backups nobody can
+        # erase"
+        "backup_store": backup_store_resource(backup_url),
         "backup_encryption": BackupEncryption(key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", "")),
         # alerts link to <TWINME_DAGSTER_URL>/runs/<run_id> (not a secret: plain value)
         "slack": SlackNotifier(

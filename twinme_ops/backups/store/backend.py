@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
 
 from twinme_ops.backups.store.base import (
     ArtifactExistsError,
@@ -20,6 +21,9 @@ from twinme_ops.backups.store.base import (
     is_artifact_name,
 )
 from twinme_ops.common.redact import redact
+
+if TYPE_CHECKING:
+    from twinme_ops.backups.store.immutability import BucketFacts, ObjectLock
 
 
 class BackendWriter(Protocol):
@@ -96,7 +100,21 @@ class Backend(ABC):
     @abstractmethod
     def delete(self, set_id: str, name: str) -> None: ...
     @abstractmethod
-    def delete_set(self, set_id: str) -> None: ...
+    def delete_set(self, set_id: str, first: tuple[str, ...]) -> None: ...
+
+    # immutability (S3 Object Lock); a local directory has none of it
+    def immutability(self, probe: bool) -> BucketFacts | None:
+        """What the bucket says about its protection; None where it does not apply."""
+        return None
+
+    def lock_of(self, set_id: str, name: str) -> ObjectLock | None:
+        return None
+
+    def extend_lock(self, set_id: str, until: datetime, before: datetime, mode: str) -> int:
+        return 0
+
+    def hidden_names(self, set_id: str) -> list[str]:
+        return []
 
 
 def not_found(where: object) -> ArtifactNotFoundError:

@@ -12,7 +12,12 @@ Both backends use the same layout, ``<root>/<set_id>/<artifact name>``, and the 
   refused with :class:`ArtifactExistsError` and the existing object is untouched (local: a hard
   link, which fails on an existing name; S3: a conditional ``PutObject`` with
   ``If-None-Match: *``). This is what makes two writers of one set safe without a shared lock;
-* failures surface as :class:`StoreError` with a redacted message that says what to fix.
+* failures surface as :class:`StoreError` with a redacted message that says what to fix;
+* an S3 store is meant to be immutable (docs/backups.md, "Backups nobody can erase"):
+  versioning and Object Lock keep every version locked for ``lock_days``;
+  :meth:`BackupStore.check_immutability` says whether the bucket and the credentials in use
+  really are so; :meth:`BackupStore.delete_set` deletes only a set none of whose versions is
+  locked (:class:`ObjectLockedError` otherwise).
 
 The backends live in :mod:`twinme_ops.backups.store.local` and :mod:`twinme_ops.backups.store.s3`
 (its multipart upload in :mod:`twinme_ops.backups.store.s3_upload`) and build on their shared
@@ -29,7 +34,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -41,6 +46,7 @@ from twinme_ops.common.redact import redact
 
 if TYPE_CHECKING:
     from twinme_ops.backups.store.backend import Backend
+    from twinme_ops.backups.store.immutability import ImmutabilityReport, ObjectLock
 
 URL_ENV = "TWINME_BACKUP_URL"
 MIB = 1 << 20
@@ -64,6 +70,18 @@ class StoreLocationError(StoreError, ValueError):
 
 class ArtifactExistsError(StoreError):
     """A create-only write found the name taken: the existing object was left untouched."""
+
+
+class ObjectLockedError(StoreError):
+    """A set could not be deleted yet: a version of it is under Object Lock (or a legal hold).
+
+    Nothing of the set was deleted. ``until`` is when the last lock ends (None for a legal hold):
+    a later retention run deletes it then.
+    """
+
+    def __init__(self, message: str, until: datetime | None) -> None:
+        super().__init__(message)
+        self.until = until
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,28 @@ class BackupStore(dg.ConfigurableResource):
         description=(
             "Size of the first parts of an S3 multipart upload, in MiB (5-5120); part sizes "
             "double every 1,000 parts so that 10,000 parts hold more than 1 TiB."
+        ),
+    )
+
+    lock_mode: str = Field(
+        default="GOVERNANCE",
+        description=(
+            "S3 Object Lock mode the bucket's default retention must have (GOVERNANCE or "
+            "COMPLIANCE; off = not required, development buckets only) (TWINME_BACKUP_LOCK_MODE)."
+        ),
+    )
+    lock_days: int = Field(
+        default=30,
+        description=(
+            "Shortest default retention, in days, the bucket must apply to every new version: at "
+            "least retention's keep_days (TWINME_BACKUP_LOCK_DAYS)."
+        ),
+    )
+    retention_aws_profile: str = Field(
+        default="",
+        description=(
+            "AWS profile of the retention role, which alone may delete object versions; empty: "
+            "retention uses the store's own credentials (TWINME_RETENTION_AWS_PROFILE)."
         ),
     )
 
@@ -303,11 +343,70 @@ class BackupStore(dg.ConfigurableResource):
         _check_name("set id", set_id)
         return self._backend().remove_partial(set_id, entry, min_age_s)
 
-    def delete_set(self, set_id: str) -> None:
+    def delete_set(self, set_id: str, first: tuple[str, ...] = ()) -> None:
         """Delete every object of a set (and abort its unfinished S3 uploads).
 
-        On a versioned bucket this leaves delete markers and noncurrent versions; expire those with
-        a lifecycle rule (NoncurrentVersionExpiration).
+        The names in ``first`` go before the others (the manifest: a crash halfway leaves an
+        incomplete set, never a complete one with missing artifacts). On S3 every version of
+        every object goes, delete markers included, and only if none is locked: otherwise
+        :class:`ObjectLockedError` and nothing is deleted. Deleting versions needs the
+        retention role (:meth:`for_retention`); the writer's credentials are refused.
         """
         _check_name("set id", set_id)
-        self._backend().delete_set(set_id)
+        for name in first:
+            _check_name("artifact name", name)
+        self._backend().delete_set(set_id, first)
+
+    def _required_lock(self) -> tuple[str, int]:
+        from twinme_ops.backups.store.immutability import required_lock
+
+        return required_lock(self.lock_mode, self.lock_days)
+
+    def check_immutability(self, probe: bool = True) -> ImmutabilityReport:
+        """Whether the store keeps backups safe from the credentials in use (versioning, Object
+        Lock of ``lock_mode`` for ``lock_days`` or more, and with ``probe`` no
+        s3:DeleteObjectVersion): see :mod:`~twinme_ops.backups.store.immutability`. What it
+        finds is in the report, each problem with its fix; it raises only for a bad setting."""
+        from twinme_ops.backups.store.immutability import evaluate, not_applicable
+
+        mode, days = self._required_lock()
+        facts = self._backend().immutability(probe)
+        if facts is None:
+            return not_applicable(self.describe(), mode, days)
+        return evaluate(self.describe(), facts, mode, days)
+
+    def lock_of(self, set_id: str, name: str) -> ObjectLock | None:
+        """The lock of the artifact's current version (None: no lock, or a local store)."""
+        _check_name("set id", set_id)
+        _check_name("artifact name", name)
+        return self._backend().lock_of(set_id, name)
+
+    def extend_lock(self, set_id: str, until: datetime, slack: timedelta = timedelta()) -> int:
+        """Lock the current version of each object of the set until ``until``, in its own mode
+        (or ``lock_mode``), unless its lock already ends after ``until - slack``; never shortens
+        a lock. Returns how many versions were extended (0 on a local store)."""
+        _check_name("set id", set_id)
+        mode, _ = self._required_lock()
+        return self._backend().extend_lock(set_id, until, until - slack, mode)
+
+    def hidden_names(self, set_id: str) -> list[str]:
+        """Names of the set whose latest S3 version is a delete marker over older versions: an
+        object someone deleted while its versions stay (always empty on a local store)."""
+        _check_name("set id", set_id)
+        return self._backend().hidden_names(set_id)
+
+    def for_retention(self) -> BackupStore:
+        """This store as retention must use it: with the retention role's credentials
+        (``retention_aws_profile``), or this very store when no profile is set."""
+        if not self.retention_aws_profile.strip() or not self.url.strip().startswith("s3:"):
+            return self
+        from twinme_ops.backups.store.s3_client import with_profile
+
+        return BackupStore(
+            url=self.url,
+            s3=with_profile(self.s3, self.retention_aws_profile.strip()),
+            server_side_encryption=self.server_side_encryption,
+            multipart_part_size_mb=self.multipart_part_size_mb,
+            lock_mode=self.lock_mode,
+            lock_days=self.lock_days,
+        )

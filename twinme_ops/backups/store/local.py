@@ -232,9 +232,13 @@ class LocalBackend(Backend):
         except OSError as exc:
             raise _os_error(exc, "delete", path) from None
 
-    def delete_set(self, set_id: str) -> None:
+    def delete_set(self, set_id: str, first: tuple[str, ...]) -> None:
         path = self._set_dir(set_id)
         try:
+            if first and path.is_dir():
+                for name in first:
+                    (path / name).unlink(missing_ok=True)
+                _fsync_dir(path)  # the set is incomplete on disk before its artifacts go
             shutil.rmtree(path)
         except FileNotFoundError:
             pass

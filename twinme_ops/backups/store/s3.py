@@ -5,15 +5,16 @@ Objects are keys ``<prefix>/<set_id>/<name>``; writes stream through the multipa
 write asks for server-side encryption. A create-only write is a ``PutObject`` with
 ``If-None-Match: *``: S3 refuses it (412, or 409 when it races another conditional write) when
 the key exists, atomically, with no lock. An unfinished write is a multipart upload, listed and
-aborted by age. botocore errors become redacted
-:class:`~twinme_ops.backups.store.base.StoreError` messages that say what to fix.
+aborted by age. Versions and Object Lock (the immutability check, deleting a set for good,
+extending locks) live in :mod:`twinme_ops.backups.store.s3_versions`. botocore errors become
+redacted :class:`~twinme_ops.backups.store.base.StoreError` messages that say what to fix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -27,6 +28,9 @@ from twinme_ops.backups.store.backend import (
 from twinme_ops.backups.store.base import URL_ENV, ArtifactNotFoundError, StoredEntry, StoreError
 from twinme_ops.backups.store.s3_upload import S3Writer
 from twinme_ops.common.redact import redact
+
+if TYPE_CHECKING:
+    from twinme_ops.backups.store.immutability import BucketFacts, ObjectLock
 
 
 def _aware(value: datetime) -> datetime:
@@ -72,6 +76,8 @@ class S3Backend(Backend):
             {"ServerSideEncryption": server_side_encryption} if server_side_encryption else {}
         )
         self.part_base = part_base
+        # whether the bucket has Object Lock, once read (None: not read, or not readable)
+        self.lock_enabled: bool | None = None
 
     @property
     def client(self) -> Any:
@@ -82,17 +88,20 @@ class S3Backend(Backend):
                 raise StoreError(redact(f"cannot create an S3 client: {exc}")) from None
         return self._client
 
-    def _root(self) -> str:
+    def root(self) -> str:
         return f"{self.prefix}/" if self.prefix else ""
 
     def key(self, set_id: str, name: str = "") -> str:
-        return f"{self._root()}{set_id}/{name}"
+        return f"{self.root()}{set_id}/{name}"
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def error(self, exc: BaseException, action: str, key: str | None) -> StoreError:
-        """Turn a boto3 exception into an actionable, redacted :class:`StoreError`."""
+    def error(
+        self, exc: BaseException, action: str, key: str | None, denied_fix: str | None = None
+    ) -> StoreError:
+        """Turn a boto3 exception into an actionable, redacted :class:`StoreError`
+        (``denied_fix``: the fix of an access denied, when not the store's usual permissions)."""
         where = self.uri(key) if key is not None else f"s3://{self.bucket}"
         ctx = f"({URL_ENV}={self.url})"
         if isinstance(exc, ClientError):
@@ -108,6 +117,13 @@ class S3Backend(Backend):
                 )
             if code in ("NoSuchKey", "404", "NotFound"):
                 return not_found(where)
+            if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled") and denied_fix:
+                return StoreError(
+                    redact(
+                        f"access denied while trying to {action} {where} {ctx}: {detail}. "
+                        f"Fix: {denied_fix}"
+                    )
+                )
             if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
                 return StoreError(
                     redact(
@@ -147,11 +163,18 @@ class S3Backend(Backend):
             )
         )
 
-    def call(self, action: str, key: str | None, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    def call(
+        self,
+        action: str,
+        key: str | None,
+        fn: Callable[..., Any],
+        denied_fix: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
         try:
             return fn(**kwargs)
         except (BotoCoreError, ClientError) as exc:
-            raise self.error(exc, action, key) from None
+            raise self.error(exc, action, key, denied_fix) from None
 
     def check_writable(self) -> None:
         self.call("reach bucket", None, self.client.head_bucket, Bucket=self.bucket)
@@ -175,26 +198,31 @@ class S3Backend(Backend):
         except BotoCoreError as exc:
             raise self.error(exc, "write", key) from None
 
-    def _pages(
-        self, operation: str, action: str, prefix: str, **kwargs: Any
+    def pages(
+        self,
+        operation: str,
+        action: str,
+        prefix: str,
+        denied_fix: str | None = None,
+        **kwargs: Any,
     ) -> Iterator[dict[str, Any]]:
         """The pages of ``operation`` (``list_objects_v2``, ``list_multipart_uploads``)."""
         paginator = self.client.get_paginator(operation)
         try:
             yield from paginator.paginate(Bucket=self.bucket, Prefix=prefix, **kwargs)
         except (BotoCoreError, ClientError) as exc:
-            raise self.error(exc, action, prefix) from None
+            raise self.error(exc, action, prefix, denied_fix) from None
 
     def _uploads(self, prefix: str) -> list[dict[str, Any]]:
         """The unfinished multipart uploads under ``prefix`` (those of nested keys included)."""
-        pages = self._pages("list_multipart_uploads", "list uploads under", prefix)
+        pages = self.pages("list_multipart_uploads", "list uploads under", prefix)
         return [upload for page in pages for upload in page.get("Uploads", [])]
 
     def _set_ids(self) -> list[str]:
-        root = self._root()
+        root = self.root()
         return [
             p["Prefix"][len(root) :].rstrip("/")
-            for page in self._pages("list_objects_v2", "list", root, Delimiter="/")
+            for page in self.pages("list_objects_v2", "list", root, Delimiter="/")
             for p in page.get("CommonPrefixes", [])
         ]
 
@@ -202,7 +230,7 @@ class S3Backend(Backend):
         prefix = self.key(set_id)
         found = [
             StoredEntry(obj["Key"][len(prefix) :], int(obj["Size"]), _aware(obj["LastModified"]))
-            for page in self._pages("list_objects_v2", "list", prefix, Delimiter="/")
+            for page in self.pages("list_objects_v2", "list", prefix, Delimiter="/")
             for obj in page.get("Contents", [])
         ]
         if partial:
@@ -251,7 +279,9 @@ class S3Backend(Backend):
         key = self.key(set_id, name)
         self.call("delete", key, self.client.delete_object, Bucket=self.bucket, Key=key)
 
-    def delete_set(self, set_id: str) -> None:
+    def delete_set(self, set_id: str, first: tuple[str, ...]) -> None:
+        from twinme_ops.backups.store import s3_versions
+
         prefix = self.key(set_id)
         # uploads orphaned by a killed writer would otherwise be billed until the lifecycle rule
         for upload in self._uploads(prefix):
@@ -263,24 +293,25 @@ class S3Backend(Backend):
                 Key=upload["Key"],
                 UploadId=upload["UploadId"],
             )
-        for page in self._pages("list_objects_v2", "list", prefix):
-            objects = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
-            # a page holds at most 1,000 keys, the DeleteObjects limit
-            if not objects:
-                continue
-            resp = self.call(
-                "delete",
-                prefix,
-                self.client.delete_objects,
-                Bucket=self.bucket,
-                Delete={"Objects": objects, "Quiet": True},
-            )
-            if resp.get("Errors"):
-                first = resp["Errors"][0]
-                raise StoreError(
-                    redact(
-                        f"could not delete {len(resp['Errors'])} object(s) under "
-                        f"{self.uri(prefix)}, e.g. {first.get('Key')}: {first.get('Code')} "
-                        f"{first.get('Message', '')}"
-                    )
-                )
+        s3_versions.delete_set(self, set_id, first)
+
+    def immutability(self, probe: bool) -> BucketFacts:
+        from twinme_ops.backups.store import s3_versions
+
+        return s3_versions.bucket_facts(self, probe)
+
+    def lock_of(self, set_id: str, name: str) -> ObjectLock | None:
+        from twinme_ops.backups.store import s3_versions
+
+        lock = s3_versions.lock_of(self, self.key(set_id, name))
+        return lock if lock.mode or lock.legal_hold else None
+
+    def extend_lock(self, set_id: str, until: datetime, before: datetime, mode: str) -> int:
+        from twinme_ops.backups.store import s3_versions
+
+        return s3_versions.extend_lock(self, set_id, until, before, mode)
+
+    def hidden_names(self, set_id: str) -> list[str]:
+        from twinme_ops.backups.store import s3_versions
+
+        return s3_versions.hidden_names(self, set_id)

@@ -37,3 +37,19 @@ def s3_client_factory(s3: dg.ConfigurableResource | None) -> Callable[[], Any]:
             f"not {type(s3).__name__}"
         )
     return s3.get_client
+
+
+# S3Resource's settings that say where and how to connect, not who connects
+_CONNECTION_FIELDS = ("region_name", "max_attempts", "endpoint_url", "use_ssl", "verify")
+
+
+def with_profile(s3: dg.ConfigurableResource | None, profile: str) -> dg.ConfigurableResource:
+    """An ``S3Resource`` like ``s3`` (same endpoint, region, TLS) that signs with the AWS profile
+    ``profile`` instead of ``s3``'s credentials. botocore ignores the ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY`` environment variables when a profile is named, so the writer's
+    keys in a pod's environment cannot stand in for the retention role's."""
+    from dagster_aws.s3 import S3Resource
+
+    base = s3 if isinstance(s3, S3Resource) else S3Resource()
+    settings = {f: getattr(base, f) for f in _CONNECTION_FIELDS if getattr(base, f) is not None}
+    return S3Resource(profile_name=profile, **settings)

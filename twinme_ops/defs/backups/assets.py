@@ -20,6 +20,7 @@ from twinme_ops.backups.manifest import (
 )
 from twinme_ops.backups.sets import sweep_leftovers
 from twinme_ops.backups.store.base import BackupStore, StoreError
+from twinme_ops.backups.store.immutability import check_after_backup
 from twinme_ops.backups.take import (
     SetCompleteError,
     Sources,
@@ -339,6 +340,7 @@ def backup_set(
         )
     except StoreError as exc:  # the set is complete; what is left is retention's to remove
         context.log.warning(f"leftovers of set {set_id} not removed: {redact(exc)}")
+    immutability = check_after_backup(backup_store, set_id, context.log)
     total = manifest["total_bytes"]
     arts = manifest["artifacts"]
     sizes = ", ".join(f"{COMPONENT_LABELS[c]} {arts[c]['bytes_out'] / MIB:,.1f} MB" for c in arts)
@@ -360,6 +362,7 @@ def backup_set(
             "keys_total": dg.MetadataValue.int(arts["redis"]["source"]["total_keys"]),
             "files": dg.MetadataValue.int(arts["files"]["source"]["files"]),
             "encrypted": dg.MetadataValue.bool(arts["postgres"]["encryption"] is not None),
+            **immutability,
         }
     )
 

@@ -6,19 +6,61 @@ resource, the run config and the UI. It replaces the spec's ``find -mtime +30 -d
 only cleaned local copies (S3 was never cleaned) and trusted file times.
 """
 
+import json
 from datetime import UTC, datetime
 
 import dagster as dg
 from pydantic import Field
 
-from twinme_ops.backups.retention import RetentionPolicy, decisions_markdown, plan_retention
-from twinme_ops.backups.retention_apply import apply_retention, inspect_sets
+from twinme_ops.backups.retention import (
+    RetentionPolicy,
+    decisions_markdown,
+    kept_beyond_window,
+    plan_retention,
+)
+from twinme_ops.backups.retention_apply import apply_retention, extend_kept_locks, inspect_sets
 from twinme_ops.backups.sets import LEFTOVER_GRACE_S, read_set, sweep_leftovers
 from twinme_ops.backups.store.base import BackupStore, StoreError
+from twinme_ops.backups.store.immutability import (
+    BucketFacts,
+    ImmutabilityReport,
+    lock_covers_policy,
+)
+from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
 from twinme_ops.defs.backups.assets import backup_set, run_status
 from twinme_ops.defs.backups.wal_retention import wal_archive_retention
-from twinme_ops.defs.executors import max_runtime
+from twinme_ops.defs.executors import K8S_CONFIG_TAG, PodResources, max_runtime, step_pod_executor
+
+# Production: retention runs in its own step pod as the ServiceAccount twinme-ops-retention, whose
+# IAM role alone may delete object versions (deploy/backup-bucket/). These are op tags, read only
+# for step pods: they are code, which no one launching a run can change (a run's own tags may not
+# pick a ServiceAccount: the run launcher's allowlist, deploy/dagster/values.yaml). The profile
+# makes botocore ignore the writer's keys that every pod gets in its environment.
+RETENTION_SERVICE_ACCOUNT = "twinme-ops-retention"
+RETENTION_AWS_PROFILE = "twinme-retention"
+RETENTION_AWS_CONFIG_MAP = "twinme-ops-retention-aws"
+_RETENTION_AWS_DIR = "/etc/twinme/retention-aws"
+RETENTION_STEP_POD: dict = {
+    "container_config": {
+        "env": [
+            {"name": "TWINME_RETENTION_AWS_PROFILE", "value": RETENTION_AWS_PROFILE},
+            {"name": "AWS_CONFIG_FILE", "value": f"{_RETENTION_AWS_DIR}/config"},
+        ],
+        "volume_mounts": [
+            {"name": "retention-aws", "mount_path": _RETENTION_AWS_DIR, "read_only": True}
+        ],
+    },
+    "pod_spec_config": {
+        "service_account_name": RETENTION_SERVICE_ACCOUNT,
+        "volumes": [{"name": "retention-aws", "config_map": {"name": RETENTION_AWS_CONFIG_MAP}}],
+    },
+}
+# reads manifests and deletes objects: little CPU or memory
+RETENTION_POD = PodResources(
+    requests={"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "256Mi"},
+    limits={"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "1Gi"},
+)
 
 
 class RetentionConfig(dg.Config):
@@ -71,6 +113,15 @@ class RetentionConfig(dg.Config):
         "run's objects and a dead writer's partial file go at once.",
     )
 
+    lock_extension_days: int = Field(
+        default=7,
+        ge=0,
+        description="On an S3 bucket with Object Lock, the sets kept beyond keep_days (whose "
+        "default lock has run out) are locked again until this many days ahead, so that not "
+        "even the retention role can destroy a set the policy keeps; a set dropped later waits "
+        "up to this long before it is deleted. 0 disables the extension.",
+    )
+
     def policy(self) -> RetentionPolicy:
         """The policy these settings describe."""
         return RetentionPolicy(
@@ -86,6 +137,7 @@ class RetentionConfig(dg.Config):
     group_name="backups",
     deps=[backup_set],
     kinds={"s3"},
+    op_tags={K8S_CONFIG_TAG: json.dumps(RETENTION_STEP_POD, sort_keys=True)},
     description=(
         "Deletes old backup sets from the backup store (local folder or S3, same rules) and says "
         "why for each set. By default it keeps every set of the last 30 days, then 7 daily, "
@@ -103,24 +155,37 @@ def backup_retention(
     """Inspect every set, plan with the configured policy, apply (or preview), report."""
     policy = config.policy()
     mode = "dry run" if config.dry_run else "applying"
-    context.log.info(f"retention of {backup_store.describe()} ({mode}): keep {policy.describe()}")
+    # the retention role (TWINME_RETENTION_AWS_PROFILE): the only one that may delete versions
+    store = backup_store.for_retention()
+    context.log.info(f"retention of {store.describe()} ({mode}): keep {policy.describe()}")
+    lock = _lock_check(store, policy, context.log)
     try:
-        states = inspect_sets(backup_store)
+        states = inspect_sets(store)
     except StoreError as exc:
         raise dg.Failure(description=f"retention could not read the store: {redact(exc)}") from None
-    decisions = plan_retention(states, policy, datetime.now(UTC))
+    now = datetime.now(UTC)
+    decisions = plan_retention(states, policy, now)
 
-    report = apply_retention(backup_store, decisions, dry_run=config.dry_run, log=context.log)
+    report = apply_retention(store, decisions, dry_run=config.dry_run, log=context.log)
+    extended, extension_failures = 0, []
+    if not config.dry_run and lock.lock_enabled and config.lock_extension_days:
+        extended, extension_failures = extend_kept_locks(
+            store,
+            kept_beyond_window(report.kept, policy, now),
+            now=now,
+            days=config.lock_extension_days,
+            log=context.log,
+        )
     leftovers = 0
     for decision in report.kept:
         if config.dry_run or decision.status != "complete":
             continue
         try:
-            view = read_set(backup_store, decision.set_id)
+            view = read_set(store, decision.set_id)
             if view.manifest is not None:
                 leftovers += len(
                     sweep_leftovers(
-                        backup_store,
+                        store,
                         decision.set_id,
                         view.manifest,
                         log=context.log,
@@ -140,6 +205,12 @@ def backup_retention(
         "to_delete": dg.MetadataValue.int(len(report.deleted)),
         "reported": dg.MetadataValue.int(len(report.reported)),
         "failed_deletions": dg.MetadataValue.int(len(report.failed)),
+        # Object Lock: sets due for deletion still locked (deleted by a later run), extensions
+        "locked": dg.MetadataValue.int(len(report.locked)),
+        "locks_extended": dg.MetadataValue.int(extended),
+        "lock_extension_failures": dg.MetadataValue.int(len(extension_failures)),
+        "object_lock": dg.MetadataValue.text(lock.describe_lock()),
+        "lock_covers_policy": dg.MetadataValue.bool(lock_covers_policy(lock, policy.keep_days)[0]),
         "leftovers_removed": dg.MetadataValue.int(leftovers),
         "oldest_kept": dg.MetadataValue.text(min(kept) if kept else "none"),
         "newest_kept": dg.MetadataValue.text(max(kept) if kept else "none"),
@@ -158,9 +229,27 @@ def backup_retention(
     verb = "would delete" if config.dry_run else "deleted"
     context.log.info(
         f"retention done: kept {len(report.kept)}, {verb} {len(report.deleted)}, "
-        f"reported {len(report.reported)}"
+        f"reported {len(report.reported)}, still locked {len(report.locked)}"
     )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _lock_check(store: BackupStore, policy: RetentionPolicy, log: Log) -> ImmutabilityReport:
+    """The bucket's Object Lock as retention sees it, with a warning (and the fix) when the lock
+    does not cover the policy; a store that cannot say counts as no lock (nothing extended)."""
+    try:
+        # no probe: the retention role may delete versions, by design
+        lock = store.check_immutability(probe=False)
+    except (StoreError, ValueError) as exc:
+        problem = f"could not read the store's Object Lock configuration: {redact(exc)}"
+        log.warning(problem)
+        unknown = BucketFacts(unread=(problem,))
+        return ImmutabilityReport(store.describe(), True, "unknown", policy.keep_days, unknown)
+    if not lock.applicable:
+        return lock
+    covers, why = lock_covers_policy(lock, policy.keep_days)
+    (log.info if covers else log.warning)(f"Object Lock {lock.describe_lock()}: {why}")
+    return lock
 
 
 retention_job = dg.define_asset_job(
@@ -173,6 +262,9 @@ retention_job = dg.define_asset_job(
         "(wal_archive_retention). Set dry_run: true in the run config of both to preview."
     ),
     tags={"twinme/operation": "retention", **max_runtime(1)},
+    # in production (TWINME_K8S_EXECUTOR=1) each step runs in a pod of its own; backup_retention's
+    # with the retention role (RETENTION_STEP_POD)
+    executor_def=step_pod_executor(RETENTION_POD),
 )
 
 retention_schedule = dg.ScheduleDefinition(
