@@ -378,8 +378,9 @@ def build_resources() -> dict[str, Any]:
         "backup_store": BackupStore(url=backup_url),
         "backup_encryption": BackupEncryption(
             key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", ""),
-            # public keys: all a backup needs; the identity only where restores run
-            age_recipients=os.environ.get("TWINME_BACKUP_AGE_RECIPIENTS", ""),
+            # public keys: all a backup needs; the identity only where restores run (EnvVar
+            # all the same: an identity pasted there by mistake stays out of the UI)
+            age_recipients=_env_or("TWINME_BACKUP_AGE_RECIPIENTS", ""),
             age_identity=_env_or("TWINME_BACKUP_AGE_IDENTITY", ""),
             age_identity_file=os.environ.get("TWINME_BACKUP_AGE_IDENTITY_FILE", ""),
         ),

@@ -47,7 +47,7 @@ def drill_set(
         result = run_drill(
             backup_store,
             set_id,
-            key=backup_encryption.get_key(),
+            key=backup_encryption.get_keys(),
             production_database_url=production,
             log=log,
         )
