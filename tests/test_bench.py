@@ -106,3 +106,9 @@ def test_restore_bench_quick(tmp_path: Path, bench_home: Path) -> None:
     output = run_bench("restore", tmp_path, "--home", str(bench_home))
     lines = ratio_lines(output)
     assert any("raw" in line for line in lines), output[-3000:]
+
+
+def test_encryption_bench_quick(tmp_path: Path) -> None:
+    output = run_bench("encryption", tmp_path)
+    for scheme in ("none", "aes-256-gcm", "age"):
+        assert re.search(rf"^{scheme}: write [\d,.]+ MiB/s .* read [\d,.]+ MiB/s", output, re.M)
