@@ -18,6 +18,7 @@ from typing import Any
 from twinme_ops.backups.artifacts import ArtifactResult, ProgressCallback, write_artifact
 from twinme_ops.backups.keys import BackupKeys, as_keys
 from twinme_ops.backups.manifest import (
+    COMPONENT_LABELS,
     GLOBALS,
     MANIFEST,
     SET_PARTS,
@@ -204,6 +205,39 @@ def backup_component(
     )
     store.put_bytes(set_id, record_name(component, run_id), record.to_json())
     return ComponentBackup(component, result, facts, record)
+
+
+def backup_roles(
+    store: BackupStore,
+    set_id: str,
+    sources: Sources,
+    *,
+    run_id: str,
+    key: bytes | BackupKeys | None,
+    replace: bool = False,
+    level: int = 3,
+    role_passwords: bool = False,
+    log: Log = DEFAULT_LOG,
+) -> ComponentBackup:
+    """PostgreSQL's roles (the set's ``globals`` artifact), taken with the postgres component:
+    its dump names them, and restores replay them first."""
+    done = backup_component(
+        GLOBALS,
+        store,
+        set_id,
+        sources,
+        run_id=run_id,
+        key=key,
+        replace=replace,
+        level=level,
+        role_passwords=role_passwords,
+    )
+    hashes = " with password hashes" if role_passwords else ""
+    log.info(
+        f"{COMPONENT_LABELS[GLOBALS]}: {len(done.facts.roles)} roles, "
+        f"{done.facts.memberships} memberships{hashes} stored as {done.result.name}"
+    )
+    return done
 
 
 def _run_records(

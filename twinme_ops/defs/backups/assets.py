@@ -25,6 +25,7 @@ from twinme_ops.backups.take import (
     SetCompleteError,
     Sources,
     backup_component,
+    backup_roles,
     complete_set_error,
     write_manifest,
 )
@@ -180,8 +181,7 @@ def _backup_component(
         set_id = _prepare_set(context, store, component, config.force)
         context.log.info(f"{label}: backing up into {store.set_location(set_id)}")
         if component == "postgres":  # the roles its dump names, restored before it
-            roles = backup_component(
-                GLOBALS,
+            backup_roles(
                 store,
                 set_id,
                 sources,
@@ -190,12 +190,7 @@ def _backup_component(
                 replace=config.force,
                 level=config.zstd_level,
                 role_passwords=config.role_passwords,
-            )
-            context.log.info(
-                f"{COMPONENT_LABELS[GLOBALS]}: {len(roles.facts.roles)} roles, "
-                f"{roles.facts.memberships} memberships"
-                f"{' with password hashes' if config.role_passwords else ''} stored as "
-                f"{roles.result.name}"
+                log=context.log,
             )
         done = backup_component(
             component,
@@ -375,6 +370,7 @@ def backup_set(
         context.log.warning(f"leftovers of set {set_id} not removed: {redact(exc)}")
     total = manifest["total_bytes"]
     arts = manifest["artifacts"]
+    roles = arts.get(GLOBALS, {}).get("source", {}).get("roles", [])  # none in older sets
     sizes = ", ".join(f"{COMPONENT_LABELS[c]} {arts[c]['bytes_out'] / MIB:,.1f} MB" for c in arts)
     context.log.info(f"backup set {set_id} complete at {manifest['location']}: {sizes}")
     by_label = {COMPONENT_LABELS[c]: arts[c]["bytes_out"] for c in arts}
@@ -395,14 +391,9 @@ def backup_set(
             "files": dg.MetadataValue.int(arts["files"]["source"]["files"]),
             "encrypted": dg.MetadataValue.bool(arts["postgres"]["encryption"] is not None),
             "encryption": (arts["postgres"]["encryption"] or {}).get("algorithm", "none"),
-            "roles": dg.MetadataValue.int(len(_roles(arts))),
+            "roles": dg.MetadataValue.int(len(roles)),
         }
     )
-
-
-def _roles(arts: dict[str, Any]) -> list[str]:
-    """The roles a set's globals artifact holds (none in a set taken before they were)."""
-    return list(arts.get(GLOBALS, {}).get("source", {}).get("roles", []))
 
 
 backup_assets = [postgres_backup, redis_backup, files_backup, backup_set]
