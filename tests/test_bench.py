@@ -131,3 +131,9 @@ def test_archive_lag_bench_quick(tmp_path: Path) -> None:
     assert re.search(r"^ours \(pg_receivewal --synchronous\): RPO p50/p95/max ", output, re.M)
     assert re.search(r"^raw \(archive_command, archive_timeout=2\): RPO p50/p95/max ", output, re.M)
     assert re.search(rf"^RPO ours/raw: p95 {RATIO}, max {RATIO}", output, re.M), output[-3000:]
+
+
+def test_encryption_bench_quick(tmp_path: Path) -> None:
+    output = run_bench("encryption", tmp_path)
+    for scheme in ("none", "aes-256-gcm", "age"):
+        assert re.search(rf"^{scheme}: write [\d,.]+ MiB/s .* read [\d,.]+ MiB/s", output, re.M)

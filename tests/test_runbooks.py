@@ -162,3 +162,43 @@ def test_deployment_tests_runbook(
     app.delay_s = 0.3  # a slow API fails the job
     proc = run_block("deployment-tests", env, tmp_path, command)
     assert proc.returncode != 0 and "p95" in proc.stdout + proc.stderr
+
+
+def test_restore_by_hand_runbook_reads_an_age_set_with_stock_tools(
+    sandbox_env: tuple[dict[str, str], SandboxInfo], server_tmp: Path
+) -> None:
+    """An age-encrypted set, restored by age | zstd -d | psql / pg_restore onto another server."""
+    import pyrage
+
+    from twinme_ops.common.pgtools import pg_bin_dir
+    from twinme_ops.scratch.postgres import PostgresServer
+
+    env, info = sandbox_env
+    identity = pyrage.x25519.Identity.generate()
+    key = server_tmp / "key.txt"
+    key.write_text(f"# public key: {identity.to_public()}\n{identity}\n")
+    set_id = today_partition()
+    backup_env = {
+        **env,
+        "SET_ID": set_id,
+        "TWINME_BACKUP_AGE_RECIPIENTS": str(identity.to_public()),
+        "TWINME_BACKUP_AGE_IDENTITY_FILE": str(key),
+    }
+    _ok(run_block("backup", backup_env, info.home))
+    target = PostgresServer.start(server_tmp / "restore-target")
+    try:
+        by_hand = {
+            **env,
+            "SET_DIR": str(info.home / "backups" / set_id),
+            "AGE_KEY": str(key),
+            "RESTORE_URL": target.url("postgres"),
+            "PATH": f"{pg_bin_dir()}:{env.get('PATH', os.environ['PATH'])}",
+        }
+        proc = run_block("restore-by-hand", by_hand, info.home)
+        out = _ok(proc)
+        assert "restored into database twinme_restored_" in out
+        expected, got = [ln for ln in proc.stdout.splitlines() if ln.strip().isdigit()][-2:]
+        assert expected == got and int(got) > 0
+        assert str(identity) not in out
+    finally:
+        target.stop(mode="immediate")

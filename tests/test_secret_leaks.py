@@ -23,6 +23,7 @@ import dagster as dg
 import psycopg
 import psycopg.conninfo
 import pydantic
+import pyrage
 import pytest
 
 from tests.support.backup_helpers import run_backup, run_text
@@ -339,3 +340,36 @@ def test_cli_backup_with_a_malformed_url_leaks_no_password(
     assert var in shown and fix in shown, shown[-3000:]
     assert password not in _all_runs_text(dagster_home), "in the event log"
     assert password not in _slack_text(slack_receiver), "in Slack"
+
+
+# --- age identities (issue 14) ----------------------------------------------------------------
+
+
+def test_an_age_identity_is_masked_even_when_never_registered() -> None:
+    identity = str(pyrage.x25519.Identity.generate())
+    shown = redact(f"failed with key file contents: {identity}\n")
+    assert identity not in shown and "AGE-SECRET-KEY-1***" in shown
+    public = str(pyrage.x25519.Identity.generate().to_public())
+    assert public in redact(f"encrypted to {public}")  # a recipient is public: kept
+
+
+def test_backup_job_with_an_identity_as_recipient_leaks_nothing(
+    sandbox,
+    backup_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    slack_receiver: SlackReceiver,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The private key pasted into TWINME_BACKUP_AGE_RECIPIENTS: refused, named, never shown."""
+    identity = str(pyrage.x25519.Identity.generate())
+    monkeypatch.setenv("TWINME_BACKUP_AGE_RECIPIENTS", identity)
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_backup(instance=instance)
+    assert not result.success
+    out, err = capfd.readouterr()
+    log = _event_log_text(instance, result.run_id) + run_text(instance, result)
+    assert identity not in log + out + err + _slack_text(slack_receiver)
+    assert identity.removeprefix("AGE-SECRET-KEY-1") not in log + out + err
+    failures = [_error_chain(e) for e in result.all_events if e.is_step_failure]
+    failures += [log]
+    assert any("TWINME_BACKUP_AGE_RECIPIENTS" in f and "age-keygen -y" in f for f in failures)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 import redis
 
@@ -38,7 +39,16 @@ def _verify_restores(sandbox, store_url: str, workdir: Path, key: bytes | None =
     store = store_for(store_url)
     manifest = read_manifest(store)
     arts = manifest["artifacts"]
-    assert set(arts) == {"postgres", "redis", "files"}
+    assert set(arts) == {"globals", "postgres", "redis", "files"}
+
+    # PostgreSQL's roles: a psql script creating every role of the source, no password hash
+    script = fetch_plain(store, PARTITION, arts["globals"], workdir, key).read_text()
+    with psycopg.connect(sandbox.database_url) as conn:
+        roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'")}
+    assert set(arts["globals"]["source"]["roles"]) == roles
+    for role in roles:
+        assert f"CREATE ROLE {role};" in script or f'CREATE ROLE "{role}";' in script
+    assert "PASSWORD" not in script and not arts["globals"]["source"]["passwords"]
 
     # PostgreSQL: pg_restore into a fresh database, then table for table, row for row
     dump = fetch_plain(store, PARTITION, arts["postgres"], workdir, key)
@@ -93,6 +103,7 @@ def test_backup_restores_with_raw_tools_local(
     assert names == sorted(
         ["manifest.json", "drill.json"]
         + [f"postgres.{run}.dump.zst", f"redis.{run}.rdb.zst", f"files.{run}.tar.zst"]
+        + [f"globals.{run}.sql.zst"]
     )
     assert manifest["run_id"] == run
     assert {a["name"] for a in manifest["artifacts"].values()} <= set(names)

@@ -1390,7 +1390,7 @@ def test_the_dockerfile_builds_the_code_location_image() -> None:
     assert re.fullmatch(rf"node:20\.\d+\.\d+-bookworm-slim{digest} AS node", node_stage)
 
     run = " ".join(by_kind["RUN"])
-    for package in ("redis-server", "zstd", "git", "tini", "ca-certificates"):
+    for package in ("redis-server", "zstd", "age", "git", "tini", "ca-certificates"):
         assert re.search(rf"apt-get install [^&]*\b{re.escape(package)}\b", run), package
     # the wheel's client has no SSL: PGDG's 18 client, selected by TWINME_PG_CLIENT_DIR (checked
     # at build time), while the scratch servers stay the wheel's

@@ -73,9 +73,16 @@ def read_manifest(store: BackupStore, set_id: str = PARTITION) -> dict[str, Any]
 
 
 def fetch_plain(
-    store: BackupStore, set_id: str, art: dict[str, Any], workdir: Path, key: bytes | None = None
+    store: BackupStore,
+    set_id: str,
+    art: dict[str, Any],
+    workdir: Path,
+    key: bytes | Path | None = None,
 ) -> Path:
-    """Download a stored artifact, check its sha256, decrypt if needed and ``zstd -d`` it."""
+    """Download a stored artifact, check its sha256, decrypt if needed and ``zstd -d`` it.
+
+    ``key``: the AES-256-GCM key, or the path of an age identity file (then the ``age`` CLI
+    decrypts, as a person would by hand)."""
     stored = workdir / art["name"]
     with store.open_reader(set_id, art["name"]) as reader, open(stored, "wb") as out:
         while chunk := reader.read(1 << 20):
@@ -83,8 +90,14 @@ def fetch_plain(
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == art["sha256"]
     assert stored.stat().st_size == art["bytes_out"]
     compressed = stored
-    if art.get("encryption"):
-        assert key is not None, "artifact is encrypted"
+    if art.get("encryption") and isinstance(key, Path):
+        assert art["encryption"]["algorithm"] == "age"
+        compressed = workdir / (art["name"].removesuffix(".age"))
+        subprocess.run(
+            ["age", "-d", "-i", str(key), "-o", str(compressed), str(stored)], check=True
+        )
+    elif art.get("encryption"):
+        assert isinstance(key, bytes), "artifact is encrypted"
         compressed = workdir / (art["name"].removesuffix(".enc"))
         dec = Decryptor(key)
         with open(stored, "rb") as src, open(compressed, "wb") as out:
@@ -125,6 +138,9 @@ ENV_VARS = (
     "TWINME_FILES_DIR",
     "TWINME_BACKUP_URL",
     "TWINME_BACKUP_ENCRYPTION_KEY",
+    "TWINME_BACKUP_AGE_RECIPIENTS",
+    "TWINME_BACKUP_AGE_IDENTITY",
+    "TWINME_BACKUP_AGE_IDENTITY_FILE",
     "SLACK_WEBHOOK_URL",
     "TWINME_ENV",
 )

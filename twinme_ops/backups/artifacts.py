@@ -1,10 +1,13 @@
 """How the bytes of a backup artifact are transformed on their way to and from the store.
 
-Writing: source chunks -> zstd -> optional AES-256-GCM stream (:mod:`twinme_ops.backups.crypto`) ->
-sha256 + byte count -> :meth:`BackupStore.open_writer`. Reading runs the same chain backwards.
-Everything streams with bounded memory, whatever the artifact size. An unencrypted artifact is a
-plain single-frame zstd file (``zstd -d`` restores it by hand); the sha256 is that of the stored
-bytes, so ``sha256sum`` on the downloaded object checks it.
+Writing: source chunks -> zstd -> optional encryption -> sha256 + byte count ->
+:meth:`BackupStore.open_writer`. Reading runs the same chain backwards. Encryption is age to the
+configured recipients (:mod:`twinme_ops.backups.age_crypto`: a standard age file, ``age -d``
+decrypts it by hand) or, for sets written before age, AES-256-GCM in chunks
+(:mod:`twinme_ops.backups.crypto`); :mod:`twinme_ops.backups.keys` says which one writes and
+which key reads what. Everything streams with bounded memory, whatever the artifact size. An
+unencrypted artifact is a plain single-frame zstd file (``zstd -d`` restores it by hand); the
+sha256 is that of the stored bytes, so ``sha256sum`` on the downloaded object checks it.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twinme_ops.backups.crypto import KEY_ENV, Decryptor, Encryptor, encryption_info
+from twinme_ops.backups import age_crypto
+from twinme_ops.backups.crypto import Decryptor, Encryptor, encryption_info
+from twinme_ops.backups.keys import AGE, BackupKeys, as_keys, require_readable, scheme_of
 
 if TYPE_CHECKING:
     from twinme_ops.backups.store.base import BackupStore
@@ -71,33 +76,54 @@ def write_artifact(
     chunks: Iterable[bytes],
     *,
     level: int = 3,
-    key: bytes | None = None,
+    key: bytes | BackupKeys | None = None,
     size_hint: int | None = None,
     progress: ProgressCallback | None = None,
     progress_interval_s: float = 10.0,
     threads: int = DEFAULT_THREADS,
 ) -> ArtifactResult:
-    """Compress (zstd ``level``), optionally encrypt (``key``), hash and store ``chunks``.
+    """Compress (zstd ``level``), optionally encrypt, hash and store ``chunks``.
 
-    ``progress(bytes_in, bytes_out, elapsed_s)`` is called at most every ``progress_interval_s``
-    seconds while data flows, and once at the end. If ``chunks`` (or anything else) raises, the
-    store discards the partial artifact and the exception propagates. ``size_hint`` is an upper
-    bound of the stored size if known (the raw size is fine).
+    ``key``: :class:`~twinme_ops.backups.keys.BackupKeys` (age recipients win over the AES key),
+    or raw bytes, an AES-256-GCM key. ``progress(bytes_in, bytes_out, elapsed_s)`` is called at
+    most every ``progress_interval_s`` seconds while data flows, and once at the end. If
+    ``chunks`` (or anything else) raises, the store discards the partial artifact and the
+    exception propagates. ``size_hint`` is an upper bound of the stored size if known (the raw
+    size is fine).
     """
     # zstandard is imported by the first artifact, not with the code location
     import zstandard
 
+    keys = as_keys(key)
+    scheme = keys.write_scheme
     start = time.monotonic()
     params = zstandard.ZstdCompressionParameters.from_level(
         level, threads=threads, job_size=JOB_SIZE if threads else 0, write_checksum=1
     )
     compressor = zstandard.ZstdCompressor(compression_params=params)
     cobj = compressor.compressobj()
-    encryptor = Encryptor(key) if key is not None else None
     hasher = hashlib.sha256()
     bytes_in = 0
     bytes_out = 0
     last_report = start
+
+    def compressed() -> Iterator[bytes]:
+        nonlocal bytes_in, last_report
+        for chunk in chunks:
+            size = len(chunk)
+            bytes_in += size
+            if size <= _MAX_COMPRESS_INPUT:
+                yield cobj.compress(chunk)
+            else:
+                with memoryview(chunk) as view:
+                    for offset in range(0, size, _MAX_COMPRESS_INPUT):
+                        yield cobj.compress(view[offset : offset + _MAX_COMPRESS_INPUT])
+            if progress is not None:
+                now = time.monotonic()
+                if now - last_report >= progress_interval_s:
+                    progress(bytes_in, bytes_out, now - start)
+                    last_report = now
+        yield cobj.flush()
 
     with store.open_writer(set_id, name, size_hint=size_hint) as writer:
 
@@ -108,38 +134,34 @@ def write_artifact(
                 writer.write(data)
                 bytes_out += len(data)
 
-        def push(compressed: bytes) -> None:
-            if compressed:
-                emit(encryptor.update(compressed) if encryptor is not None else compressed)
-
-        for chunk in chunks:
-            size = len(chunk)
-            bytes_in += size
-            if size <= _MAX_COMPRESS_INPUT:
-                push(cobj.compress(chunk))
-            else:
-                with memoryview(chunk) as view:
-                    for offset in range(0, size, _MAX_COMPRESS_INPUT):
-                        push(cobj.compress(view[offset : offset + _MAX_COMPRESS_INPUT]))
-            if progress is not None:
-                now = time.monotonic()
-                if now - last_report >= progress_interval_s:
-                    progress(bytes_in, bytes_out, now - start)
-                    last_report = now
-        push(cobj.flush())
-        if encryptor is not None:
+        if scheme == AGE:
+            age_crypto.encrypt_to(
+                (piece for piece in compressed() if piece), emit, keys.age_recipients
+            )
+        elif keys.aes_key is not None:
+            encryptor = Encryptor(keys.aes_key)
+            for piece in compressed():
+                if piece:
+                    emit(encryptor.update(piece))
             emit(encryptor.finalize())
+        else:
+            for piece in compressed():
+                emit(piece)
 
     duration = time.monotonic() - start
     if progress is not None:
         progress(bytes_in, bytes_out, duration)
+    if scheme == AGE:
+        info: dict[str, Any] | None = age_crypto.encryption_info(keys.age_recipients)
+    else:
+        info = encryption_info(keys.aes_key) if keys.aes_key is not None else None
     return ArtifactResult(
         name=name,
         bytes_in=bytes_in,
         bytes_out=bytes_out,
         sha256=hasher.hexdigest(),
         compression={"codec": "zstd", "level": level},
-        encryption=encryption_info(key) if key is not None else None,
+        encryption=info,
         duration_s=round(duration, 3),
     )
 
@@ -237,10 +259,14 @@ def read_artifact(
     name: str,
     *,
     expected_sha256: str | None,
-    key: bytes | None,
-    encrypted: bool,
+    key: bytes | BackupKeys | None,
+    encrypted: bool | Mapping[str, Any] | None,
 ) -> Iterator[bytes]:
     """Stream the original bytes of an artifact: read, hash, decrypt, decompress.
+
+    ``encrypted``: the manifest entry's ``encryption`` (None: not encrypted; ``True``: the
+    AES-256-GCM stream). ``key``: :class:`~twinme_ops.backups.keys.BackupKeys`, or raw AES bytes.
+    A missing or non-matching key raises ``ValueError`` before anything is read.
 
     The returned iterator yields data before the artifact has been fully verified: the sha256 of
     the stored bytes (against ``expected_sha256``), the last encryption chunk and the end of the
@@ -251,9 +277,9 @@ def read_artifact(
     (a decryption or decompression error is reported as such a mismatch when the checksum also
     differs, which tells a corrupted artifact from a wrong key).
     """
-    if encrypted and key is None:
-        raise ValueError(f"{set_id}/{name} is encrypted: set {KEY_ENV} to the key that wrote it")
-    return _read_artifact(store, set_id, name, expected_sha256, key if encrypted else None)
+    keys = as_keys(key)
+    require_readable(set_id, name, encrypted, keys)
+    return _read_artifact(store, set_id, name, expected_sha256, keys, scheme_of(encrypted))
 
 
 def _mismatch(set_id: str, name: str, expected: str, actual: str) -> ValueError:
@@ -263,38 +289,55 @@ def _mismatch(set_id: str, name: str, expected: str, actual: str) -> ValueError:
     )
 
 
+def _aes_plaintext(raw: Iterator[bytes], key: bytes) -> Iterator[bytes]:
+    decryptor = Decryptor(key)
+    for data in raw:
+        yield decryptor.update(data)
+    yield decryptor.finalize()
+
+
 def _read_artifact(
     store: BackupStore,
     set_id: str,
     name: str,
     expected_sha256: str | None,
-    key: bytes | None,
+    keys: BackupKeys,
+    scheme: str | None,
 ) -> Iterator[bytes]:
     import zstandard
 
     hasher = hashlib.sha256()
-    decryptor = Decryptor(key) if key is not None else None
     splitter = _ZstdFrameSplitter()
     dobj = zstandard.ZstdDecompressor().decompressobj()
 
     with store.open_reader(set_id, name) as reader:
 
-        def decompress(compressed: bytes) -> Iterator[bytes]:
-            for piece in splitter.feed(compressed):
-                out = dobj.decompress(piece)
-                if out:
-                    yield out
-
-        try:
+        def stored() -> Iterator[bytes]:
             while raw := reader.read(READ_SIZE):
                 hasher.update(raw)
-                yield from decompress(decryptor.update(raw) if decryptor is not None else raw)
-            if decryptor is not None:
-                yield from decompress(decryptor.finalize())
+                yield raw
+
+        if scheme == AGE:
+            plaintext = age_crypto.decrypt_from(stored(), keys.age_identities)
+        elif scheme is not None:
+            assert keys.aes_key is not None  # require_readable checked it
+            plaintext = _aes_plaintext(stored(), keys.aes_key)
+        else:
+            plaintext = stored()
+
+        try:
+            for compressed in plaintext:
+                for piece in splitter.feed(compressed):
+                    out = dobj.decompress(piece)
+                    if out:
+                        yield out
             splitter.finish()
             if not dobj.eof:
                 raise ValueError("truncated compressed stream")
         except (ValueError, zstandard.ZstdError) as exc:
+            close = getattr(plaintext, "close", None)
+            if close is not None:
+                close()  # the age worker thread stops reading before the rest is hashed here
             if expected_sha256 is not None:
                 # hash the rest: a checksum mismatch names the real cause (a damaged artifact)
                 while raw := reader.read(READ_SIZE):
@@ -305,6 +348,13 @@ def _read_artifact(
             if isinstance(exc, zstandard.ZstdError):
                 raise ValueError(f"cannot decompress {set_id}/{name}: {exc}") from exc
             raise ValueError(f"cannot read {set_id}/{name}: {exc}") from exc
+        finally:
+            close = getattr(plaintext, "close", None)
+            if close is not None:
+                close()
+        # the stored stream may end after the last byte the decryptor needed
+        while raw := reader.read(READ_SIZE):
+            hasher.update(raw)
 
     actual = hasher.hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
@@ -326,7 +376,7 @@ def verify_artifact(store: BackupStore, set_id: str, name: str, expected_sha256:
 
 
 def read_manifest_artifact(
-    store: BackupStore, set_id: str, entry: dict[str, Any], key: bytes | None
+    store: BackupStore, set_id: str, entry: dict[str, Any], key: bytes | BackupKeys | None
 ) -> Iterator[bytes]:
     """:func:`read_artifact` for a manifest entry (its name, sha256 and encryption)."""
     return read_artifact(
@@ -335,5 +385,5 @@ def read_manifest_artifact(
         entry["name"],
         expected_sha256=entry["sha256"],
         key=key,
-        encrypted=entry.get("encryption") is not None,
+        encrypted=entry.get("encryption"),
     )

@@ -31,6 +31,8 @@ from twinme_ops.common.redact import register_secret
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+    from twinme_ops.backups.keys import BackupKeys
+
 KEY_ENV = "TWINME_BACKUP_ENCRYPTION_KEY"
 KEY_SIZE = 32
 MAGIC = b"TWMENC1\n"
@@ -254,19 +256,50 @@ class Decryptor:
 
 
 class BackupEncryption(dg.ConfigurableResource):
-    """The client-side encryption key of backup artifacts (``TWINME_BACKUP_ENCRYPTION_KEY``).
+    """Client-side encryption of backup artifacts: age recipients (``TWINME_BACKUP_AGE_*``) and
+    the AES-256-GCM key (``TWINME_BACKUP_ENCRYPTION_KEY``).
 
-    Empty: artifacts are not encrypted client-side (S3 server-side encryption still applies).
-    A malformed key fails resource initialization, before any backup work starts.
+    New artifacts are encrypted to the age recipients when any are set (public keys: all a
+    backup needs), else with the AES key, else not client-side (S3 server-side encryption still
+    applies). Reading needs what wrote each artifact: the age identity, or the AES key, which
+    stays configured where restores run for as long as sets written with it are kept
+    (:mod:`twinme_ops.backups.keys`). Malformed values fail resource initialization, before any
+    backup work starts, without echoing them.
     """
 
     key: str = Field(
         default="", description="base64 of 32 random bytes (openssl rand -base64 32). Empty: off."
     )
+    age_recipients: str = Field(
+        default="",
+        description="age public keys (age1..., comma or space separated) new artifacts are "
+        "encrypted to; they win over the AES key. Empty: age off.",
+    )
+    age_identity: str = Field(
+        default="",
+        description="age identity (AGE-SECRET-KEY-1..., secret) that decrypts; only where "
+        "restores run.",
+    )
+    age_identity_file: str = Field(
+        default="",
+        description="path of an age identity file (age-keygen -o); only where restores run.",
+    )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self.get_key()
+        self.get_keys()
 
     def get_key(self) -> bytes | None:
         """The raw key, None when encryption is off; ValueError (value not echoed) if malformed."""
         return parse_key(self.key) if self.key else None
+
+    def get_keys(self) -> BackupKeys:
+        """Every configured key, parsed; ``ValueError`` (values not echoed) if one is malformed."""
+        # imported here: keys.py builds on this module (KEY_ENV, key_id)
+        from twinme_ops.backups.age_crypto import load_identities, parse_recipients
+        from twinme_ops.backups.keys import BackupKeys
+
+        return BackupKeys(
+            aes_key=self.get_key(),
+            age_recipients=parse_recipients(self.age_recipients),
+            age_identities=load_identities(self.age_identity, self.age_identity_file),
+        )

@@ -1,13 +1,15 @@
 """Restore drills: prove that a backup set restores, on scratch servers, never on production.
 
 A drill fetches each artifact (sha256 verified, decrypted, decompressed while streaming),
-restores it (``pg_restore`` into a scratch PostgreSQL, a scratch ``redis-server`` on the RDB,
-safe extraction of the tar), and compares what came back with the facts the manifest recorded at
-backup time. Every scratch server and directory is removed, whatever happens.
+restores it (PostgreSQL's roles then ``pg_restore`` into a scratch PostgreSQL, a scratch
+``redis-server`` on the RDB, safe extraction of the tar), and compares what came back with the
+facts the manifest recorded at backup time: rows, roles and grants, keys, files. Every scratch
+server and directory is removed, whatever happens.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -18,39 +20,27 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from twinme_ops.backups.artifacts import read_manifest_artifact, verify_artifact
-from twinme_ops.backups.manifest import COMPONENTS, DRILL, MANIFEST, parse_manifest
+from twinme_ops.backups.drill_postgres import (
+    DRILL_DB,
+    SCRATCH_SETTINGS,
+    DrillRefused,
+    RolesFailed,
+    same_database,
+    verify_postgres,
+)
+from twinme_ops.backups.keys import BackupKeys
+from twinme_ops.backups.manifest import COMPONENTS, DRILL, GLOBALS, MANIFEST, parse_manifest
 from twinme_ops.backups.restore.files import safe_extract
-from twinme_ops.backups.restore.postgres import pg_restore_stream
 from twinme_ops.backups.restore.redis import scratch_redis_from_rdb
 from twinme_ops.backups.sets import read_set, require_complete_set
 from twinme_ops.backups.store.base import MIB, BackupStore
 from twinme_ops.common.log import DEFAULT_LOG, Log
 from twinme_ops.common.redact import redact
-from twinme_ops.scratch.postgres import PostgresServer
 
-DRILL_DB = "twinme_drill"
 # a backup set older than this without a passed drill means backups have stopped working
 FRESHNESS_MAX_AGE_HOURS = 26.0
-# The scratch server is thrown away after the drill: durability buys nothing there. With
-# wal_level=minimal, pg_restore's single transaction writes table data without WAL.
-SCRATCH_SETTINGS = {
-    "fsync": "off",
-    "synchronous_commit": "off",
-    "full_page_writes": "off",
-    "wal_level": "minimal",
-    "max_wal_senders": "0",
-    "max_wal_size": "4GB",
-    "checkpoint_timeout": "30min",
-    "autovacuum": "off",
-    "maintenance_work_mem": "256MB",
-}
-
-
-class DrillRefused(RuntimeError):
-    """The drill would touch something it must never touch (the production database)."""
 
 
 @dataclass
@@ -77,17 +67,6 @@ class DrillResult:
         return {**asdict(self), "total_rto_s": self.total_rto_s}
 
 
-def same_database(a: str, b: str) -> bool:
-    """Whether two PostgreSQL URLs name the same database on the same server."""
-    pa, pb = urlsplit(a), urlsplit(b)
-    host = {"localhost": "127.0.0.1"}
-    return (
-        host.get(pa.hostname or "", pa.hostname) == host.get(pb.hostname or "", pb.hostname)
-        and (pa.port or 5432) == (pb.port or 5432)
-        and pa.path.strip("/") == pb.path.strip("/")
-    )
-
-
 @contextmanager
 def _scratch_dir(base: str | None) -> Iterator[Path]:
     # 0755: as root, the scratch PostgreSQL runs as another user that must reach its data dir
@@ -103,7 +82,7 @@ def run_drill(
     store: BackupStore,
     set_id: str,
     *,
-    key: bytes | None,
+    key: bytes | BackupKeys | None,
     production_database_url: str | None = None,
     scratch_base: str | None = None,
     log: Log = DEFAULT_LOG,
@@ -111,10 +90,13 @@ def run_drill(
 ) -> DrillResult:
     """Restore every component of ``set_id`` on scratch servers and verify it.
 
-    Never raises for a failing backup: the result says what failed and why (and is written to
-    the set as ``drill.json`` when ``record``). Raises :class:`DrillRefused` only when the drill
-    itself would be unsafe, and :class:`~twinme_ops.backups.sets.SetNotFoundError` (writing
-    nothing) when ``set_id`` is not a set with a manifest. Only what the manifest names is read.
+    ``key``: :class:`~twinme_ops.backups.keys.BackupKeys` (or AES key bytes) that read the set.
+    PostgreSQL's roles (the ``globals`` artifact, when the set has one) are restored first, then
+    the dump with its owners and grants. Never raises for a failing backup: the result says what
+    failed and why (and is written to the set as ``drill.json`` when ``record``). Raises
+    :class:`DrillRefused` only when the drill itself would be unsafe, and
+    :class:`~twinme_ops.backups.sets.SetNotFoundError` (writing nothing) when ``set_id`` is not
+    a set with a manifest. Only what the manifest names is read.
     """
     result = DrillResult(set_id=set_id)
     started = datetime.now(UTC)
@@ -132,15 +114,26 @@ def run_drill(
         for component in COMPONENTS:
             art = manifest["artifacts"][component]
             t0 = time.monotonic()
+            roles = manifest["artifacts"].get(GLOBALS) if component == "postgres" else None
             try:
                 chunks = read_manifest_artifact(store, set_id, art, key)
                 verify = _VERIFIERS[component]
+                if roles is not None:
+                    read = functools.partial(read_manifest_artifact, store, set_id, roles, key)
+                    verify = functools.partial(verify, roles=(read, roles["source"]))
                 result.restored[component] = verify(
                     chunks, art["source"], workdir, production_database_url, log
                 )
                 log.info(f"drill {set_id}: {component} restored and verified")
             except DrillRefused:
                 raise
+            except RolesFailed as exc:
+                assert roles is not None
+                cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+                why = _integrity_first(store, set_id, roles, cause)
+                message = f"{roles['name']}: {redact(why)}"
+                result.failures[GLOBALS] = message
+                log.info(f"drill {set_id}: PostgreSQL roles FAILED: {message}")
             except Exception as exc:
                 message = f"{art['name']}: {redact(_integrity_first(store, set_id, art, exc))}"
                 result.failures[component] = message
@@ -184,60 +177,6 @@ def _finish(
             result.set_id, DRILL, json.dumps(result.to_record(), indent=2, sort_keys=True).encode()
         )
     return result
-
-
-def _verify_postgres(
-    chunks: Iterator[bytes],
-    source: dict[str, Any],
-    workdir: Path,
-    production_database_url: str | None,
-    log: Log,
-) -> dict[str, Any]:
-    from psycopg import sql
-
-    server = PostgresServer.start(workdir / "postgres", settings=SCRATCH_SETTINGS)
-    try:
-        target = server.url(DRILL_DB)
-        if production_database_url and same_database(target, production_database_url):
-            raise DrillRefused(
-                f"refusing to restore a drill into {redact(target)}: it is the DATABASE_URL "
-                "database. Fix: drills restore into scratch servers only."
-            )
-        with server.connect() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DRILL_DB)))
-            # policies name roles that exist on production only: create them (no login) first
-            for role in source.get("policy_roles", []):
-                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
-        # scratch servers lack production's roles: restore data and schema, not ownership/grants
-        pg_restore_stream(chunks, target, no_owner=True, no_privileges=True)
-        mismatches: list[str] = []
-        restored: dict[str, int] = {}
-        with server.connect(DRILL_DB) as conn:
-            for table, expected in sorted(source["tables"].items()):
-                schema, name = table.split(".", 1)
-                query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-                    sql.Identifier(schema), sql.Identifier(name)
-                )
-                row = conn.execute(query).fetchone()
-                got = int(row[0]) if row else -1
-                restored[table] = got
-                if got != expected:
-                    mismatches.append(f"{table}: {got} rows, manifest says {expected}")
-            neighbours = 0
-            if source["tables"].get("public.document_chunks", 0) > 0:
-                row = conn.execute(
-                    "SELECT count(*) FROM (SELECT id FROM document_chunks ORDER BY embedding <-> "
-                    "(SELECT embedding FROM document_chunks ORDER BY id LIMIT 1) LIMIT 5) n"
-                ).fetchone()
-                neighbours = int(row[0]) if row else 0
-                if neighbours == 0:
-                    mismatches.append("pgvector nearest-neighbour search returned no rows")
-        if mismatches:
-            raise RuntimeError("row counts differ: " + "; ".join(mismatches[:5]))
-        log.info(f"postgres: {sum(restored.values()):,} rows in {len(restored)} tables match")
-        return {"tables": len(restored), "rows": sum(restored.values()), "knn_rows": neighbours}
-    finally:
-        server.stop(mode="immediate")
 
 
 def _verify_redis(
@@ -290,7 +229,7 @@ def _verify_files(
 
 
 _VERIFIERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "postgres": _verify_postgres,
+    "postgres": verify_postgres,
     "redis": _verify_redis,
     "files": _verify_files,
 }
@@ -351,3 +290,13 @@ def last_good_set(store: BackupStore, now: datetime | None = None) -> str:
     stale = "" if status.fresh else f" (older than {FRESHNESS_MAX_AGE_HOURS:g} h)"
     age_text = f"{age * 60:.0f} min" if age < 1 else f"{age:.1f} h"
     return f"{set_id}, {total / MIB:,.1f} MB, {age_text} old{stale}"
+
+
+__all__ = [
+    "DRILL_DB",
+    "SCRATCH_SETTINGS",
+    "DrillRefused",
+    "DrillResult",
+    "run_drill",
+    "same_database",
+]

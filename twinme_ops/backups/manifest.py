@@ -26,15 +26,30 @@ MANIFEST = "manifest.json"
 DRILL = "drill.json"
 FORMAT = "twinme-backup-set/v1"
 COMPONENTS = ("postgres", "redis", "files")
-ARTIFACT_SUFFIXES = {"postgres": "dump.zst", "redis": "rdb.zst", "files": "tar.zst"}
-COMPONENT_LABELS = {"postgres": "PostgreSQL", "redis": "Redis", "files": "file storage"}
+# PostgreSQL's roles and memberships (pg_dumpall --globals-only): written with the postgres
+# component, restored before its dump. Sets written before it have no such artifact.
+GLOBALS = "globals"
+# what a set holds, in restore order
+SET_PARTS = (GLOBALS, *COMPONENTS)
+ARTIFACT_SUFFIXES = {
+    "postgres": "dump.zst",
+    "redis": "rdb.zst",
+    "files": "tar.zst",
+    GLOBALS: "sql.zst",
+}
+COMPONENT_LABELS = {
+    "postgres": "PostgreSQL",
+    "redis": "Redis",
+    "files": "file storage",
+    GLOBALS: "PostgreSQL roles",
+}
 _SET_ID = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RUN_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
-# what a backup run writes into a set: <component>.<run id>.<suffix or json>[.enc]; the names of
-# sets written before run ids were part of names (postgres.dump.zst, postgres.json) too
+# what a backup run writes into a set: <component>.<run id>.<suffix or json>[.enc|.age]; the
+# names of sets written before run ids were part of names (postgres.dump.zst, postgres.json) too
 _RUN_OBJECT = re.compile(
-    r"^(?P<component>postgres|redis|files)(?:\.(?P<run>[0-9A-Za-z][0-9A-Za-z-]{0,63}))?"
-    r"\.(?:dump\.zst|rdb\.zst|tar\.zst|json)(?:\.enc)?$"
+    r"^(?P<component>postgres|redis|files|globals)(?:\.(?P<run>[0-9A-Za-z][0-9A-Za-z-]{0,63}))?"
+    r"\.(?:dump\.zst|rdb\.zst|tar\.zst|sql\.zst|json)(?:\.enc|\.age)?$"
 )
 
 
@@ -48,10 +63,12 @@ def _check_run_id(run_id: str) -> str:
     return run_id
 
 
-def artifact_name(component: str, encrypted: bool, run_id: str) -> str:
-    """Stored name of a component's artifact written by run ``run_id`` (``.enc`` when
-    client-side encrypted): ``postgres.<run>.dump.zst``."""
-    suffix = ARTIFACT_SUFFIXES[component] + (".enc" if encrypted else "")
+def artifact_name(component: str, encrypted: bool | str, run_id: str) -> str:
+    """Stored name of a component's artifact written by run ``run_id``:
+    ``postgres.<run>.dump.zst``, plus ``encrypted`` when it is a suffix (``.age``), or ``.enc``
+    when it is True (AES-256-GCM)."""
+    extra = encrypted if isinstance(encrypted, str) else (".enc" if encrypted else "")
+    suffix = ARTIFACT_SUFFIXES[component] + extra
     return f"{component}.{_check_run_id(run_id)}.{suffix}"
 
 
@@ -136,7 +153,8 @@ def build_manifest(
     if missing:
         raise ManifestError(f"set {set_id} lacks component records for: {', '.join(missing)}")
     artifacts: dict[str, Any] = {}
-    for component in COMPONENTS:
+    # globals: every set taken since they exist; optional for the records of older runs
+    for component in (*COMPONENTS, *((GLOBALS,) if GLOBALS in records else ())):
         rec = records[component]
         if rec.component != component:
             raise ManifestError(f"set {set_id}: the record for {component} is {rec.component}'s")
@@ -156,7 +174,7 @@ def build_manifest(
         "run_id": run_id,
         "location": location,
         "total_bytes": total,
-        "durations_s": {c: artifacts[c]["duration_s"] for c in COMPONENTS},
+        "durations_s": {c: a["duration_s"] for c, a in artifacts.items()},
         "artifacts": artifacts,
     }
 

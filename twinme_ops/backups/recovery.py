@@ -21,7 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from twinme_ops.backups.artifacts import read_manifest_artifact, verify_artifact
-from twinme_ops.backups.manifest import COMPONENTS, MANIFEST, parse_manifest
+from twinme_ops.backups.keys import BackupKeys, as_keys, require_readable
+from twinme_ops.backups.manifest import COMPONENTS, GLOBALS, MANIFEST, parse_manifest
 from twinme_ops.backups.recovery_databases import (
     check_maintenance_access,
     drop_restore_leftovers,
@@ -34,6 +35,7 @@ from twinme_ops.backups.restore.common import RestoreError
 from twinme_ops.backups.restore.files import replace_tree, safe_extract, staging_dir_for
 from twinme_ops.backups.restore.postgres import pg_restore_stream
 from twinme_ops.backups.restore.postgres_databases import create_database, drop_database
+from twinme_ops.backups.restore.postgres_globals import restore_globals
 from twinme_ops.backups.restore.postgres_swap import swap_databases
 from twinme_ops.backups.restore.redis import replay_redis, scratch_redis_from_rdb
 from twinme_ops.backups.sets import SetNotFoundError, read_set, require_complete_set
@@ -163,14 +165,33 @@ def check_request(components: list[str], confirm: str, target_database: str) -> 
         )
 
 
-def verify_set(store: BackupStore, state: RecoveryState, log: Log) -> None:
-    """Load the manifest and check every artifact the recovery restores from the set (its sha256)
-    before anything changes."""
+def set_parts(state: RecoveryState) -> list[str]:
+    """What the recovery reads from the set: PostgreSQL's roles (when the set has them) before
+    its dump, then the other components."""
+    parts = list(state.from_set)
+    if "postgres" in parts and GLOBALS in state.manifest.get("artifacts", {}):
+        parts.insert(parts.index("postgres"), GLOBALS)
+    return parts
+
+
+def verify_set(
+    store: BackupStore,
+    state: RecoveryState,
+    log: Log,
+    key: bytes | BackupKeys | None = None,
+) -> None:
+    """Load the manifest and check every artifact the recovery restores from the set (its sha256,
+    and that ``key`` decrypts it) before anything changes."""
     if not state.from_set:
         return
     state.manifest = parse_manifest(store.get_bytes(state.set_id, MANIFEST))
-    for component in state.from_set:
+    keys = as_keys(key)
+    for component in set_parts(state):
         art = state.manifest["artifacts"][component]
+        try:
+            require_readable(state.set_id, art["name"], art.get("encryption"), keys)
+        except ValueError as exc:
+            raise RecoveryError(f"{redact(exc)}. Nothing was touched.") from None
         try:
             size = verify_artifact(store, state.set_id, art["name"], art["sha256"])
         except Exception as exc:
@@ -195,9 +216,25 @@ def check_postgres_target(pg: PostgresResource, log: Log) -> None:
 
 
 def restore_postgres(
-    store: BackupStore, state: RecoveryState, pg: PostgresResource, key: bytes | None, log: Log
+    store: BackupStore,
+    state: RecoveryState,
+    pg: PostgresResource,
+    key: bytes | BackupKeys | None,
+    log: Log,
 ) -> None:
-    """pg_restore the set's dump into a fresh database, then swap it in under the live name."""
+    """Bring back the set's roles that the server lacks (existing roles are kept as they are),
+    then pg_restore the set's dump into a fresh database and swap it in under the live name."""
+    roles = state.manifest["artifacts"].get(GLOBALS)
+    if roles is not None:
+        admin = maintenance_url(pg.tool_dsn(), pg.database_name)
+        outcome = restore_globals(
+            read_manifest_artifact(store, state.set_id, roles, key), admin, pg.tool_env()
+        )
+        state.details.setdefault("postgres", {})["roles_created"] = outcome.created
+        log.info(
+            f"postgres: roles of set {state.set_id}: {len(outcome.created)} created "
+            f"({', '.join(outcome.created[:10]) or 'none missing'}), {len(outcome.kept)} kept"
+        )
     art = state.manifest["artifacts"]["postgres"]
     swap_in_dump(
         state, pg, lambda: read_manifest_artifact(store, state.set_id, art, key), log,
@@ -247,7 +284,11 @@ def swap_in_dump(
 
 
 def restore_redis(
-    store: BackupStore, state: RecoveryState, res: RedisResource, key: bytes | None, log: Log
+    store: BackupStore,
+    state: RecoveryState,
+    res: RedisResource,
+    key: bytes | BackupKeys | None,
+    log: Log,
 ) -> None:
     """Load the RDB into a scratch server and replay every key into the live Redis."""
     art = state.manifest["artifacts"]["redis"]
@@ -270,7 +311,7 @@ def restore_files(
     store: BackupStore,
     state: RecoveryState,
     storage: FileStorageResource,
-    key: bytes | None,
+    key: bytes | BackupKeys | None,
     log: Log,
 ) -> None:
     """Extract safely next to the target (same file system), then make the target equal to it."""

@@ -16,9 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twinme_ops.backups.artifacts import ArtifactResult, ProgressCallback, write_artifact
+from twinme_ops.backups.keys import BackupKeys, as_keys
 from twinme_ops.backups.manifest import (
-    COMPONENTS,
+    COMPONENT_LABELS,
+    GLOBALS,
     MANIFEST,
+    SET_PARTS,
     ComponentRecord,
     artifact_name,
     build_manifest,
@@ -31,6 +34,7 @@ from twinme_ops.common.log import DEFAULT_LOG, Log
 from twinme_ops.common.pgtools import pg_tool_version
 from twinme_ops.servers.files import FilesFacts, FileStorageResource, tar_stream
 from twinme_ops.servers.postgres import DEFAULT_LOCK_WAIT_TIMEOUT_S, PostgresResource, snapshot_dump
+from twinme_ops.servers.postgres_globals import globals_dump
 from twinme_ops.servers.redis import RedisResource, rdb_snapshot
 
 
@@ -90,8 +94,10 @@ def _files_source(storage: FileStorageResource) -> Iterator[tuple[Iterator[bytes
 
 
 def _open(
-    component: str, sources: Sources, lock_wait_timeout_s: int
+    component: str, sources: Sources, lock_wait_timeout_s: int, role_passwords: bool
 ) -> AbstractContextManager[tuple[Iterator[bytes], Any]]:
+    if component == GLOBALS and sources.postgres:
+        return globals_dump(sources.postgres, passwords=role_passwords)
     if component == "postgres" and sources.postgres:
         return snapshot_dump(sources.postgres, lock_wait_timeout_s=lock_wait_timeout_s)
     if component == "redis" and sources.redis:
@@ -107,7 +113,7 @@ def _size_hint(component: str, facts: Any) -> int | None:
         return facts.database_size
     if component == "redis":
         return facts.used_memory
-    return None
+    return None  # a tar's size is unknown before it ends; globals are a few kilobytes
 
 
 def _describe(component: str, f: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -120,8 +126,17 @@ def _describe(component: str, f: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             "tables": f.tables,
             "total_rows": f.total_rows,
             "policy_roles": f.policy_roles,
+            "table_grants": f.table_grants,
         }
         return source, {"pg_dump": pg_tool_version("pg_dump"), "format": "custom"}
+    if component == GLOBALS:
+        source = {
+            "server_version": f.server_version,
+            "roles": f.roles,
+            "memberships": f.memberships,
+            "passwords": f.passwords,
+        }
+        return source, {"pg_dumpall": pg_tool_version("pg_dumpall"), "options": f.options}
     if component == "redis":
         source = {
             "redis_version": f.redis_version,
@@ -148,28 +163,33 @@ def backup_component(
     sources: Sources,
     *,
     run_id: str,
-    key: bytes | None,
+    key: bytes | BackupKeys | None,
     replace: bool = False,
     level: int = 3,
     progress: ProgressCallback | None = None,
     progress_interval_s: float = 10.0,
     lock_wait_timeout_s: int = DEFAULT_LOCK_WAIT_TIMEOUT_S,
+    role_passwords: bool = False,
 ) -> ComponentBackup:
-    """Stream one component into the set under run ``run_id``'s names, then write its record.
+    """Stream one component (or ``globals``) into the set under run ``run_id``'s names, then
+    write its record.
 
     Any failure leaves neither artifact nor record behind (the store discards partial writes).
+    ``key``: what encrypts (:class:`~twinme_ops.backups.keys.BackupKeys`, or AES key bytes).
     ``replace``: the run may replace a complete set (force); recorded for :func:`write_manifest`.
     ``lock_wait_timeout_s``: see :func:`~twinme_ops.servers.postgres.snapshot_dump`.
+    ``role_passwords``: globals keep the roles' password hashes (sensitive; needs a superuser).
     """
-    name = artifact_name(component, key is not None, run_id)
-    with _open(component, sources, lock_wait_timeout_s) as (chunks, facts):
+    keys = as_keys(key)
+    name = artifact_name(component, keys.name_suffix, run_id)
+    with _open(component, sources, lock_wait_timeout_s, role_passwords) as (chunks, facts):
         result = write_artifact(
             store,
             set_id,
             name,
             chunks,
             level=level,
-            key=key,
+            key=keys,
             size_hint=_size_hint(component, facts),
             progress=progress,
             progress_interval_s=progress_interval_s,
@@ -187,13 +207,46 @@ def backup_component(
     return ComponentBackup(component, result, facts, record)
 
 
+def backup_roles(
+    store: BackupStore,
+    set_id: str,
+    sources: Sources,
+    *,
+    run_id: str,
+    key: bytes | BackupKeys | None,
+    replace: bool = False,
+    level: int = 3,
+    role_passwords: bool = False,
+    log: Log = DEFAULT_LOG,
+) -> ComponentBackup:
+    """PostgreSQL's roles (the set's ``globals`` artifact), taken with the postgres component:
+    its dump names them, and restores replay them first."""
+    done = backup_component(
+        GLOBALS,
+        store,
+        set_id,
+        sources,
+        run_id=run_id,
+        key=key,
+        replace=replace,
+        level=level,
+        role_passwords=role_passwords,
+    )
+    hashes = " with password hashes" if role_passwords else ""
+    log.info(
+        f"{COMPONENT_LABELS[GLOBALS]}: {len(done.facts.roles)} roles, "
+        f"{done.facts.memberships} memberships{hashes} stored as {done.result.name}"
+    )
+    return done
+
+
 def _run_records(
     store: BackupStore, set_id: str, runs: Sequence[str], names: dict[str, int]
 ) -> dict[str, ComponentRecord]:
     """Each component's record from the nearest run of ``runs`` (this run, then the runs it
     re-executes) that wrote one: a re-execution reuses the components its parent finished."""
     records: dict[str, ComponentRecord] = {}
-    for component in COMPONENTS:
+    for component in SET_PARTS:
         for run in runs:
             if record_name(component, run) in names:
                 data = store.get_bytes(set_id, record_name(component, run))
@@ -260,13 +313,13 @@ def backup_all(
     set_id: str,
     sources: Sources,
     *,
-    key: bytes | None,
+    key: bytes | BackupKeys | None,
     environment: str,
     run_id: str,
     log: Log,
 ) -> dict:
-    """A complete set in one call (recovery's safety backup)."""
-    for component in COMPONENTS:
+    """A complete set in one call (recovery's safety backup), PostgreSQL's roles first."""
+    for component in SET_PARTS:
         done = backup_component(component, store, set_id, sources, run_id=run_id, key=key)
         log.info(f"{component}: {done.result.bytes_out:,} bytes stored in {set_id}")
     return write_manifest(store, set_id, environment=environment, run_id=run_id, log=log)

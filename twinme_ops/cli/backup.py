@@ -58,6 +58,8 @@ def _source_summary(component: str, src: dict[str, Any]) -> str:
         return f"{src['total_rows']:,} rows in {len(src['tables'])} tables"
     if component == "redis":
         return f"{src['total_keys']:,} keys"
+    if component == "globals":
+        return f"{len(src['roles']):,} roles, {src['memberships']:,} memberships"
     return f"{src['files']:,} files, {src['bytes']:,} bytes"
 
 
@@ -78,8 +80,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from twinme_ops.defs.backups.assets import backup_partitions
     from twinme_ops.defs.resources import build_resources
 
-    # a malformed key is refused before anything starts
-    BackupEncryption(key=os.environ.get("TWINME_BACKUP_ENCRYPTION_KEY", "")).get_key()
+    # a malformed key or recipient is refused before anything starts
+    BackupEncryption(
+        key=os.environ.get("TWINME_BACKUP_ENCRYPTION_KEY", ""),
+        age_recipients=os.environ.get("TWINME_BACKUP_AGE_RECIPIENTS", ""),
+    ).get_keys()
     partition = args.partition or today_partition()
     if not backup_partitions.has_partition_key(partition):
         print(f"error: {partition} is not a backup partition (a YYYY-MM-DD day up to today)")
@@ -134,7 +139,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     width = max(len(art["name"]) for art in manifest["artifacts"].values())
     for component, art in manifest["artifacts"].items():
         facts = _source_summary(component, art["source"])
-        enc = ", encrypted" if art["encryption"] else ""
+        enc = f", encrypted ({art['encryption']['algorithm']})" if art["encryption"] else ""
         print(
             f"  {art['name']:<{width}} {art['bytes_out'] / 1048576:10.2f} MiB  "
             f"sha256 {art['sha256'][:16]}…  {COMPONENT_LABELS[component]}: {facts}{enc}"

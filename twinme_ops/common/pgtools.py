@@ -28,7 +28,7 @@ def pg_bin_dir() -> Path:
 
 # what talks to the production server; the scratch servers (initdb, pg_ctl, postgres) stay the
 # wheel's, which carry pgvector
-CLIENT_TOOLS = frozenset({"pg_dump", "pg_restore", "psql"})
+CLIENT_TOOLS = frozenset({"pg_dump", "pg_dumpall", "pg_restore", "psql"})
 
 
 def pg_bin(name: str) -> str:

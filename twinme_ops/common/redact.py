@@ -15,7 +15,8 @@ Every string that may carry a URL, a configuration value or a tool's stderr pass
   port number;
 * ``password=…``, ``token=…``, ``secret=…``, ``key=…`` (libpq keyword strings, quoted values
   included), ``'password': '…'`` in dict/JSON text, pydantic's ``input_value=…`` when it holds
-  something URL-shaped, ``Bearer …``, and any Slack webhook path;
+  something URL-shaped, ``Bearer …``, any Slack webhook path and any age identity
+  (``AGE-SECRET-KEY-1…``);
 * in well-formed URLs, the query string and fragment.
 
 Masking too much is preferred to masking too little.
@@ -54,6 +55,8 @@ _KV_QUOTED_RE = re.compile(rf"(?i)(\\?['\"])({_SECRET_KEY})\1(\s*:\s*)({_QUOTED}
 _INPUT_VALUE_RE = re.compile(rf"(input_value=)({_QUOTED}|\{{[^\n]*?\}}|[^\s,]+)")
 _BEARER_RE = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 _SLACK_HOOK_RE = re.compile(r"(hooks\.slack\.com/services/)[^\s'\"<>)]+")
+# an age identity (private key), wherever it appears: the prefix stays readable
+_AGE_SECRET_RE = re.compile(r"(?i)(AGE-SECRET-KEY-1)[0-9A-Z]{8,}")
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -200,6 +203,7 @@ def _pattern_spans(s: str) -> list[tuple[int, int]]:
     ]
     spans += [(m.end(1), m.end()) for m in _BEARER_RE.finditer(s)]
     spans += [(m.end(1), m.end()) for m in _SLACK_HOOK_RE.finditer(s)]
+    spans += [(m.end(1), m.end()) for m in _AGE_SECRET_RE.finditer(s)]
     return spans
 
 

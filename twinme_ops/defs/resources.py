@@ -112,6 +112,7 @@ URL_SECRET_VARS = (
 WHOLE_SECRET_VARS = (
     "SLACK_WEBHOOK_URL",
     "TWINME_BACKUP_ENCRYPTION_KEY",
+    "TWINME_BACKUP_AGE_IDENTITY",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "PGPASSWORD",
@@ -328,7 +329,14 @@ def build_resources() -> dict[str, Any]:
         # Object Lock requirements and the retention role: docs/backups.md, "Backups nobody can
         # erase"
         "backup_store": backup_store_resource(backup_url),
-        "backup_encryption": BackupEncryption(key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", "")),
+        "backup_encryption": BackupEncryption(
+            key=_env_or("TWINME_BACKUP_ENCRYPTION_KEY", ""),
+            # public keys: all a backup needs; the identity only where restores run (EnvVar
+            # all the same: an identity pasted there by mistake stays out of the UI)
+            age_recipients=_env_or("TWINME_BACKUP_AGE_RECIPIENTS", ""),
+            age_identity=_env_or("TWINME_BACKUP_AGE_IDENTITY", ""),
+            age_identity_file=os.environ.get("TWINME_BACKUP_AGE_IDENTITY_FILE", ""),
+        ),
         # alerts link to <TWINME_DAGSTER_URL>/runs/<run_id> (not a secret: plain value)
         "slack": SlackNotifier(
             webhook_url=_env_or("SLACK_WEBHOOK_URL", ""),

@@ -50,6 +50,8 @@ class DumpFacts:
     database_size: int = 0
     # roles that row-level-security policies name: a restore elsewhere must create them first
     policy_roles: list[str] = field(default_factory=list)
+    # grants on tables, views and sequences to roles other than their owner, per grantee
+    table_grants: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int:
@@ -187,6 +189,24 @@ def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
+def table_grants(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Privileges granted on user relations to roles other than their owner, per grantee
+    (``PUBLIC`` for grants to everyone): what a restore with its roles must bring back."""
+    rows = conn.execute(
+        """
+        SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+               count(*)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+             LATERAL aclexplode(c.relacl) a
+        WHERE c.relacl IS NOT NULL AND a.grantee <> c.relowner
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+        GROUP BY 1 ORDER BY 1
+        """
+    ).fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
 def count_rows(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Exact row count of every user table, keyed ``schema.table``."""
     from psycopg import sql
@@ -239,6 +259,7 @@ def snapshot_dump(
                 "JOIN pg_roles r ON r.oid = ANY(p.polroles) ORDER BY 1"
             ).fetchall()
         ]
+        facts.table_grants = table_grants(conn)
         count_error: list[BaseException] = []
 
         def count() -> None:

@@ -14,6 +14,7 @@ from twinme_ops.backups.artifacts import ArtifactResult
 from twinme_ops.backups.crypto import BackupEncryption
 from twinme_ops.backups.manifest import (
     COMPONENT_LABELS,
+    GLOBALS,
     MANIFEST,
     ManifestError,
     set_id_for_partition,
@@ -25,6 +26,7 @@ from twinme_ops.backups.take import (
     SetCompleteError,
     Sources,
     backup_component,
+    backup_roles,
     complete_set_error,
     write_manifest,
 )
@@ -63,6 +65,12 @@ class BackupConfig(dg.Config):
         description="Seconds the PostgreSQL dump waits for a table another session holds "
         "exclusively (ALTER TABLE, VACUUM FULL) before failing with the table's name; 0 waits "
         "until the job's max runtime.",
+    )
+    role_passwords: bool = Field(
+        default=False,
+        description="Keep the roles' password hashes in the set's PostgreSQL roles artifact "
+        "(pg_dumpall without --no-role-passwords). Sensitive: the set then holds every role's "
+        "SCRAM verifier; needs a superuser and client-side encryption (age or AES).",
     )
 
 
@@ -146,6 +154,7 @@ def _artifact_metadata(set_id: str, store: BackupStore, res: ArtifactResult) -> 
         "throughput_mb_s": dg.MetadataValue.float(round(throughput, 2)),
         "sha256": res.sha256,
         "encrypted": dg.MetadataValue.bool(res.encryption is not None),
+        "encryption": res.encryption["algorithm"] if res.encryption else "none",
     }
 
 
@@ -162,17 +171,35 @@ def _backup_component(
 
     refuse_unless_present(context)  # a backup is a copy of the present: no past partitions
     label = COMPONENT_LABELS[component]
-    key = encryption.get_key()
+    keys = encryption.get_keys()
+    if config.role_passwords and keys.write_scheme is None:
+        raise dg.Failure(
+            description="role_passwords: true would store every role's password hash "
+            "unencrypted. Fix: set TWINME_BACKUP_AGE_RECIPIENTS (or "
+            "TWINME_BACKUP_ENCRYPTION_KEY), or leave role_passwords false (the default)."
+        )
     try:
         set_id = _prepare_set(context, store, component, config.force)
         context.log.info(f"{label}: backing up into {store.set_location(set_id)}")
+        if component == "postgres":  # the roles its dump names, restored before it
+            backup_roles(
+                store,
+                set_id,
+                sources,
+                run_id=context.run.run_id,
+                key=keys,
+                replace=config.force,
+                level=config.zstd_level,
+                role_passwords=config.role_passwords,
+                log=context.log,
+            )
         done = backup_component(
             component,
             store,
             set_id,
             sources,
             run_id=context.run.run_id,
-            key=key,
+            key=keys,
             replace=config.force,
             level=config.zstd_level,
             progress=_progress(context, component),
@@ -267,8 +294,10 @@ postgres_backup = _component_asset(
     kind="postgres",
     pool="twinme_database",
     description=(
-        "pg_dump (custom format) of the TwinMe database from an exported snapshot, zstd-compressed "
-        "(optionally AES-256-GCM encrypted) and streamed into the backup store. Per-table row "
+        "The cluster's roles and memberships (pg_dumpall --globals-only, no password hashes unless "
+        "role_passwords), then pg_dump (custom format) of the TwinMe database from an exported "
+        "snapshot, zstd-compressed (optionally encrypted: age, or AES-256-GCM for older setups) "
+        "and streamed into the backup store. Per-table row "
         "counts come from the same snapshot so the restore drill can verify them."
     ),
     details=_postgres_details,
@@ -343,6 +372,7 @@ def backup_set(
     immutability = check_after_backup(backup_store, set_id, context.log)
     total = manifest["total_bytes"]
     arts = manifest["artifacts"]
+    roles = arts.get(GLOBALS, {}).get("source", {}).get("roles", [])  # none in older sets
     sizes = ", ".join(f"{COMPONENT_LABELS[c]} {arts[c]['bytes_out'] / MIB:,.1f} MB" for c in arts)
     context.log.info(f"backup set {set_id} complete at {manifest['location']}: {sizes}")
     by_label = {COMPONENT_LABELS[c]: arts[c]["bytes_out"] for c in arts}
@@ -362,6 +392,8 @@ def backup_set(
             "keys_total": dg.MetadataValue.int(arts["redis"]["source"]["total_keys"]),
             "files": dg.MetadataValue.int(arts["files"]["source"]["files"]),
             "encrypted": dg.MetadataValue.bool(arts["postgres"]["encryption"] is not None),
+            "encryption": (arts["postgres"]["encryption"] or {}).get("algorithm", "none"),
+            "roles": dg.MetadataValue.int(len(roles)),
             **immutability,
         }
     )

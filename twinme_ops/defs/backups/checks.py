@@ -47,7 +47,7 @@ def drill_set(
         result = run_drill(
             backup_store,
             set_id,
-            key=backup_encryption.get_key(),
+            key=backup_encryption.get_keys(),
             production_database_url=production,
             log=log,
         )
@@ -65,8 +65,9 @@ def drill_set(
     partitions_def=backup_partitions,
     description=(
         "Restore drill: fetch the set, verify every sha256, decrypt and decompress, then restore "
-        "PostgreSQL into a scratch server (pg_restore), Redis into a scratch redis-server and the "
-        "files into a temporary directory; compare row, key and file counts with the manifest "
+        "PostgreSQL's roles and then its dump into a scratch server (pg_restore, owners and "
+        "grants), Redis into a scratch redis-server and the files into a temporary directory; "
+        "compare roles, grants, row, key and file counts with the manifest "
         "and run a pgvector nearest-neighbour query. Records RTO per component and RPO. A failed "
         "drill fails the run."
     ),

@@ -119,12 +119,13 @@ def _fail(state: RecoveryState, step: str, exc: BaseException) -> dg.Failure:
 
 @dg.op(
     description="Check the confirmation, that PostgreSQL lets this role swap the database, and "
-    "every selected artifact's sha256; touch nothing."
+    "every selected artifact's sha256 and key; touch nothing."
 )
 def recovery_preflight(
     context: dg.OpExecutionContext,
     config: RecoverConfig,
     backup_store: BackupStore,
+    backup_encryption: BackupEncryption,
     postgres: PostgresResource,
     wal_archive: WalArchive,
 ) -> RecoveryState:
@@ -152,7 +153,7 @@ def recovery_preflight(
         if "postgres" in state.components:
             # before the safety backup and the scale-down: the swap must be possible
             check_postgres_target(target_pg, context.log)
-        verify_set(backup_store, state, context.log)
+        verify_set(backup_store, state, context.log, backup_encryption.get_keys())
     except RecoveryError as exc:
         raise dg.Failure(description=str(exc)) from None
     context.log.info(
@@ -257,7 +258,7 @@ def recovery_safety_backup(
             backup_store,
             safety_id,
             Sources(targets.postgres(postgres), targets.redis(redis), targets.files(file_storage)),
-            key=backup_encryption.get_key(),
+            key=backup_encryption.get_keys(),
             environment=twinme_env(),
             run_id=context.run.run_id,
             log=context.log,
@@ -301,7 +302,7 @@ def recovery_restore(
     wal_archive: WalArchive,
 ) -> RecoveryState:
     targets = state.targets
-    key = backup_encryption.get_key()
+    key = backup_encryption.get_keys()
     log = context.log
     for component in ("postgres", "redis", "files"):
         if component not in state.components:
