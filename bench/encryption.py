@@ -18,12 +18,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 
 import pyrage
 
+from bench.dump_rows import dump_like
 from bench.results_io import report
 from twinme_ops.backups.artifacts import read_artifact, write_artifact
 from twinme_ops.backups.keys import BackupKeys
@@ -31,23 +31,6 @@ from twinme_ops.backups.store.base import BackupStore
 
 MIB = 1 << 20
 PIECE = 1 << 20
-
-
-def rows(total: int) -> Iterator[bytes]:
-    """``total`` bytes of rows that compress about like a TwinMe dump (3-4x)."""
-    row = 0
-    produced = 0
-    while produced < total:
-        lines = []
-        size = 0
-        while size < PIECE:
-            row += 1
-            line = f"{row}\tuser{row % 977}@example.com\t{os.urandom(12).hex()}\tsession event\n"
-            lines.append(line)
-            size += len(line)
-        data = "".join(lines).encode()[: total - produced]
-        produced += len(data)
-        yield data
 
 
 def main() -> int:
@@ -65,7 +48,7 @@ def main() -> int:
         "age": BackupKeys(age_recipients=(str(identity.to_public()),), age_identities=(identity,)),
     }
     # the same bytes for every scheme and round, generated once (generation is not measured)
-    data = list(rows(size))
+    data = list(dump_like(size, PIECE))
     times: dict[str, dict[str, list[float]]] = {s: {"write": [], "read": []} for s in schemes}
     stored: dict[str, int] = {}
     root = Path(tempfile.mkdtemp(prefix="bench-encryption-"))

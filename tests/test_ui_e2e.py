@@ -351,6 +351,9 @@ def test_nightly_backup_launched_through_graphql_records_numbers_and_a_passed_dr
             assert values["bytes_out"][1] > 0 and values["bytes_in"][1] > 0
             assert values["duration_s"][1] >= 0
             component_bytes += int(values["bytes_out"][1])
+            if name == "postgres_backup":  # the set's roles artifact comes with the dump
+                assert values["roles"][1] > 0 and values["roles_bytes"][1] > 0
+                component_bytes += int(values["roles_bytes"][1])
         else:
             set_values = values
             texts = {e["label"]: e.get("text") for e in mat["metadataEntries"]}

@@ -12,7 +12,9 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from tests.backups.test_artifacts import SET, collect, dump_like
+from bench.dump_rows import dump_like
+from tests.backups.test_artifacts import SET, collect
+from tests.support.backup_helpers import damage_object
 from twinme_ops.backups.age_crypto import (
     IDENTITY_FILE_ENV,
     RECIPIENTS_ENV,
@@ -135,14 +137,7 @@ def test_damaged_age_artifact_is_detected(
     keys = keys_for(identity)
     source, _ = collect(dump_like(3 * MIB))
     result = write_artifact(store, SET, "db.age", source, key=keys)
-    stored = bytearray(store.get_bytes(SET, "db.age"))
-    if damage == "flip":
-        stored[len(stored) // 2] ^= 0x04
-    elif damage == "truncate":
-        del stored[-100:]
-    else:
-        stored += b"\x00" * 10
-    store.put_bytes(SET, "db.age", bytes(stored))
+    damage_object(store, SET, "db.age", damage)
     out = read_artifact(
         store, SET, "db.age", expected_sha256=result.sha256, key=keys, encrypted=result.encryption
     )

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from bench.dump_rows import dump_like
+from tests.support.backup_helpers import damage_object
 from twinme_ops.backups.artifacts import (
     ArtifactResult,
     _ZstdFrameSplitter,
@@ -28,23 +30,6 @@ SET = "2024-06-01"
 @pytest.fixture
 def local_store(tmp_path: Path) -> BackupStore:
     return BackupStore(url=f"file://{tmp_path}/backups")
-
-
-def dump_like(total: int, piece: int = 256 * 1024) -> Iterator[bytes]:
-    """Semi-compressible rows, like a COPY stream: repeated text plus random tokens."""
-    row = 0
-    produced = 0
-    while produced < total:
-        lines = []
-        size = 0
-        while size < piece:
-            row += 1
-            line = f"{row}\tuser{row % 977}@example.com\t{os.urandom(12).hex()}\tsession event\n"
-            lines.append(line)
-            size += len(line)
-        data = "".join(lines).encode()[: total - produced]
-        produced += len(data)
-        yield data
 
 
 def collect(chunks: Iterator[bytes]) -> tuple[list[bytes], bytes]:
@@ -173,14 +158,7 @@ def test_tampered_artifact_is_detected(store: BackupStore, encrypted: bool, dama
     key = os.urandom(32) if encrypted else None
     source, raw = collect(dump_like(3 * MIB))
     result = write_artifact(store, SET, "db.zst", source, key=key)
-    stored = bytearray(store.get_bytes(SET, "db.zst"))
-    if damage == "flip":
-        stored[len(stored) // 2] ^= 0x04
-    elif damage == "truncate":
-        del stored[-100:]
-    else:
-        stored += b"\x00" * 10
-    store.put_bytes(SET, "db.zst", bytes(stored))
+    damage_object(store, SET, "db.zst", damage)
 
     out = read_artifact(
         store, SET, "db.zst", expected_sha256=result.sha256, key=key, encrypted=encrypted

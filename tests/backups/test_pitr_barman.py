@@ -22,10 +22,10 @@ import boto3
 import dagster as dg
 import pytest
 
-from tests.support.backup_helpers import ENV_VARS, store_for
+from tests.support.backup_helpers import store_for
 from tests.support.barman_archive import BarmanSource, barman_archived_source
 from tests.support.list_log import ListLog
-from tests.support.pitr_helpers import HeartbeatWriter
+from tests.support.pitr_helpers import HeartbeatWriter, location_env
 from tests.support.production import recover
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.backups.manifest import MANIFEST
@@ -81,25 +81,17 @@ def barman_env(
 ) -> dict[str, str]:
     """The code location's environment for production's engine (the server name left empty:
     the Cluster's name, the plugin's default)."""
-    src = archived
-    for var in (*ENV_VARS, "KUBECONFIG", "TWINME_ACCESS_POLICY", "TWINME_API_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.delenv("TWINME_WAL_ARCHIVE_SERVER_NAME", raising=False)
-    files = tmp_path / "files"
-    files.mkdir()
-    env = {
-        "TWINME_HOME": str(tmp_path / "home"),
-        "TWINME_BACKUP_URL": f"file://{tmp_path}/backups",
-        "SLACK_WEBHOOK_URL": slack_receiver.url,
-        "DATABASE_URL": src.source.url(DATABASE),
-        "REDIS_URL": redis_server.url(),
-        "TWINME_FILES_DIR": str(files),
-        "TWINME_WAL_ARCHIVE": "cloudnative-pg",
-        "TWINME_WAL_ARCHIVE_DESTINATION": src.destination,
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
+    return location_env(
+        monkeypatch,
+        tmp_path,
+        database_url=archived.source.url(DATABASE),
+        redis_url=redis_server.url(),
+        slack_url=slack_receiver.url,
+        wal_archive={
+            "TWINME_WAL_ARCHIVE": "cloudnative-pg",
+            "TWINME_WAL_ARCHIVE_DESTINATION": archived.destination,
+        },
+    )
 
 
 def _drill_job(seed: int) -> dg.ExecuteInProcessResult:

@@ -16,8 +16,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from tests.support.backup_helpers import ENV_VARS, store_for
-from tests.support.pitr_helpers import ArchivedSource, archived_source
+from tests.support.backup_helpers import store_for
+from tests.support.pitr_helpers import ArchivedSource, archived_source, location_env
 from tests.support.production import recover
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.backups.manifest import MANIFEST
@@ -48,23 +48,17 @@ def recovery_env(
     monkeypatch: pytest.MonkeyPatch,
     slack_receiver: SlackReceiver,
 ) -> dict[str, str]:
-    for var in (*ENV_VARS, "KUBECONFIG", "TWINME_ACCESS_POLICY", "TWINME_API_URL"):
-        monkeypatch.delenv(var, raising=False)
-    files = tmp_path / "files"
-    files.mkdir()
-    env = {
-        "TWINME_HOME": str(tmp_path / "home"),
-        "TWINME_BACKUP_URL": f"file://{tmp_path}/backups",
-        "SLACK_WEBHOOK_URL": slack_receiver.url,
-        "DATABASE_URL": live.source.url(DATABASE),
-        "REDIS_URL": redis_server.url(),
-        "TWINME_FILES_DIR": str(files),
-        "TWINME_WAL_ARCHIVE": "local",
-        "TWINME_WAL_ARCHIVE_ROOT": str(live.layout.root),
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
+    return location_env(
+        monkeypatch,
+        tmp_path,
+        database_url=live.source.url(DATABASE),
+        redis_url=redis_server.url(),
+        slack_url=slack_receiver.url,
+        wal_archive={
+            "TWINME_WAL_ARCHIVE": "local",
+            "TWINME_WAL_ARCHIVE_ROOT": str(live.layout.root),
+        },
+    )
 
 
 def _heartbeats(live: ArchivedSource, count: int) -> list[Heartbeat]:

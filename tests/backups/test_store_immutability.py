@@ -34,11 +34,13 @@ from twinme_ops.backups.manifest import (
     artifact_name,
     manifest_bytes,
 )
+from twinme_ops.backups.pitr.archive import WalArchive
 from twinme_ops.backups.retention import RetentionPolicy, kept_beyond_window, plan_retention
 from twinme_ops.backups.retention_apply import apply_retention, extend_kept_locks, inspect_sets
 from twinme_ops.backups.store.base import BackupStore, ObjectLockedError, StoreError
 from twinme_ops.backups.store.immutability import BucketFacts, evaluate
 from twinme_ops.defs.backups.retention import RETENTION_AWS_PROFILE, backup_retention, retention_job
+from twinme_ops.defs.backups.wal_retention import wal_archive_retention
 
 PARIS = ZoneInfo("Europe/Paris")
 PREFIX = "production"
@@ -439,6 +441,15 @@ def test_retention_reports_a_set_whose_manifest_someone_deleted(
     assert iam_s3.versions(bucket, f"{PREFIX}/{day(40)}/") == before
 
 
+def retention_defs(store: BackupStore) -> dg.Definitions:
+    """The real ``retention_job``: sets' retention, and the WAL archive's (off here)."""
+    return dg.Definitions(
+        assets=[backup_retention, wal_archive_retention],
+        jobs=[retention_job],
+        resources={"backup_store": store, "wal_archive": WalArchive(engine="off")},
+    )
+
+
 def test_retention_job_signs_with_the_retention_profile_not_the_writers_keys(
     iam_s3: IamS3,
     bucket: str,
@@ -466,9 +477,7 @@ def test_retention_job_signs_with_the_retention_profile_not_the_writers_keys(
     end_locks(iam_s3, bucket, day(40))
 
     store = store_as(iam_s3, bucket, writer, retention_aws_profile=RETENTION_AWS_PROFILE)
-    defs = dg.Definitions(
-        assets=[backup_retention], jobs=[retention_job], resources={"backup_store": store}
-    )
+    defs = retention_defs(store)
     config = {"keep_days": 30, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
     result = defs.resolve_job_def("retention_job").execute_in_process(
         run_config={"ops": {"backup_retention": {"config": config}}},
@@ -486,9 +495,7 @@ def test_retention_job_signs_with_the_retention_profile_not_the_writers_keys(
     # without the profile, the same run is the writer: nothing is destroyed, and it says why
     end_locks(iam_s3, bucket, day(41))
     as_writer = store_as(iam_s3, bucket, writer)
-    defs = dg.Definitions(
-        assets=[backup_retention], jobs=[retention_job], resources={"backup_store": as_writer}
-    )
+    defs = retention_defs(as_writer)
     result = defs.resolve_job_def("retention_job").execute_in_process(
         run_config={"ops": {"backup_retention": {"config": config}}},
         instance=dg.DagsterInstance.ephemeral(),

@@ -171,3 +171,17 @@ def run_drill_job(
     return job.execute_in_process(
         run_config=config, instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False
     )
+
+
+def damage_object(store: BackupStore, set_id: str, name: str, damage: str) -> None:
+    """Damage a stored object as storage does: a bit flipped, its tail lost, or junk added."""
+    stored = bytearray(store.get_bytes(set_id, name))
+    if damage == "flip":
+        stored[len(stored) // 2] ^= 0x04
+    elif damage == "truncate":
+        del stored[-100:]
+    elif damage == "append":
+        stored += b"\x00" * 10
+    else:
+        raise ValueError(f"unknown damage {damage!r}: flip, truncate or append")
+    store.put_bytes(set_id, name, bytes(stored))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.backup_helpers import ENV_VARS
 from twinme_ops.backups.pitr.basebackup import BaseBackup, take_base_backup
 from twinme_ops.backups.pitr.heartbeat import Heartbeat, ensure_heartbeat_table, write_heartbeat
 from twinme_ops.backups.pitr.layout import ArchiveLayout
@@ -88,3 +89,39 @@ def archived_source(root: Path) -> Iterator[ArchivedSource]:
         stop_receiver(layout)
         source.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def location_env(
+    monkeypatch: Any,
+    tmp_path: Path,
+    *,
+    database_url: str,
+    redis_url: str,
+    slack_url: str,
+    wal_archive: dict[str, str],
+) -> dict[str, str]:
+    """Set (and return) the code location's environment for a recovery or drill test: a local
+    backup store, ``wal_archive``'s TWINME_WAL_ARCHIVE* variables, and nothing of the caller's
+    (no cluster, access policy or API URL leaking in from the shell)."""
+    for var in (
+        *ENV_VARS,
+        "KUBECONFIG",
+        "TWINME_ACCESS_POLICY",
+        "TWINME_API_URL",
+        "TWINME_WAL_ARCHIVE_SERVER_NAME",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    files = tmp_path / "files"
+    files.mkdir()
+    env = {
+        "TWINME_HOME": str(tmp_path / "home"),
+        "TWINME_BACKUP_URL": f"file://{tmp_path}/backups",
+        "SLACK_WEBHOOK_URL": slack_url,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "TWINME_FILES_DIR": str(files),
+        **wal_archive,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

@@ -1,9 +1,9 @@
 """``twinme-ops``: command line for the local side of the TwinMe operations.
 
 One sub-command group per module of this package (``sandbox``, ``backup``, ``rollback``,
-``heartbeat``, ``wal_archive``). A group is a ``register_<group>(subparsers)`` function that adds
-its parser and sets ``handler`` on each command; :func:`build_parser` calls the registrars listed in
-``COMMAND_GROUPS``, so a new group is one module plus one entry there.
+``heartbeat``, ``wal_archive``, ``pitr``). A group is a ``register_<group>(subparsers)`` function
+that adds its parser and sets ``handler`` on each command; :func:`build_parser` calls the
+registrars listed in ``COMMAND_GROUPS``, so a new group is one module plus one entry there.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from twinme_ops.cli.backup import cmd_backup, register_backup, today_partition
 from twinme_ops.cli.heartbeat import cmd_heartbeat, register_heartbeat
+from twinme_ops.cli.pitr import register_pitr
 from twinme_ops.cli.rollback import cmd_rollback, register_rollback
 from twinme_ops.cli.sandbox import (
     cmd_sandbox_down,
@@ -55,6 +56,7 @@ COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParse
     register_rollback,
     register_heartbeat,
     register_wal_archive,
+    register_pitr,
 ]
 
 

@@ -3,46 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-
-def _cli_instance() -> Any:
-    """The Dagster instance the CLI records its runs in, so that the web UI shows them:
-
-    - ``$DAGSTER_HOME`` when set;
-    - else, run from the repository (its ``dagster.yaml`` in the working directory) with no
-      ``TWINME_HOME`` either, the repository's instance: the one ``DAGSTER_HOME=$PWD dagster dev``
-      opens (README, command 1 and the web UI);
-    - else a persistent one under ``$TWINME_HOME/dagster``, telemetry off.
-    """
-    import dagster as dg
-
-    from twinme_ops.sandbox.servers import default_home
-
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
-    here = Path.cwd()
-    if not os.environ.get("TWINME_HOME") and _is_repository_instance(here / "dagster.yaml"):
-        return dg.DagsterInstance.from_config(str(here))
-    home = default_home() / "dagster"
-    home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.local_temp(
-        tempdir=str(home), overrides={"telemetry": {"enabled": False}}
-    )
-
-
-def _is_repository_instance(config: Path) -> bool:
-    """The repository's own instance config (it names twinme_ops' run coordinator)."""
-    try:
-        return "twinme_ops.instance.run_coordinator" in config.read_text()
-    except OSError:
-        return False
+from twinme_ops.cli.jobs import run_job
 
 
 def today_partition() -> str:
@@ -75,8 +42,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
         backup_now,
         check_backup_partition,
     )
-    from twinme_ops.common.redact import redact
-    from twinme_ops.definitions import build_definitions
     from twinme_ops.defs.backups.assets import backup_partitions
     from twinme_ops.defs.resources import build_resources
 
@@ -114,24 +79,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
         for op in ("postgres_backup", "redis_backup", "files_backup"):
             ops = run_config.setdefault("ops", {})
             ops.setdefault(op, {}).setdefault("config", {})["force"] = True
-    job = build_definitions().resolve_job_def("nightly_backup_job")
     print(f"nightly_backup_job: backing up partition {partition}...", file=sys.stderr)
-    result = job.execute_in_process(
-        partition_key=partition,
-        run_config=run_config,
-        # who ran it, as the machine knows them (the webserver writes a verified identity)
-        tags={"twinme/launched_by": f"{getpass.getuser()}@{socket.gethostname()} (cli)"},
-        instance=_cli_instance(),
-        raise_on_error=False,
-    )
+    result = run_job("nightly_backup_job", run_config, partition=partition)
     if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure and event.step_failure_data:
-                message = (
-                    event.step_failure_data.error.message if event.step_failure_data.error else ""
-                )
-                print(f"FAILED {event.step_key}: {redact(message.strip())}", file=sys.stderr)
-        print(f"run {result.run_id} failed (errors above)", file=sys.stderr)
         return 1
     manifest = json.loads(store.get_bytes(partition, MANIFEST))
     print(f"backup set {partition} complete: {manifest['location']}")

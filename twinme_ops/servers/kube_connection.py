@@ -56,14 +56,32 @@ def load_configuration(
 
     ``namespace`` and ``deployment`` only name the target in the errors.
     """
-    from kubernetes import client, config
-
     target = f"deployment {namespace}/{deployment}"
     if not enabled:
         raise KubernetesNotConfiguredError(
             f"Kubernetes is disabled for {target} (enabled=false, the local environment). "
             "Fix: run with TWINME_ENV=production and KUBECONFIG set, or enable the resource."
         )
+    return cluster_configuration(
+        kubeconfig,
+        target=target,
+        in_cluster_fix=(
+            "a service account allowed to get and patch deployments in "
+            f"{namespace}; locally, use TWINME_ENV=local (enabled=false)"
+        ),
+    )
+
+
+def cluster_configuration(
+    kubeconfig: str, *, target: str, in_cluster_fix: str
+) -> tuple[client.Configuration, str]:
+    """The kubeconfig (``kubeconfig``, else ``KUBECONFIG``) or in-cluster configuration.
+
+    ``target`` names what the caller operates on; ``in_cluster_fix`` ends the fix when neither
+    source is configured ("... or run in the cluster with <in_cluster_fix>").
+    """
+    from kubernetes import client, config
+
     cfg = client.Configuration()
     path, origin = _kubeconfig_path(kubeconfig)
     if path:
@@ -92,10 +110,19 @@ def load_configuration(
             "resource's kubeconfig is empty, and this process is not in a pod (no "
             "KUBERNETES_SERVICE_HOST and service-account token). Fix: export "
             "KUBECONFIG=/path/to/kubeconfig (or set the resource's kubeconfig), or run in "
-            "the cluster with a service account allowed to get and patch deployments in "
-            f"{namespace}; locally, use TWINME_ENV=local (enabled=false)."
+            f"the cluster with {in_cluster_fix}."
         ) from None
     return cfg, "in-cluster service account"
+
+
+def custom_objects_api(
+    kubeconfig: str, *, target: str, in_cluster_fix: str
+) -> tuple[client.CustomObjectsApi, str]:
+    """A ``CustomObjectsApi`` on its own ``ApiClient`` (for CloudNativePG), and its source."""
+    from kubernetes import client
+
+    cfg, source = cluster_configuration(kubeconfig, target=target, in_cluster_fix=in_cluster_fix)
+    return client.CustomObjectsApi(client.ApiClient(cfg)), source
 
 
 @contextlib.contextmanager

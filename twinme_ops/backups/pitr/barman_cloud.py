@@ -31,9 +31,9 @@ from urllib.parse import urlsplit
 
 from twinme_ops.backups.pitr.layout import (
     DEFAULT_SEGMENT_SIZE,
-    as_user,
     format_lsn,
     pitr_error,
+    run_program,
     segment_name,
     segment_start,
 )
@@ -144,27 +144,15 @@ class BarmanBucket:
             register_secret(os.environ.get(var))
         if self.run_as:
             ensure_system_user(self.run_as)
-        uid, gid, groups = as_user(self.run_as)
-        argv = [self.tool(name), *self.cloud_args(), *args]
-        try:
-            return subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
-                cwd="/",
-                env=dict(os.environ),  # AWS_* credentials: the environment, never argv
-                timeout=timeout,
-                check=False,
-                user=uid,
-                group=gid,
-                extra_groups=groups,
-            )
-        except subprocess.TimeoutExpired:
-            raise pitr_error(
-                f"{name} did not finish within {timeout:.0f} s on {self.where}. Fix: check the S3 "
-                "endpoint is reachable (AWS_ENDPOINT_URL_S3), or raise the timeout"
-            ) from None
+        return run_program(
+            [self.tool(name), *self.cloud_args(), *args],
+            name=f"{name} on {self.where}",
+            run_as=self.run_as,
+            env=os.environ,  # AWS_* credentials: the environment, never argv
+            timeout=timeout,
+            timeout_fix="check the S3 endpoint is reachable (AWS_ENDPOINT_URL_S3), or raise "
+            "the timeout",
+        )
 
     def failure(self, name: str, proc: subprocess.CompletedProcess[str], fix: str = "") -> str:
         """A failed tool's message: its last lines, then the fix."""

@@ -46,6 +46,7 @@ from twinme_ops.backups.pitr.layout import (
 )
 from twinme_ops.backups.pitr.replay import (
     PitrRestore,
+    backups_before,
     describe_target,
     fix_from_log,
     fresh_data_dir,
@@ -86,27 +87,13 @@ def choose_backup(
     target_lsn: str | None = None,
 ) -> BarmanBackup:
     """The newest backup complete before the target (the newest for latest)."""
-    if not backups:
-        raise pitr_error(
-            f"no completed base backup in {bucket.where}: nothing to restore from. Fix: take "
-            "one (base_backup_job: a CloudNativePG Backup; or the ScheduledBackup)"
-        )
-    if target_time is not None:
-        if target_time.tzinfo is None:
-            raise pitr_error(f"target time {target_time} has no time zone: give it one (UTC)")
-        fits = [b for b in backups if b.finished <= target_time]
-    elif target_lsn is not None:
-        fits = [b for b in backups if parse_lsn(b.end_lsn) <= parse_lsn(target_lsn)]
-    else:
-        fits = backups
-    if not fits:
-        first = backups[0]
-        raise pitr_error(
-            f"the target ({describe_target(target_time, target_lsn)}) is before the first base "
-            f"backup was complete ({first.id}: ended {first.end_time.isoformat()}, LSN "
-            f"{first.end_lsn}): no earlier state can be restored from {bucket.where}. "
-            "Fix: choose a later target"
-        )
+    fits = backups_before(
+        backups,
+        target_time,
+        target_lsn,
+        where=bucket.where,
+        empty_fix="take one (base_backup_job: a CloudNativePG Backup; or the ScheduledBackup)",
+    )
     return fits[-1]
 
 

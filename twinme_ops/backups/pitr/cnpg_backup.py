@@ -15,7 +15,6 @@ phases), or a timeout. The official ``kubernetes`` client is imported on the fir
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from twinme_ops.backups.pitr.layout import PitrError
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
+from twinme_ops.servers.kube_connection import KubernetesNotConfiguredError, custom_objects_api
 
 if TYPE_CHECKING:  # the client costs ~0.5 s to import: loaded on the first call, not at load
     from kubernetes import client
@@ -115,33 +115,14 @@ def backup_body(name: str, namespace: str, cluster: str, run_id: str) -> dict[st
 
 def _load_client(kubeconfig: str, target: str) -> tuple[client.CustomObjectsApi, str]:
     """A ``CustomObjectsApi`` on its own ``ApiClient``, and where its configuration came from."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    path = kubeconfig or os.environ.get("KUBECONFIG", "")
-    if path:
-        try:
-            config.load_kube_config(
-                config_file=path, client_configuration=cfg, persist_config=False
-            )
-        except Exception as exc:
-            raise CnpgBackupError(
-                f"the kubeconfig {path} for {target} is unusable ({type(exc).__name__}: "
-                f"{redact(exc)[:200]}). Fix: point KUBECONFIG at a readable kubeconfig whose "
-                "current context reaches the cluster"
-            ) from None
-        source = f"kubeconfig {path}"
-    else:
-        try:
-            config.load_incluster_config(client_configuration=cfg)
-        except config.ConfigException:
-            raise CnpgBackupError(
-                f"no Kubernetes cluster is configured for {target}: KUBECONFIG is not set and "
-                "this process is not in a pod. Fix: export KUBECONFIG, or run in the cluster "
-                "with the twinme-ops-runs service account (deploy/dagster/rbac.yaml)"
-            ) from None
-        source = "in-cluster service account"
-    return client.CustomObjectsApi(client.ApiClient(cfg)), source
+    try:
+        return custom_objects_api(
+            kubeconfig,
+            target=target,
+            in_cluster_fix="the twinme-ops-runs service account (deploy/dagster/rbac.yaml)",
+        )
+    except KubernetesNotConfiguredError as exc:
+        raise CnpgBackupError(str(exc)) from None
 
 
 def _api_failure(verb: str, target: str, exc: BaseException) -> CnpgBackupError:

@@ -164,16 +164,35 @@ def run_tool(
     timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one PostgreSQL binary (as ``run_as`` when given); never raises on its exit code."""
-    argv = [pg_bin(name), *args]
+    return run_program(
+        [pg_bin(name), *args],
+        name=name,
+        run_as=run_as,
+        env=tool_env(env),
+        timeout=timeout,
+        timeout_fix="check that the server is reachable and not overloaded, or raise the timeout",
+    )
+
+
+def run_program(
+    argv: Sequence[str],
+    *,
+    name: str,
+    run_as: str | None,
+    env: Mapping[str, str],
+    timeout: float | None,
+    timeout_fix: str,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (as ``run_as`` when given) from ``/``; a timeout is an error with its fix."""
     uid, gid, groups = as_user(run_as)
     try:
         return subprocess.run(
-            argv,
+            list(argv),
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
             cwd="/",  # the tools' user may not be able to read our working directory
-            env=tool_env(env),
+            env=dict(env),  # credentials travel in the environment, never in argv
             timeout=timeout,
             check=False,
             user=uid,
@@ -182,8 +201,7 @@ def run_tool(
         )
     except subprocess.TimeoutExpired:
         raise pitr_error(
-            f"{name} did not finish within {timeout:.0f} s: check that the server is reachable "
-            "and not overloaded, or raise the timeout"
+            f"{name} did not finish within {timeout or 0:.0f} s. Fix: {timeout_fix}"
         ) from None
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from twinme_ops.backups.pitr.layout import format_lsn, parse_lsn, pitr_error, user_ids
 from twinme_ops.scratch.local import PG_SYSTEM_USER, LocalServerError, pid_alive
@@ -92,6 +92,53 @@ def describe_target(target_time: datetime | None, target_lsn: str | None) -> str
     if target_lsn is not None:
         return f"LSN {target_lsn}"
     return "latest"
+
+
+class _Backup(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def end_lsn(self) -> str: ...
+    @property
+    def finished(self) -> datetime: ...
+
+
+_B = TypeVar("_B", bound=_Backup)
+
+
+def backups_before(
+    backups: list[_B],
+    target_time: datetime | None,
+    target_lsn: str | None,
+    *,
+    where: str,
+    empty_fix: str,
+) -> list[_B]:
+    """The backups (oldest first) complete before the target: every one for latest.
+
+    Refused, with the fix, when there is none at all or the target precedes the first.
+    """
+    if not backups:
+        raise pitr_error(
+            f"no complete base backup in {where}: nothing to restore from. Fix: {empty_fix}"
+        )
+    if target_time is not None:
+        if target_time.tzinfo is None:
+            raise pitr_error(f"target time {target_time} has no time zone: give it one (UTC)")
+        fits = [b for b in backups if b.finished <= target_time]
+    elif target_lsn is not None:
+        fits = [b for b in backups if parse_lsn(b.end_lsn) <= parse_lsn(target_lsn)]
+    else:
+        fits = backups
+    if not fits:
+        first = backups[0]
+        raise pitr_error(
+            f"the target ({describe_target(target_time, target_lsn)}) is before the first base "
+            f"backup was complete ({first.id}: consistent at {first.finished.isoformat()}, LSN "
+            f"{first.end_lsn}): no earlier state can be restored from {where}. "
+            "Fix: choose a later target"
+        )
+    return fits
 
 
 def conf_value(value: str) -> str:

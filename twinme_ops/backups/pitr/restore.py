@@ -36,6 +36,7 @@ from twinme_ops.backups.pitr.lock import archive_lock
 from twinme_ops.backups.pitr.replay import (
     RESTORED_SETTINGS,
     PitrRestore,
+    backups_before,
     conf_value,
     describe_target,
     fix_from_log,
@@ -70,28 +71,13 @@ def choose_backup(
     layout: ArchiveLayout, target_time: datetime | None = None, target_lsn: str | None = None
 ) -> list[BaseBackup]:
     """The chain (full first) of the newest backup complete before the target."""
-    backups = list_backups(layout)
-    if not backups:
-        raise pitr_error(
-            f"no complete base backup in {layout.base_dir}: nothing to restore from. "
-            "Fix: take one (take_base_backup) while the WAL receiver runs"
-        )
-    if target_time is not None:
-        if target_time.tzinfo is None:
-            raise pitr_error(f"target time {target_time} has no time zone: give it one (UTC)")
-        fits = [b for b in backups if b.finished <= target_time]
-    elif target_lsn is not None:
-        fits = [b for b in backups if parse_lsn(b.end_lsn) <= parse_lsn(target_lsn)]
-    else:
-        fits = backups
-    if not fits:
-        first = backups[0]
-        raise pitr_error(
-            f"the target ({describe_target(target_time, target_lsn)}) is before the first base "
-            f"backup was complete ({first.id}: finished {first.finished_at}, LSN "
-            f"{first.end_lsn}): no earlier state can be restored from {layout.root}. "
-            "Fix: choose a later target"
-        )
+    fits = backups_before(
+        list_backups(layout),
+        target_time,
+        target_lsn,
+        where=str(layout.base_dir),
+        empty_fix="take one (take_base_backup) while the WAL receiver runs",
+    )
     errors: list[str] = []
     for backup in reversed(fits):
         try:

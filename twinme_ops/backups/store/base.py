@@ -21,8 +21,8 @@ Both backends use the same layout, ``<root>/<set_id>/<artifact name>``, and the 
 
 The backends live in :mod:`twinme_ops.backups.store.local` and :mod:`twinme_ops.backups.store.s3`
 (its multipart upload in :mod:`twinme_ops.backups.store.s3_upload`) and build on their shared
-part, :mod:`twinme_ops.backups.store.backend`; this module holds the resource that picks one,
-the errors and the shared name rules.
+part, :mod:`twinme_ops.backups.store.backend`; this module holds the resource that picks one
+and the shared name rules; the errors are in :mod:`twinme_ops.backups.store.errors`.
 
 Deployments should also add a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` (e.g. 1 day):
 a process killed with SIGKILL cannot abort its own upload, and S3 bills the orphaned parts.
@@ -42,6 +42,11 @@ from urllib.parse import unquote, urlsplit
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from twinme_ops.backups.store.errors import ArtifactExistsError as ArtifactExistsError
+from twinme_ops.backups.store.errors import ArtifactNotFoundError as ArtifactNotFoundError
+from twinme_ops.backups.store.errors import ObjectLockedError as ObjectLockedError
+from twinme_ops.backups.store.errors import StoreError as StoreError
+from twinme_ops.backups.store.errors import StoreLocationError as StoreLocationError
 from twinme_ops.common.redact import redact
 
 if TYPE_CHECKING:
@@ -54,34 +59,6 @@ MIB = 1 << 20
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:=+@,-]{0,199}")
 _TMP_SUFFIX_RE = re.compile(r"\.tmp-[0-9a-f]{16}$")
 _URL_FORMS = "file:///absolute/path or s3://bucket/prefix"
-
-
-class StoreError(Exception):
-    """A backup store operation failed; the message is redacted and says what to fix."""
-
-
-class ArtifactNotFoundError(StoreError):
-    """The requested artifact does not exist in the store."""
-
-
-class StoreLocationError(StoreError, ValueError):
-    """``TWINME_BACKUP_URL`` is not a backup location this store can use."""
-
-
-class ArtifactExistsError(StoreError):
-    """A create-only write found the name taken: the existing object was left untouched."""
-
-
-class ObjectLockedError(StoreError):
-    """A set could not be deleted yet: a version of it is under Object Lock (or a legal hold).
-
-    Nothing of the set was deleted. ``until`` is when the last lock ends (None for a legal hold):
-    a later retention run deletes it then.
-    """
-
-    def __init__(self, message: str, until: datetime | None) -> None:
-        super().__init__(message)
-        self.until = until
 
 
 @dataclass(frozen=True)

@@ -165,8 +165,9 @@ def _backup_component(
     store: BackupStore,
     encryption: BackupEncryption,
     sources: Sources,
-) -> tuple[str, ArtifactResult, Any]:
-    """Run one component of the set, turning expected errors into a Failure with the fix."""
+) -> tuple[str, ArtifactResult, Any, dict[str, Any]]:
+    """Run one component of the set, turning expected errors into a Failure with the fix.
+    The last item is metadata of what came with it (the postgres component's roles artifact)."""
     from twinme_ops.backups.window import refuse_unless_present  # issue 11, defect 4
 
     refuse_unless_present(context)  # a backup is a copy of the present: no past partitions
@@ -178,11 +179,12 @@ def _backup_component(
             "unencrypted. Fix: set TWINME_BACKUP_AGE_RECIPIENTS (or "
             "TWINME_BACKUP_ENCRYPTION_KEY), or leave role_passwords false (the default)."
         )
+    extra: dict[str, Any] = {}
     try:
         set_id = _prepare_set(context, store, component, config.force)
         context.log.info(f"{label}: backing up into {store.set_location(set_id)}")
         if component == "postgres":  # the roles its dump names, restored before it
-            backup_roles(
+            roles = backup_roles(
                 store,
                 set_id,
                 sources,
@@ -193,6 +195,10 @@ def _backup_component(
                 role_passwords=config.role_passwords,
                 log=context.log,
             )
+            extra = {
+                "roles": dg.MetadataValue.int(len(roles.facts.roles)),
+                "roles_bytes": dg.MetadataValue.int(roles.result.bytes_out),
+            }
         done = backup_component(
             component,
             store,
@@ -208,7 +214,7 @@ def _backup_component(
         )
     except _EXPECTED as exc:
         raise dg.Failure(description=f"{label} backup failed: {redact(exc)}") from None
-    return set_id, done.result, done.facts
+    return set_id, done.result, done.facts, extra
 
 
 def _component_asset(
@@ -238,13 +244,14 @@ def _component_asset(
     ) -> dg.MaterializeResult:
         store: BackupStore = context.resources.backup_store
         sources = Sources(**{source: getattr(context.resources, source)})
-        set_id, result, facts = _backup_component(
+        set_id, result, facts, extra = _backup_component(
             context, component, config, store, context.resources.backup_encryption, sources
         )
         return dg.MaterializeResult(
             metadata={
                 **_artifact_metadata(set_id, store, result),
                 **details(context, result, facts),
+                **extra,
             }
         )
 

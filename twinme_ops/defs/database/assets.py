@@ -158,8 +158,13 @@ def report_metadata(report: ConvergeReport) -> dict[str, dg.MetadataValue]:
 
 
 def _finish(
-    context: dg.AssetExecutionContext, step: PgStep, report: ConvergeReport
+    context: dg.AssetExecutionContext, step: PgStep, run: Callable[[], ConvergeReport]
 ) -> dg.MaterializeResult:
+    """Run one step's convergence: an expected error fails the step with its fix, redacted."""
+    try:
+        report = run()
+    except EXPECTED_ERRORS as exc:
+        raise dg.Failure(description=f"{step.name}: {redact(exc)}") from None
     if report.pending_restart:
         context.log.warning(
             f"{step.name}: waiting for a server restart: {', '.join(report.pending_restart)}"
@@ -169,8 +174,8 @@ def _finish(
     return dg.MaterializeResult(metadata=report_metadata(report))
 
 
-def _applied_asset(step: PgStep, apply: Apply) -> dg.AssetsDefinition:
-    @dg.asset(
+def _step_asset(step: PgStep) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    return dg.asset(
         name=step.name,
         group_name="database",
         pool="twinme_database",
@@ -178,22 +183,26 @@ def _applied_asset(step: PgStep, apply: Apply) -> dg.AssetsDefinition:
         deps=list(step.deps),
         description=step.description,
     )
+
+
+def _applied_asset(step: PgStep, apply: Apply) -> dg.AssetsDefinition:
+    @_step_asset(step)
     def _converge(
         context: dg.AssetExecutionContext,
         postgres: PostgresResource,
         database_tuning: DatabaseTuning,
         postgres_settings_applier: SettingsApplier,
     ) -> dg.MaterializeResult:
-        try:
-            report = apply(
+        return _finish(
+            context,
+            step,
+            lambda: apply(
                 postgres_settings_applier,
                 lambda: postgres.get_connection(autocommit=True),
                 database_tuning,
                 context.log,
-            )
-        except EXPECTED_ERRORS as exc:
-            raise dg.Failure(description=f"{step.name}: {redact(exc)}") from None
-        return _finish(context, step, report)
+            ),
+        )
 
     return _converge
 
@@ -204,25 +213,17 @@ def _pg_asset(step: PgStep) -> dg.AssetsDefinition:
     converge = step.converge
     assert converge is not None, f"{step.name} has neither converge nor apply"
 
-    @dg.asset(
-        name=step.name,
-        group_name="database",
-        pool="twinme_database",
-        kinds={"postgres"},
-        deps=list(step.deps),
-        description=step.description,
-    )
+    @_step_asset(step)
     def _converge(
         context: dg.AssetExecutionContext,
         postgres: PostgresResource,
         database_tuning: DatabaseTuning,
     ) -> dg.MaterializeResult:
-        try:
+        def run() -> ConvergeReport:
             with postgres.get_connection(autocommit=True) as conn:
-                report = converge(conn, database_tuning, context.log)
-        except EXPECTED_ERRORS as exc:
-            raise dg.Failure(description=f"{step.name}: {redact(exc)}") from None
-        return _finish(context, step, report)
+                return converge(conn, database_tuning, context.log)
+
+        return _finish(context, step, run)
 
     return _converge
 

@@ -15,12 +15,12 @@ No Dagster in this module.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twinme_ops.common.redact import redact
 from twinme_ops.database.postgres.settings.live import SettingsError
+from twinme_ops.servers.kube_connection import KubernetesNotConfiguredError, custom_objects_api
 
 if TYPE_CHECKING:  # the client costs ~0.5 s to import: loaded on the first call, not at load
     from kubernetes import client
@@ -67,36 +67,17 @@ class ClusterTarget:
 
 def _load_client(target: ClusterTarget) -> tuple[client.CustomObjectsApi, str]:
     """A ``CustomObjectsApi`` on its own ``ApiClient``, and where its configuration came from."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    path = target.kubeconfig or os.environ.get("KUBECONFIG", "")
-    if path:
-        try:
-            # persist_config=False: never rewrite the operator's kubeconfig file
-            config.load_kube_config(
-                config_file=path, client_configuration=cfg, persist_config=False
-            )
-        except Exception as exc:
-            raise ClusterSettingsError(
-                f"the kubeconfig {path} for {target} is unusable ({type(exc).__name__}: "
-                f"{redact(exc)[:200]}). Fix: point KUBECONFIG (or the postgres_settings_applier "
-                "resource's kubeconfig) at a readable kubeconfig whose current context reaches "
-                "the cluster"
-            ) from None
-        source = f"kubeconfig {path}"
-    else:
-        try:
-            config.load_incluster_config(client_configuration=cfg)
-        except config.ConfigException:
-            raise ClusterSettingsError(
-                f"no Kubernetes cluster is configured for {target}: KUBECONFIG is not set and "
-                "this process is not in a pod. Fix: export KUBECONFIG, or run in the cluster "
-                "with the twinme-ops-runs service account (deploy/dagster/rbac.yaml); to tune "
-                "a server twinme_ops may ALTER SYSTEM on, set TWINME_POSTGRES_APPLIER=alter-system"
-            ) from None
-        source = "in-cluster service account"
-    return client.CustomObjectsApi(client.ApiClient(cfg)), source
+    try:
+        return custom_objects_api(
+            target.kubeconfig,
+            target=str(target),
+            in_cluster_fix=(
+                "the twinme-ops-runs service account (deploy/dagster/rbac.yaml); to tune a "
+                "server twinme_ops may ALTER SYSTEM on, set TWINME_POSTGRES_APPLIER=alter-system"
+            ),
+        )
+    except KubernetesNotConfiguredError as exc:
+        raise ClusterSettingsError(str(exc)) from None
 
 
 def _status_message(body: Any) -> str:
