@@ -84,7 +84,8 @@ module.exports = { createServer, renderMetrics, createMetrics, countRequest };
 if (require.main === module) {
   const port = Number(process.env.PORT || 3000);
   const server = createServer({ keys: keySetFromEnv() });
-  server.listen(port, () => console.log(`twinme-api listening on :${port}`));
+  // HOST: the address to bind (tests bind 127.0.0.1); unset, every interface as in a pod
+  server.listen(port, process.env.HOST, () => console.log(`twinme-api listening on :${port}`));
   const stop = () => server.close(() => process.exit(0));
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
