@@ -85,5 +85,5 @@ def test_a_missing_secret_names_the_manifest_that_creates_it(
         secret.read()
     message = str(info.value)
     assert "secret twinme-prod/twinme-jwt-keys" in message and "HTTP 404" in message
-    assert "kubectl apply -f deploy/app/35-jwt-keys-secret.yaml" in message
+    assert "kubectl create -f deploy/app/templates/jwt-keys-secret.yaml" in message
     assert "kmock-dummy-token" not in message

@@ -15,8 +15,6 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import jwt
-
 from twinme_ops.common.redact import redact, redact_url
 from twinme_ops.release.jwt.keys import ALGORITHM
 
@@ -25,6 +23,8 @@ CHECK_SUBJECT = "twinme-ops-jwt-check"
 
 def sign_token(kid: str, private_pem: bytes, now: datetime) -> str:
     """A 5-minute token signed with the private key ``private_pem``, its header naming ``kid``."""
+    import jwt  # PyJWT loads cryptography: imported when a token is signed, not at load
+
     payload = {"sub": CHECK_SUBJECT, "iat": now, "exp": now + timedelta(minutes=5)}
     return jwt.encode(payload, private_pem, algorithm=ALGORITHM, headers={"kid": kid})
 

@@ -23,10 +23,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+if TYPE_CHECKING:  # cryptography is imported where keys are made, not when the code loads
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 ALGORITHM = "ES256"
 JWKS_KEY = "jwks.json"
@@ -87,6 +87,9 @@ class SigningKey:
 
     def private_key(self) -> ec.EllipticCurvePrivateKey:
         """The private key (current key only)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         if self.private_pem is None:
             raise KeySetError(f"key {self.kid} has no private half (it was retired)")
         key = serialization.load_pem_private_key(self.private_pem, password=None)
@@ -104,6 +107,9 @@ class SigningKey:
 
 def new_key(now: datetime) -> SigningKey:
     """A fresh P-256 key, current, created ``now``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     private = ec.generate_private_key(ec.SECP256R1())
     jwk = public_jwk(private.public_key(), "")
     kid = f"twinme-{now.astimezone(UTC):%Y%m%d-%H%M%S}-{thumbprint(jwk)[:8]}"

@@ -4,8 +4,8 @@ client: read it, write a key set into it, put a previous version back.
 Writes are JSON merge patches of ``data`` and the ``twinme.ai/jwt-*`` annotations only, carrying
 the ``resourceVersion`` that was read: on a real API server a concurrent change of the Secret
 makes the write fail (HTTP 409) instead of being overwritten. The Secret itself is created by the
-deploy manifests (``deploy/app/35-jwt-keys-secret.yaml``), so the code location needs only
-``get`` and ``patch`` on that one name (``deploy/dagster/rbac.yaml``).
+operator once (``kubectl create -f deploy/app/templates/jwt-keys-secret.yaml``), so the code
+location needs only ``get`` and ``patch`` on that one name (``deploy/dagster/rbac.yaml``).
 """
 
 from __future__ import annotations
@@ -70,10 +70,11 @@ class JwtSecret:
 
         status = int(exc.status or 0) if isinstance(exc, ApiException) else 0
         fix = {
-            404: f"create it: kubectl apply -f deploy/app/35-jwt-keys-secret.yaml (namespace "
-            f"{self.namespace}; TWINME_K8S_NAMESPACE)",
+            404: "create it once: kubectl create -f "
+            f"deploy/app/templates/jwt-keys-secret.yaml (namespace {self.namespace}; "
+            "TWINME_K8S_NAMESPACE)",
             403: f"grant get and patch on {self.target} to the code location's service account "
-            "(deploy/dagster/rbac.yaml, Role twinme-dagster-jwt-keys)",
+            "(deploy/dagster/rbac.yaml, Role twinme-ops-api-deployer)",
             409: "the Secret changed while the job ran: check who changed it, then re-run",
         }.get(status, "check the API server and retry")
         what = f"HTTP {status}" if status else f"{type(exc).__name__}: {redact(exc)[:200]}"
