@@ -8,15 +8,20 @@ import base64
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import jwt
+import pytest
 
 from tests.support.jwt_api import JwtCluster
 from tests.support.k8s_emulator import stuck_once
+from tests.support.pushgateway import Gateway, start_gateway, stop_gateway, value
 from tests.support.slack_receiver import SlackReceiver
+from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.release.jwt_keys import (
     jwt_key_expiry_job,
@@ -30,7 +35,19 @@ from twinme_ops.release.rollback import ReleaseSettings
 from twinme_ops.servers.kube import KubernetesResource
 
 
-def _run(cluster: JwtCluster, slack: SlackReceiver, job: str) -> dg.ExecuteInProcessResult:
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A Pushgateway the jobs push their outcome to."""
+    proc, gw = start_gateway(tmp_path, auth=False)
+    try:
+        yield gw
+    finally:
+        stop_gateway(proc)
+
+
+def _run(
+    cluster: JwtCluster, slack: SlackReceiver, job: str, gateway: Gateway | None = None
+) -> dg.ExecuteInProcessResult:
     defs = dg.Definitions(
         assets=[jwt_signing_keys],
         jobs=[jwt_key_rotation_job, jwt_key_expiry_job],
@@ -41,6 +58,9 @@ def _run(cluster: JwtCluster, slack: SlackReceiver, job: str) -> dg.ExecuteInPro
             ),
             "release_settings": ReleaseSettings(api_url=cluster.pods.url),
             "slack": SlackNotifier(webhook_url=slack.url, max_retries=0),
+            "metrics": MetricsResource(
+                pushgateway_url=gateway.url if gateway else "", environment="production"
+            ),
         },
     )
     return defs.resolve_job_def(job).execute_in_process(
@@ -86,7 +106,7 @@ def _all_text(result: dg.ExecuteInProcessResult) -> str:
 
 
 def test_rotation_keeps_the_old_key_for_the_overlap_then_prunes_it(
-    jwt_cluster: JwtCluster, slack_receiver: SlackReceiver
+    jwt_cluster: JwtCluster, slack_receiver: SlackReceiver, gateway: Gateway
 ) -> None:
     first = _run(jwt_cluster, slack_receiver, "jwt_key_rotation_job")
     assert first.success
@@ -94,8 +114,11 @@ def test_rotation_keeps_the_old_key_for_the_overlap_then_prunes_it(
     assert _metadata(first)["current_kid"] == old_kid and _metadata(first)["key_count"] == 1
     assert _status(jwt_cluster, old_kid, old_pem) == 200
 
-    second = _run(jwt_cluster, slack_receiver, "jwt_key_rotation_job")
+    second = _run(jwt_cluster, slack_receiver, "jwt_key_rotation_job", gateway)
     assert second.success
+    pushed = gateway.samples()
+    assert value(pushed, "twinme_jwt_keys_success", operation="jwt_keys") == 1
+    assert value(pushed, "twinme_jwt_keys_accepted") == 2
     new_kid, new_pem = _signing_key(jwt_cluster)
     assert new_kid != old_kid
     meta = _metadata(second)
@@ -127,8 +150,9 @@ def test_rotation_keeps_the_old_key_for_the_overlap_then_prunes_it(
         "twinme-prod",
         {"metadata": {"annotations": {KEYS_ANNOTATION: json.dumps(list(dates.values()))}}},
     )
-    pruned = _run(jwt_cluster, slack_receiver, "jwt_key_expiry_job")
+    pruned = _run(jwt_cluster, slack_receiver, "jwt_key_expiry_job", gateway)
     assert pruned.success
+    assert value(gateway.samples(), "twinme_jwt_keys_accepted") == 1
     meta = _metadata(pruned)
     assert meta["action"] == "pruned" and meta["removed_kids"] == old_kid
     assert meta["key_count"] == 1
@@ -139,15 +163,18 @@ def test_rotation_keeps_the_old_key_for_the_overlap_then_prunes_it(
 
 
 def test_a_refused_new_key_puts_the_previous_secret_back_and_alerts(
-    jwt_cluster: JwtCluster, slack_receiver: SlackReceiver
+    jwt_cluster: JwtCluster, slack_receiver: SlackReceiver, gateway: Gateway
 ) -> None:
     assert _run(jwt_cluster, slack_receiver, "jwt_key_rotation_job").success
     old_kid, old_pem = _signing_key(jwt_cluster)
     before = jwt_cluster.secret()
     # the new pods do not load the Secret (a Deployment that does not mount it)
     jwt_cluster.pods.frozen = True
-    failed = _run(jwt_cluster, slack_receiver, "jwt_key_rotation_job")
+    failed = _run(jwt_cluster, slack_receiver, "jwt_key_rotation_job", gateway)
     assert not failed.success
+    pushed = gateway.samples()
+    assert value(pushed, "twinme_jwt_keys_success") == 0
+    assert value(pushed, "twinme_jwt_keys_accepted") == 1
     after = jwt_cluster.secret()
     assert after.data == before.data
     assert after.metadata.annotations == before.metadata.annotations

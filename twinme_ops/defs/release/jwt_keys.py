@@ -16,12 +16,14 @@ from pydantic import Field
 
 from twinme_ops.alerting import messages
 from twinme_ops.alerting.alert import Fact
+from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
+from twinme_ops.common.log import Log
 from twinme_ops.common.step_advice import StepAdvice
 from twinme_ops.defs.alerts.hooks import send_step_alert, slack_on_failure, step_where
 from twinme_ops.defs.executors import max_runtime
 from twinme_ops.defs.release.jwt_resources import JwtKeysResource
-from twinme_ops.release.jwt.keys import iso
+from twinme_ops.release.jwt.keys import KeySet, iso
 from twinme_ops.release.jwt.rotation import KeyRotation, RotationFailed, RotationOutcome
 from twinme_ops.release.jwt.secret import JwtSecret
 from twinme_ops.release.rollback import ReleaseSettings
@@ -57,6 +59,16 @@ class JwtKeysConfig(dg.Config):
         default=JwtAction.rotate,
         description="rotate: a new signing key, the old one accepted for the overlap; prune: "
         "remove the keys whose overlap has passed (nothing when none has).",
+    )
+
+
+def _push(metrics: MetricsResource, passed: bool, keyset: KeySet, log: Log) -> None:
+    current = keyset.current
+    metrics.push_jwt_keys(
+        passed=passed,
+        current_created=current.created_at.timestamp() if current else None,
+        accepted=len(keyset.keys),
+        log=log,
     )
 
 
@@ -101,6 +113,7 @@ def jwt_signing_keys(
     kubernetes: KubernetesResource,
     release_settings: ReleaseSettings,
     slack: SlackNotifier,
+    metrics: MetricsResource,
 ) -> dg.MaterializeResult:
     """Rotate or prune the key set, verified against the running API."""
     secret = JwtSecret(kubernetes.namespace, jwt_keys.secret_name, kubernetes.kubeconfig)
@@ -113,6 +126,7 @@ def jwt_signing_keys(
         else:
             outcome = rotation.prune()
     except RotationFailed as exc:
+        _push(metrics, False, exc.keyset, context.log)
         facts = [
             Fact("Secret", secret.target),
             Fact("Key set served now", ", ".join(exc.kids) or "none"),
@@ -132,6 +146,7 @@ def jwt_signing_keys(
             metadata={"rolled_back": exc.rolled_back, "rollback": exc.rollback_detail},
         ) from None
     context.log.info(f"JWT keys {outcome.action}: {', '.join(outcome.keyset.kids())}")
+    _push(metrics, True, outcome.keyset, context.log)
     return dg.MaterializeResult(metadata=_metadata(outcome, datetime.now(UTC)))
 
 

@@ -43,15 +43,17 @@ class RotationOutcome:
 class RotationFailed(RuntimeError):
     """The new key set did not prove itself; the previous Secret was put back.
 
-    ``rolled_back`` is whether the API runs the previous key set again and accepts its key.
+    ``rolled_back`` is whether the API runs the previous key set again and accepts its key;
+    ``keyset`` is that previous set.
     """
 
-    def __init__(self, reason: str, *, rolled_back: bool, rollback_detail: str, kids: list[str]):
+    def __init__(self, reason: str, *, rolled_back: bool, rollback_detail: str, keyset: KeySet):
         super().__init__(reason)
         self.reason = reason
         self.rolled_back = rolled_back
         self.rollback_detail = rollback_detail
-        self.kids = kids
+        self.keyset = keyset
+        self.kids = keyset.kids()
 
 
 @dataclass
@@ -140,7 +142,6 @@ class KeyRotation:
         return RotationOutcome(action, new, checks=lines, rollout_s=rollout_s)
 
     def _rollback(self, before: SecretVersion, old: KeySet, reason: str) -> RotationFailed:
-        kids = old.kids()
         try:
             self.secret.restore(before)
             self._roll(old, f"jwt keys rolled back: {reason}")
@@ -148,8 +149,8 @@ class KeyRotation:
                 self._verify([(old.current.kid, old.current.private_pem, True)], self.clock())
         except (Exception, TokenCheckFailed) as exc:
             detail = f"rollback did not recover: {redact(exc)}"
-            return RotationFailed(reason, rolled_back=False, rollback_detail=detail, kids=kids)
+            return RotationFailed(reason, rolled_back=False, rollback_detail=detail, keyset=old)
         detail = "previous Secret restored, API rolled and " + (
             "accepts the previous key" if old.current else "back to no key"
         )
-        return RotationFailed(reason, rolled_back=True, rollback_detail=detail, kids=kids)
+        return RotationFailed(reason, rolled_back=True, rollback_detail=detail, keyset=old)
