@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.jwt_api import SECRET, declare_secrets
+from tests.support.jwt_api import SECRET, core_api, declare_secrets
 from tests.support.k8s_emulator import NAMESPACE, EmulatorHandle
 from twinme_ops.defs.release.jwt_resources import JwtKeysResource, overlap_hours_from_env
 from twinme_ops.release.jwt.keys import (
@@ -87,3 +87,24 @@ def test_a_missing_secret_names_the_manifest_that_creates_it(
     assert "secret twinme-prod/twinme-jwt-keys" in message and "HTTP 404" in message
     assert "kubectl create -f deploy/app/templates/jwt-keys-secret.yaml" in message
     assert "kmock-dummy-token" not in message
+
+
+def test_a_secret_changed_since_it_was_read_is_not_overwritten(
+    k8s_emulator: tuple[Path, EmulatorHandle],
+) -> None:
+    kubeconfig, handle = k8s_emulator
+    declare_secrets(handle)
+    core = core_api(kubeconfig)
+    core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": SECRET}, "type": "Opaque"})
+    secret = JwtSecret(NAMESPACE, SECRET, str(kubeconfig))
+    before = secret.read()
+    assert before.resource_version
+    # someone else edits the Secret between the rotation's read and its write
+    core.patch_namespaced_secret(SECRET, NAMESPACE, {"data": {"other": "eA=="}})
+    data, annotations = secret_content(KeySet(None).rotated(new_key(T0), T0, OVERLAP), T0)
+    with pytest.raises(JwtSecretError, match="HTTP 409.*Fix: the Secret changed while"):
+        secret.write(data, annotations, before)
+    assert "jwks.json" not in (core.read_namespaced_secret(SECRET, NAMESPACE).data or {})
+    # written from a fresh read, it goes through
+    secret.write(data, annotations, secret.read())
+    assert "jwks.json" in core.read_namespaced_secret(SECRET, NAMESPACE).data
