@@ -6,6 +6,7 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,7 +105,9 @@ def test_a_secret_changed_since_it_was_read_is_not_overwritten(
     data, annotations = secret_content(KeySet(None).rotated(new_key(T0), T0, OVERLAP), T0)
     with pytest.raises(JwtSecretError, match="HTTP 409.*Fix: the Secret changed while"):
         secret.write(data, annotations, before)
-    assert "jwks.json" not in (core.read_namespaced_secret(SECRET, NAMESPACE).data or {})
+    stored: Any = core.read_namespaced_secret(SECRET, NAMESPACE)
+    assert "jwks.json" not in (stored.data or {})
     # written from a fresh read, it goes through
     secret.write(data, annotations, secret.read())
-    assert "jwks.json" in core.read_namespaced_secret(SECRET, NAMESPACE).data
+    stored = core.read_namespaced_secret(SECRET, NAMESPACE)
+    assert "jwks.json" in stored.data
