@@ -13,4 +13,5 @@ pytest_plugins = [
     "tests.support.s3_fixtures",
     "tests.support.s3_iam",  # an S3 server that enforces IAM (backups nobody can erase)
     "tests.support.slack_receiver",
+    "tests.support.jwt_api",  # the sample API as pods loading the JWT Secret
 ]

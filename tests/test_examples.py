@@ -24,6 +24,8 @@ def test_there_is_an_example_for_every_job_that_takes_config() -> None:
         "recover_job",
         "release_job",
         "deployment_tests_job",
+        "jwt_key_rotation_job",
+        "jwt_key_expiry_job",
     } <= names
 
 

@@ -29,6 +29,7 @@ from tests.support.kubernetes_versions import VERSIONS
 from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.release.assets import CONTAINER_IMAGE, api_deployment
+from twinme_ops.defs.release.jwt_resources import JwtKeysResource
 from twinme_ops.release.rollback import ReleaseSettings
 from twinme_ops.servers.kube import KubernetesResource
 from twinme_ops.servers.postgres import PostgresResource
@@ -36,6 +37,7 @@ from twinme_ops.servers.redis import RedisResource
 
 APP_DIR = Path(__file__).resolve().parents[2] / "deploy" / "app"
 SECRET_TEMPLATE = APP_DIR / "templates" / "secret.template.yaml"
+JWT_SECRET_TEMPLATE = APP_DIR / "templates" / "jwt-keys-secret.yaml"
 NAMESPACE = "twinme-prod"
 DIGEST_REF = re.compile(r"^[a-z0-9.\-:/_]+@sha256:[0-9a-f]{64}$")
 NEW_IMAGE = "127.0.0.1:5000/twinme-api@sha256:" + "3" * 64
@@ -95,7 +97,7 @@ def container_port(port: int | str) -> int:
 
 
 def all_manifest_files() -> list[Path]:
-    return [*applied_files(), SECRET_TEMPLATE]
+    return [*applied_files(), SECRET_TEMPLATE, JWT_SECRET_TEMPLATE]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -304,6 +306,20 @@ def test_the_secret_feeds_the_api_environment() -> None:
     refs = [e["secretRef"]["name"] for e in api_container()["envFrom"] if "secretRef" in e]
     assert refs == [secret["metadata"]["name"]]
     assert secret["metadata"]["namespace"] == NAMESPACE
+
+
+def test_the_api_reads_the_jwt_key_set_the_rotation_writes() -> None:
+    """The rotation writes ``jwks.json`` into Secret twinme-jwt-keys (created, never applied);
+    the API mounts that Secret read-only and is told where the key set is."""
+    (secret,) = _docs(JWT_SECRET_TEMPLATE)
+    assert secret["metadata"]["name"] == JwtKeysResource().secret_name
+    assert secret["metadata"]["namespace"] == NAMESPACE and "data" not in secret
+    (volume,) = [v for v in pod_spec()["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    (mount,) = [m for m in api_container()["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in api_container()["env"]}
+    assert env["TWINME_JWT_KEYS_FILE"] == f"{mount['mountPath']}/jwks.json"
 
 
 # -- the objects around it ---------------------------------------------------------------------

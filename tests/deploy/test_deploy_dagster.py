@@ -68,6 +68,7 @@ from twinme_ops.defs.database.jobs import TUNING_POD
 from twinme_ops.defs.executors import K8S_CONFIG_TAG, PodResources, step_pods_enabled
 from twinme_ops.defs.recovery.jobs import RECOVERY_POD
 from twinme_ops.defs.release.jobs import RELEASE_POD
+from twinme_ops.defs.release.jwt_resources import JwtKeysResource
 from twinme_ops.instance.run_coordinator import REFUSED_TAG, TwinmeRunCoordinator
 from twinme_ops.scratch.local import free_port
 from twinme_ops.servers.kube import KubernetesResource
@@ -1197,7 +1198,8 @@ def _role(namespace: str, name: str | None = None) -> dict[str, Any]:
 
 
 def test_the_api_namespace_role_grants_exactly_what_twinme_ops_calls() -> None:
-    """twinme_ops reads and patches the API Deployment: get and patch on it, nothing else."""
+    """twinme_ops reads and patches the API Deployment and the JWT keys' Secret: get and patch
+    on those two, nothing else."""
     other_namespaces = (
         *BUILD_NAMESPACE_MODULES,
         CNPG_BACKUP_MODULE,
@@ -1212,8 +1214,10 @@ def test_the_api_namespace_role_grants_exactly_what_twinme_ops_calls() -> None:
     role = _role(namespace)
     assert _granted(role) == needed
     deployment = KubernetesResource.model_fields["deployment"].default
+    jwt_secret = JwtKeysResource.model_fields["secret_name"].default
     for rule in role["rules"]:
-        assert rule.get("resourceNames") == [deployment], rule
+        only = [jwt_secret] if rule["resources"] == ["secrets"] else [deployment]
+        assert rule.get("resourceNames") == only, rule
 
 
 def test_the_build_namespace_role_is_the_cluster_builder_contract() -> None:

@@ -163,7 +163,7 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     # the rule file was found beside the config, loaded and checked
     assert "SUCCESS: 1 rule files found" in result.stdout
-    assert "SUCCESS: 15 rules found" in result.stdout
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
 
 
 def test_promtool_would_catch_a_broken_config(tmp_path: Path) -> None:
@@ -326,7 +326,7 @@ def test_nodes_pushgateway_and_tls_probe_targets() -> None:
 def test_alert_rules_pass_promtool_check() -> None:
     result = run(promtool(), "check", "rules", str(ALERT_RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 15 rules found" in result.stdout
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
 
 
 def test_alert_rules_unit_tests_pass() -> None:

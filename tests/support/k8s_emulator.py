@@ -22,6 +22,10 @@ What the emulator lacks, and what this module adds:
   merge patch and a JSON patch behave as on a real API server, a strategic merge patch does not.
 - **Resource discovery.** ``apps/v1/deployments`` is declared in ``km.resources`` (with its
   ``status`` and ``scale`` subresources); undeclared resources answer 404 on list and discovery.
+- **resourceVersion of Secrets.** Each write of a Secret gets a new ``metadata.resourceVersion``
+  (a counter), and a write that carries a ``resourceVersion`` other than the stored one answers
+  409 Conflict before anything is stored, as the API server's optimistic concurrency does (the
+  JWT key rotation relies on it). Other kinds keep none, as in kmock.
 - Label selectors are ignored by kmock; nothing here lists by label.
 - **RBAC.** kmock stores a write even when a reaction answers it with an error; a test that needs
   a refused request appends to ``denials`` (run in the loop), which answers before anything is
@@ -37,6 +41,7 @@ import abc
 import asyncio
 import copy
 import hashlib
+import itertools
 import json
 import secrets
 import threading
@@ -60,6 +65,7 @@ DEPLOYMENT = "twinme-api"
 CONTAINER = "api"
 INITIAL_IMAGE = "registry.twinme.test/twinme-api@sha256:" + "1" * 64
 DEPLOYMENTS = kmock.resource("apps/v1/deployments")
+SECRETS = kmock.resource("v1/secrets")
 
 ControllerMode = Literal["healthy", "stuck", "slow"]
 
@@ -69,6 +75,7 @@ class GenerationTrackingEmulator(kmock.KubernetesEmulator):
     """kmock's emulator plus the API server's ``metadata.generation`` rules for Deployments."""
 
     _writes: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     # what RBAC refuses: each returns the error to answer a request with, or None. Checked before
     # anything is stored (kmock itself stores a write even when a reaction answers it with 403)
     denials: list[Callable[[kmock.Request], KubernetesError | None]] = attrs.field(
@@ -81,13 +88,42 @@ class GenerationTrackingEmulator(kmock.KubernetesEmulator):
             if error is not None:
                 raise error
         is_write = request.action in (kmock.action.CREATE, kmock.action.UPDATE)
+        if request.resource == SECRETS and is_write:
+            async with self._writes:
+                self._check_resource_version(request)
+                return await super()._handle(request)
         if request.resource == DEPLOYMENTS and is_write:
             # history[-2] must be this request's "before": no other write may interleave
             async with self._writes:
                 return await super()._handle(request)
         return await super()._handle(request)
 
+    def _check_resource_version(self, request: kmock.Request) -> None:
+        """409 when an update names a resourceVersion the stored Secret no longer has."""
+        if request.action != kmock.action.UPDATE or not isinstance(request.data, dict):
+            return
+        wanted = (request.data.get("metadata") or {}).get("resourceVersion")
+        key = (SECRETS, request.namespace, request.name)
+        if wanted is None or key not in self.objects:
+            return
+        stored = self.objects[key].raw.get("metadata", {}).get("resourceVersion")
+        if str(wanted) != str(stored):
+            raise KubernetesError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on secrets "{request.name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+            )
+
+    def _new_resource_version(self, namespace: str | None, name: str | None) -> None:
+        obj = self.objects[SECRETS, namespace, name]
+        metadata = copy.deepcopy(obj.raw.get("metadata", {}))
+        obj["metadata"] = {**metadata, "resourceVersion": str(next(self._versions))}
+
     async def _serve_create(self, request: kmock.Request) -> kmock.Payload:
+        if request.resource == SECRETS:
+            meta = request.data.get("metadata", {})
+            self._new_resource_version(request.namespace or meta.get("namespace"), meta["name"])
         if request.resource == DEPLOYMENTS:
             meta = request.data.get("metadata", {})
             obj = self.objects[
@@ -98,6 +134,8 @@ class GenerationTrackingEmulator(kmock.KubernetesEmulator):
         return await super()._serve_create(request)
 
     async def _serve_update(self, request: kmock.Request) -> kmock.Payload:
+        if request.resource == SECRETS:
+            self._new_resource_version(request.namespace, request.name)
         if request.resource == DEPLOYMENTS and request.subresource != "status":
             assert request.name is not None  # an UPDATE always names its object
             obj = self.objects[DEPLOYMENTS, request.namespace, request.name]

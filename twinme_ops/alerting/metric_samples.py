@@ -33,6 +33,9 @@ from twinme_ops.alerting.metric_specs import (
     DRILL_RPO,
     DRILL_RTO,
     DRILL_SUCCESS,
+    JWT_CURRENT_KEY_CREATED,
+    JWT_KEYS_ACCEPTED,
+    JWT_KEYS_SUCCESS,
     PITR_DRILL_RPO,
     PITR_DRILL_RTO,
     PITR_DRILL_SUCCESS,
@@ -206,4 +209,17 @@ def wal_archive_samples(
     ]
     if rpo_s is not None:
         samples.insert(0, (WAL_ARCHIVE_RPO, {}, float(rpo_s)))
+    return samples
+
+
+def jwt_keys_samples(
+    *, passed: bool, current_created: float | None, accepted: int | None
+) -> list[Sample]:
+    """A JWT key rotation or prune: its verdict, the current key's creation time and how many
+    keys the API accepts (the last two left out when unknown)."""
+    samples: list[Sample] = [(JWT_KEYS_SUCCESS, {}, 1.0 if passed else 0.0)]
+    if current_created is not None:
+        samples.append((JWT_CURRENT_KEY_CREATED, {}, float(current_created)))
+    if accepted is not None:
+        samples.append((JWT_KEYS_ACCEPTED, {}, float(accepted)))
     return samples

@@ -127,6 +127,20 @@ WAL_ARCHIVE_LAST_CHECK = MetricSpec(
     "Unix time the WAL archive's RPO was last measured.",
 )
 
+# --- JWT signing keys (operation="jwt_keys"), pushed after each rotation or prune, passed or not
+JWT_KEYS_SUCCESS = MetricSpec(
+    "twinme_jwt_keys_success",
+    "1 if the last JWT key rotation or prune was verified against the API, 0 if it was rolled "
+    "back.",
+)
+JWT_CURRENT_KEY_CREATED = MetricSpec(
+    "twinme_jwt_current_key_created_timestamp_seconds",
+    "Unix time the JWT key the API signs with was created (its age: how overdue a rotation is).",
+)
+JWT_KEYS_ACCEPTED = MetricSpec(
+    "twinme_jwt_keys_accepted", "Number of JWT keys the API accepts (current + in their overlap)."
+)
+
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in (
@@ -155,6 +169,9 @@ METRICS: dict[str, MetricSpec] = {
         WAL_ARCHIVE_RPO,
         WAL_ARCHIVE_RECEIVER_UP,
         WAL_ARCHIVE_LAST_CHECK,
+        JWT_KEYS_SUCCESS,
+        JWT_CURRENT_KEY_CREATED,
+        JWT_KEYS_ACCEPTED,
     )
 }
 """Every metric name the code can push: the contract with deploy/monitoring/."""

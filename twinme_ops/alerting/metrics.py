@@ -24,6 +24,7 @@ from twinme_ops.alerting.metric_samples import (
     backup_samples,
     deploy_samples,
     drill_samples,
+    jwt_keys_samples,
     pitr_drill_samples,
     wal_archive_samples,
 )
@@ -128,6 +129,23 @@ class MetricsResource(dg.ConfigurableResource):
         group, so an RPO that became unknown is not left at its last value)."""
         return self._build_and_push(
             "wal_archive", lambda: wal_archive_samples(rpo_s, receiver_up), log
+        )
+
+    def push_jwt_keys(
+        self,
+        *,
+        passed: bool,
+        current_created: float | None,
+        accepted: int | None,
+        log: Log | None = None,
+    ) -> bool:
+        """After a JWT key rotation or prune: verdict, current key's creation, keys accepted."""
+        return self._build_and_push(
+            "jwt_keys",
+            lambda: jwt_keys_samples(
+                passed=passed, current_created=current_created, accepted=accepted
+            ),
+            log,
         )
 
     def _build_and_push(

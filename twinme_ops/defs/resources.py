@@ -41,6 +41,7 @@ from twinme_ops.backups.store.immutability import (
 from twinme_ops.common.redact import redact, register_secret, register_secrets_in
 from twinme_ops.database.declared_state import DatabaseTuning
 from twinme_ops.database.postgres.settings.applier import APPLIERS, SettingsApplier
+from twinme_ops.defs.release.jwt_resources import JwtKeysResource, overlap_hours_from_env
 from twinme_ops.defs.release.resources import image_builder, make_app_test_runner
 from twinme_ops.release.git import GitRepoResource
 from twinme_ops.release.rollback import ReleaseSettings
@@ -375,4 +376,6 @@ def build_resources() -> dict[str, Any]:
         "metrics": MetricsResource(
             pushgateway_url=_env_or("TWINME_PUSHGATEWAY_URL", ""), environment=env
         ),
+        # the API's JWT signing keys, in the Deployment's namespace (docs/jwt-rotation.md)
+        "jwt_keys": JwtKeysResource(overlap_hours=overlap_hours_from_env()),
     }

@@ -243,6 +243,24 @@ class KubernetesResource(dg.ConfigurableResource):
             ),
         )
 
+    def set_template_annotations(self, annotations: dict[str, str], change_cause: str) -> None:
+        """Set annotations on the pod template (one JSON merge patch): new values roll the
+        Deployment, as ``kubectl rollout restart`` does with its ``restartedAt``; putting back
+        earlier values rolls back to the pods that had them."""
+        body: dict[str, Any] = {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+        if change_cause:
+            body["metadata"] = {"annotations": {CHANGE_CAUSE_ANNOTATION: change_cause[:250]}}
+        self._call(
+            "annotating the pod template of",
+            lambda api: api.patch_namespaced_deployment(
+                self.deployment,
+                self.namespace,
+                body,
+                _content_type=MERGE_PATCH,
+                _request_timeout=_REQUEST_TIMEOUT_S,
+            ),
+        )
+
     # -- rollout -------------------------------------------------------------------------------
 
     def wait_for_rollout(

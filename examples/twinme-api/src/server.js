@@ -1,8 +1,10 @@
 'use strict';
 // Minimal stand-in for the TwinMe IA API, used by the release pipeline's tests: the same probe
 // endpoints as the real service (/health, /ready, /metrics) and no dependencies, so `npm ci`
-// works without the network.
+// works without the network. /auth/check verifies a bearer JWT against the key set mounted from
+// the twinme-jwt-keys Secret (TWINME_JWT_KEYS_FILE): the JWT key rotation checks it.
 const http = require('node:http');
+const { keySetFromEnv, verifyToken } = require('./jwt.js');
 
 const startedAt = Date.now();
 
@@ -37,6 +39,8 @@ function createServer(options = {}) {
   const metrics = createMetrics();
   // ready() lets a caller (or a test) report dependencies that are not reachable yet
   const ready = options.ready || (() => true);
+  // the JWT key set (kid -> key), loaded once at start: a new set comes with new pods
+  const keys = options.keys || new Map();
   const server = http.createServer((req, res) => {
     const route = (req.url || '/').split('?')[0];
     let status = 200;
@@ -51,6 +55,15 @@ function createServer(options = {}) {
       const ok = ready();
       status = ok ? 200 : 503;
       body = JSON.stringify({ status: ok ? 'ready' : 'not ready' });
+    } else if (route === '/auth/check') {
+      const auth = req.headers.authorization || '';
+      const result = auth.startsWith('Bearer ')
+        ? verifyToken(auth.slice(7), keys)
+        : { ok: false, reason: 'no bearer token' };
+      status = result.ok ? 200 : 401;
+      body = JSON.stringify(
+        result.ok ? { status: 'ok', kid: result.kid, sub: result.claims.sub } : { error: result.reason },
+      );
     } else if (route === '/metrics') {
       type = 'text/plain; version=0.0.4; charset=utf-8';
       countRequest(metrics, route, status);
@@ -70,8 +83,9 @@ module.exports = { createServer, renderMetrics, createMetrics, countRequest };
 
 if (require.main === module) {
   const port = Number(process.env.PORT || 3000);
-  const server = createServer();
-  server.listen(port, () => console.log(`twinme-api listening on :${port}`));
+  const server = createServer({ keys: keySetFromEnv() });
+  // HOST: the address to bind (tests bind 127.0.0.1); unset, every interface as in a pod
+  server.listen(port, process.env.HOST, () => console.log(`twinme-api listening on :${port}`));
   const stop = () => server.close(() => process.exit(0));
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
