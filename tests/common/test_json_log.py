@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import dagster as dg
@@ -17,7 +18,7 @@ import yaml
 from tests.support.git_repos import Repo
 from tests.support.json_logs import PLANTED_SECRET, REPO, run_job_json
 from twinme_ops.access.audit import AuditLog
-from twinme_ops.common.json_log import log_format
+from twinme_ops.common.json_log import CUT_MARK, MAX_LINE_BYTES, JsonFormatter, log_format
 from twinme_ops.definitions import build_definitions
 from twinme_ops.defs.logs.ticks import logged_tick
 from twinme_ops.release.git import GitRepoResource
@@ -172,3 +173,22 @@ def test_audit_records_carry_the_log_fields() -> None:
     assert record["message"] == summary
     assert record["timestamp"].endswith("Z")
     assert PLANTED_SECRET not in stream.getvalue()
+
+
+def test_a_huge_error_still_fits_one_container_log_line() -> None:
+    # containerd splits lines over 16 KiB: the stack trace is cut, the line stays whole JSON
+    logger = logging.Logger("twinme_ops.test")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    try:
+        raise RuntimeError("é" * 30000 + f" password={PLANTED_SECRET}")
+    except RuntimeError:
+        logger.exception("import failed: " + "x\n" * 5000)
+    [line] = stream.getvalue().splitlines()
+    assert len(line.encode()) <= MAX_LINE_BYTES
+    event = json.loads(line)
+    assert event["error"].startswith("Traceback") and event["error"].endswith(CUT_MARK)
+    assert event["message"].startswith("import failed: x\nx\n")
+    assert PLANTED_SECRET not in line

@@ -28,8 +28,10 @@ LOG_FORMAT_ENV = "TWINME_LOG_FORMAT"
 LOG_FORMATS = ("text", "json")
 # where Dagster's log manager and InstigationLogger put a record's run, job, step and message
 _DAGSTER_META = "dagster_meta"
-# a long stack trace is cut here: the shipper and Elasticsearch handle lines of this size
-MAX_ERROR_CHARS = 8000
+# containerd and CRI-O split a line longer than 16 KiB into partial lines (tagged P), which the
+# shipper would send as pieces: an event's line stays under this many bytes
+MAX_LINE_BYTES = 16000
+CUT_MARK = " [...cut]"
 
 
 def log_format(environ: Mapping[str, str] | None = None) -> str:
@@ -94,15 +96,37 @@ def log_event(record: logging.LogRecord) -> dict[str, Any]:
     if record.exc_info:
         error = logging.Formatter().formatException(record.exc_info)
     if error:
-        event["error"] = redact(error)[:MAX_ERROR_CHARS]
+        event["error"] = redact(error)
     return event
+
+
+def json_line(event: dict[str, Any]) -> str:
+    """``event`` as one line of JSON of at most :data:`MAX_LINE_BYTES` bytes: the error (its
+    stack trace), then the message, lose their end when the line would be longer."""
+    line = json.dumps(event, ensure_ascii=False)
+    for key in ("error", "message"):
+        if len(line.encode()) <= MAX_LINE_BYTES:
+            break
+        text = str(event.get(key) or "")
+        # the longest head of the text that fits (escaping makes bytes and characters differ)
+        low, high = 0, len(text)
+        while low < high:
+            mid = (low + high + 1) // 2
+            candidate = json.dumps({**event, key: text[:mid] + CUT_MARK}, ensure_ascii=False)
+            if len(candidate.encode()) <= MAX_LINE_BYTES:
+                low = mid
+            else:
+                high = mid - 1
+        event = {**event, key: text[:low] + CUT_MARK}
+        line = json.dumps(event, ensure_ascii=False)
+    return line
 
 
 class JsonFormatter(logging.Formatter):
     """Formats a record as one line of JSON (see :func:`log_event`)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(log_event(record), ensure_ascii=False)
+        return json_line(log_event(record))
 
 
 def json_logger(name: str, level: int | str = logging.INFO) -> logging.Logger:
