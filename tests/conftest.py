@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.support.api_app",
     "tests.support.backup_helpers",
     "tests.support.dagster_dev",
+    "tests.support.es_receiver",  # an Elasticsearch _bulk endpoint for the log shipper
     "tests.support.k8s_emulator",
     "tests.support.pg_fixtures",
     "tests.support.production",

@@ -272,6 +272,15 @@ def render_instance(values: Mapping[str, Any]) -> dict[str, Any]:
         "config": s3,
     }
 
+    python_logs = values.get("pythonLogs") or {}
+    if python_logs:
+        names = {
+            "pythonLogLevel": "python_log_level",
+            "managedPythonLoggers": "managed_python_loggers",
+            "dagsterHandlerConfig": "dagster_handler_config",
+        }
+        out["python_logs"] = {names[k]: v for k, v in python_logs.items() if v}
+
     monitoring = daemon.get("runMonitoring") or {}
     if daemon["enabled"] and monitoring.get("enabled"):
         rendered: dict[str, Any] = {

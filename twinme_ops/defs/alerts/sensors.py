@@ -28,6 +28,7 @@ from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.common.redact import redact
 from twinme_ops.defs.alerts.hooks import alerted_steps
 from twinme_ops.defs.alerts.steps import BACKUP_JOBS, last_good_fact, step_failure
+from twinme_ops.defs.logs.ticks import logged_tick
 from twinme_ops.instance.run_coordinator import REFUSED_TAG
 from twinme_ops.servers.postgres import PostgresResource
 
@@ -54,6 +55,7 @@ CNPG_RPO_SKIP = (
         "6 h while it lasts and says when it is resolved."
     ),
 )
+@logged_tick
 def backup_freshness_sensor(
     context: dg.SensorEvaluationContext, backup_store: BackupStore, slack: SlackNotifier
 ) -> dg.SkipReason:
@@ -123,6 +125,7 @@ def _rpo_facts(reading: RpoReading, threshold_s: float) -> list[Fact]:
         "resolved. Skips for cloudnative-pg (Prometheus alerts on the plugin's metrics)."
     ),
 )
+@logged_tick
 def wal_archive_rpo_sensor(
     context: dg.SensorEvaluationContext,
     wal_archive: WalArchive,
@@ -259,6 +262,7 @@ def _run_failure_alert(context: dg.RunFailureSensorContext, backup_store: Backup
         "of a backfill the run coordinator refused (twinme/refused) are not alerted."
     ),
 )
+@logged_tick
 def slack_on_run_failure_sensor(
     context: dg.RunFailureSensorContext, slack: SlackNotifier, backup_store: BackupStore
 ) -> dg.SkipReason:
@@ -292,6 +296,7 @@ def slack_on_run_failure_sensor(
         "their max runtime are failures, reported by slack_on_run_failure_sensor."
     ),
 )
+@logged_tick
 def slack_on_run_canceled_sensor(
     context: dg.RunStatusSensorContext, slack: SlackNotifier, backup_store: BackupStore
 ) -> dg.SkipReason:

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from twinme_ops.common.redact import redact
+from twinme_ops.defs.logs.ticks import logged_tick
 from twinme_ops.defs.release.jobs import release_job
 from twinme_ops.release.git import GitError, GitRepoResource
 
@@ -16,6 +17,7 @@ from twinme_ops.release.git import GitError, GitRepoResource
         "pushes between ticks release only the newest. The first tick releases the current head."
     ),
 )
+@logged_tick
 def git_push_sensor(
     context: dg.SensorEvaluationContext, git: GitRepoResource
 ) -> dg.RunRequest | dg.SkipReason:

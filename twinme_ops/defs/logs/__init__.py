@@ -1,0 +1,1 @@
+"""Where runs and sensor ticks write their logs: Dagster text locally, JSON lines in production."""
