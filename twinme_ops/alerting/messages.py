@@ -303,8 +303,9 @@ def capacity_running_out(
     """A resource reaches its limit within ``horizon_days`` at its current growth (or already
     has): ``items`` are ``(resource, "now of limit; limit reached: when")``."""
     names = ", ".join(label for label, _ in items)
+    verb = "reaches its limit" if len(items) == 1 else "reach their limits"
     return Alert(
-        headline=f"TwinMe capacity: {names} reach their limit within {horizon_days} days",
+        headline=f"TwinMe capacity: {names} {verb} within {horizon_days} days",
         severity="warning",
         emoji=":chart_with_upwards_trend:",
         facts=[Fact(label, what) for label, what in items]

@@ -132,7 +132,7 @@ def text_chart(samples: Sequence[SetSample], field: str, title: str) -> str:
     for day, value in points:
         width = value / top * _CHART_WIDTH
         bar = "█" * int(width) + ("▌" if width - int(width) >= 0.5 else "")
-        lines.append(f"{day.isoformat()} {bar:<{_CHART_WIDTH + 1}} {human_bytes(value)}")
+        lines.append(f"{day.isoformat()} {bar:<{_CHART_WIDTH}} {human_bytes(value)}")
     return "```\n" + "\n".join(lines) + "\n```"
 
 

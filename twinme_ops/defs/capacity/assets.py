@@ -118,7 +118,7 @@ def capacity_report(
     alerted = False
     if report.alarming:
         alert = capacity_running_out(alert_lines(report), limits.horizon_days, report.sets, ADVICE)
-        alert.where = Where(job=context.job_name, run_id=context.run_id)
+        alert.where = Where(job=context.run.job_name, run_id=context.run.run_id)
         alerted = slack.send(alert, log=context.log)
 
     charts = "\n\n".join(
