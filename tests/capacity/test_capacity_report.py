@@ -46,7 +46,7 @@ def write_weeks(
 
 
 def materialize(
-    store: BackupStore, slack: SlackReceiver | None, **limits: str
+    store: BackupStore, slack: SlackReceiver | None, **limits: Any
 ) -> tuple[dg.ExecuteInProcessResult, dict[str, Any], dg.DagsterInstance]:
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
