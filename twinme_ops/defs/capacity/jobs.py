@@ -3,6 +3,7 @@
 import dagster as dg
 
 from twinme_ops.defs.capacity.assets import capacity_report
+from twinme_ops.defs.executors import max_runtime
 
 capacity_report_job = dg.define_asset_job(
     name="capacity_report_job",
@@ -12,4 +13,6 @@ capacity_report_job = dg.define_asset_job(
         "sets from the nightly manifests, projected to the day each limit is reached; Slack when "
         "that is within 30 days."
     ),
+    # reads a few dozen manifests: minutes at most, even on S3
+    tags={"twinme/operation": "capacity", **max_runtime(0.5)},
 )
