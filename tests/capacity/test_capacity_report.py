@@ -3,14 +3,19 @@ several simulated weeks, alerting a real Slack receiver over HTTP."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
 
 from tests.support.capacity_sets import GIB, MIB, write_nightly_set
+from tests.support.pushgateway import Gateway, names, start_gateway, stop_gateway, value
 from tests.support.slack_receiver import SlackReceiver
+from twinme_ops.alerting.metric_specs import METRICS
+from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.capacity.limits import CapacityLimits
@@ -46,7 +51,7 @@ def write_weeks(
 
 
 def materialize(
-    store: BackupStore, slack: SlackReceiver | None, **limits: Any
+    store: BackupStore, slack: SlackReceiver | None, gateway_url: str = "", **limits: Any
 ) -> tuple[dg.ExecuteInProcessResult, dict[str, Any], dg.DagsterInstance]:
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
@@ -55,6 +60,7 @@ def materialize(
             "backup_store": store,
             "capacity_limits": CapacityLimits(**limits),
             "slack": SlackNotifier(webhook_url=slack.url if slack else ""),
+            "metrics": MetricsResource(pushgateway_url=gateway_url, environment="production"),
         },
         run_config={"ops": {"capacity_report": {"config": {"as_of": TODAY.isoformat()}}}},
         instance=instance,
@@ -67,8 +73,18 @@ def materialize(
     return result, metadata, instance
 
 
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A real Pushgateway."""
+    proc, gw = start_gateway(tmp_path, auth=False)
+    try:
+        yield gw
+    finally:
+        stop_gateway(proc)
+
+
 def test_a_volume_full_within_30_days_pages_slack(
-    store: BackupStore, slack_receiver: SlackReceiver
+    store: BackupStore, slack_receiver: SlackReceiver, gateway: Gateway
 ) -> None:
     # 5 weeks: PostgreSQL 10 GiB + 0.5 GiB a night (27 GiB today) on a 40 GiB volume: full on
     # the 60th night, 26 days from now. Redis flat, files slow, backups well inside the window.
@@ -84,6 +100,7 @@ def test_a_volume_full_within_30_days_pages_slack(
     result, meta, instance = materialize(
         store,
         slack_receiver,
+        gateway.url,
         postgres_volume_size="40Gi",
         files_volume_size="1Ti",
         redis_maxmemory="2gb",
@@ -114,6 +131,16 @@ def test_a_volume_full_within_30_days_pages_slack(
     assert "27.0 GiB of 40.0 GiB (TWINME_POSTGRES_VOLUME_SIZE)" in message
     assert "2027-01-02 (26 days)" in message and "35 nightly backup sets" in message
     assert "Redis memory" not in message
+    # Prometheus gets the same figures (operation="capacity")
+    got = gateway.samples()
+    assert value(got, "twinme_capacity_days_left", resource="postgres") == pytest.approx(26)
+    assert value(got, "twinme_capacity_used_bytes", resource="redis") == GIB
+    assert value(got, "twinme_capacity_growth_bytes_per_day", resource="files") == pytest.approx(
+        100 * MIB
+    )
+    days_left = {dict(labels)["resource"] for (n, labels) in got if n.endswith("_days_left")}
+    assert days_left == {"postgres", "files", "backup_window"}  # Redis is flat: no date
+    assert names(got) <= set(METRICS)
     # the webhook's token is in no log line or metadata
     logs = "\n".join(repr(e) for e in instance.all_logs(result.run_id))
     assert "secrettoken" not in logs

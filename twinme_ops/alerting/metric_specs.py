@@ -127,6 +127,25 @@ WAL_ARCHIVE_LAST_CHECK = MetricSpec(
     "Unix time the WAL archive's RPO was last measured.",
 )
 
+# --- capacity (operation="capacity"), pushed by capacity_report every week
+CAPACITY_USED = MetricSpec(
+    "twinme_capacity_used_bytes",
+    "Size of each resource in the newest nightly set (database, Redis memory, files, backup "
+    "set, bytes a backup reads).",
+    ("resource",),
+)
+CAPACITY_GROWTH = MetricSpec(
+    "twinme_capacity_growth_bytes_per_day",
+    "Growth of each resource a day, fitted over the last weeks of nightly sets.",
+    ("resource",),
+)
+CAPACITY_DAYS_LEFT = MetricSpec(
+    "twinme_capacity_days_left",
+    "Days until each resource reaches its limit at its fitted growth (absent: no limit, flat "
+    "growth or too little history).",
+    ("resource",),
+)
+
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in (
@@ -155,6 +174,9 @@ METRICS: dict[str, MetricSpec] = {
         WAL_ARCHIVE_RPO,
         WAL_ARCHIVE_RECEIVER_UP,
         WAL_ARCHIVE_LAST_CHECK,
+        CAPACITY_USED,
+        CAPACITY_GROWTH,
+        CAPACITY_DAYS_LEFT,
     )
 }
 """Every metric name the code can push: the contract with deploy/monitoring/."""

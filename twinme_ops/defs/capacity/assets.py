@@ -12,6 +12,7 @@ from pydantic import Field
 
 from twinme_ops.alerting.alert import Where
 from twinme_ops.alerting.messages import capacity_running_out
+from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.backups.sets import read_set
 from twinme_ops.backups.store.base import BackupStore, StoreError
@@ -87,7 +88,7 @@ def read_samples(store: BackupStore, since: date, until: date, log: Log) -> list
         "(TWINME_POSTGRES_VOLUME_SIZE, TWINME_FILES_VOLUME_SIZE), Redis's maxmemory "
         "(TWINME_REDIS_MAXMEMORY) and the nightly backup window (TWINME_BACKUP_WINDOW_MINUTES, "
         "at the measured backup throughput). Alerts on Slack when a limit is reached within "
-        "30 days."
+        "30 days, and pushes each resource's size, growth and days left to the Pushgateway."
     ),
 )
 def capacity_report(
@@ -96,6 +97,7 @@ def capacity_report(
     backup_store: BackupStore,
     capacity_limits: CapacityLimits,
     slack: SlackNotifier,
+    metrics: MetricsResource,
 ) -> dg.MaterializeResult:
     """Read the sets, project, report in the UI, alert when a limit is near."""
     try:
@@ -115,6 +117,10 @@ def capacity_report(
     table = markdown_table(report)
     context.log.info(f"capacity as of {today} from {len(samples)} sets:\n{table}")
 
+    metrics.push_capacity(
+        [(p.resource, p.current, p.slope_per_day, p.days_left) for p in report.projections],
+        log=context.log,
+    )
     alerted = False
     if report.alarming:
         alert = capacity_running_out(alert_lines(report), limits.horizon_days, report.sets, ADVICE)
