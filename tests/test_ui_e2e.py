@@ -51,6 +51,7 @@ PUBLIC_JOBS = {
     "deployment_tests_job",
     "jwt_key_rotation_job",
     "jwt_key_expiry_job",
+    "capacity_report_job",
 }
 PUBLIC_SCHEDULES = {
     "base_backup_schedule",
@@ -61,6 +62,7 @@ PUBLIC_SCHEDULES = {
     "database_tuning_schedule",
     "jwt_key_rotation_schedule",
     "jwt_key_expiry_schedule",
+    "capacity_report_schedule",
 }
 PUBLIC_SENSORS = {"git_push_sensor", "slack_on_run_failure_sensor", "backup_freshness_sensor"}
 # numeric metadata every backup component records (plotted over time by the UI)

@@ -295,3 +295,20 @@ def wal_archive_caught_up(rpo_s: float | None, since: str) -> Alert:
         severity="info",
         emoji=":large_green_circle:",
     )
+
+
+def capacity_running_out(
+    items: Sequence[tuple[str, str]], horizon_days: int, sets: int, advice: str
+) -> Alert:
+    """A resource reaches its limit within ``horizon_days`` at its current growth (or already
+    has): ``items`` are ``(resource, "now of limit; limit reached: when")``."""
+    names = ", ".join(label for label, _ in items)
+    verb = "reaches its limit" if len(items) == 1 else "reach their limits"
+    return Alert(
+        headline=f"TwinMe capacity: {names} {verb} within {horizon_days} days",
+        severity="warning",
+        emoji=":chart_with_upwards_trend:",
+        facts=[Fact(label, what) for label, what in items]
+        + [Fact("Based on", f"{sets} nightly backup sets (linear growth)")],
+        advice=advice,
+    )

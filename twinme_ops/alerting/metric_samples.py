@@ -20,6 +20,9 @@ from twinme_ops.alerting.metric_specs import (
     BACKUP_LAST_SUCCESS,
     BACKUP_LAST_VERIFIED,
     BACKUP_SIZE,
+    CAPACITY_DAYS_LEFT,
+    CAPACITY_GROWTH,
+    CAPACITY_USED,
     DEPLOY_LAST,
     DEPLOY_LOAD_ERROR_RATIO,
     DEPLOY_LOAD_P95,
@@ -222,4 +225,19 @@ def jwt_keys_samples(
         samples.append((JWT_CURRENT_KEY_CREATED, {}, float(current_created)))
     if accepted is not None:
         samples.append((JWT_KEYS_ACCEPTED, {}, float(accepted)))
+    return samples
+
+
+def capacity_samples(
+    resources: Sequence[tuple[str, float | None, float | None, float | None]],
+) -> list[Sample]:
+    """``(resource, used bytes, growth bytes a day, days left)`` per resource; unknowns are
+    left out, so an alert on days left never reads a stale or made-up value."""
+    samples: list[Sample] = []
+    for resource, used, growth, days_left in resources:
+        for spec, value in ((CAPACITY_USED, used), (CAPACITY_GROWTH, growth)):
+            if value is not None:
+                samples.append((spec, {"resource": resource}, float(value)))
+        if days_left is not None:
+            samples.append((CAPACITY_DAYS_LEFT, {"resource": resource}, float(days_left)))
     return samples

@@ -141,6 +141,25 @@ JWT_KEYS_ACCEPTED = MetricSpec(
     "twinme_jwt_keys_accepted", "Number of JWT keys the API accepts (current + in their overlap)."
 )
 
+# --- capacity (operation="capacity"), pushed by capacity_report every week
+CAPACITY_USED = MetricSpec(
+    "twinme_capacity_used_bytes",
+    "Size of each resource in the newest nightly set (database, Redis memory, files, backup "
+    "set, bytes a backup reads).",
+    ("resource",),
+)
+CAPACITY_GROWTH = MetricSpec(
+    "twinme_capacity_growth_bytes_per_day",
+    "Growth of each resource a day, fitted over the last weeks of nightly sets.",
+    ("resource",),
+)
+CAPACITY_DAYS_LEFT = MetricSpec(
+    "twinme_capacity_days_left",
+    "Days until each resource reaches its limit at its fitted growth (absent: no limit, flat "
+    "growth or too little history).",
+    ("resource",),
+)
+
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in (
@@ -172,6 +191,9 @@ METRICS: dict[str, MetricSpec] = {
         JWT_KEYS_SUCCESS,
         JWT_CURRENT_KEY_CREATED,
         JWT_KEYS_ACCEPTED,
+        CAPACITY_USED,
+        CAPACITY_GROWTH,
+        CAPACITY_DAYS_LEFT,
     )
 }
 """Every metric name the code can push: the contract with deploy/monitoring/."""

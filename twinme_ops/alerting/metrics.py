@@ -12,7 +12,7 @@ and a gateway that cannot be reached costs a warning in the run's log (URL passw
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -22,6 +22,7 @@ from twinme_ops.alerting.metric_samples import (
     DeployOutcome,
     DrillFigures,
     backup_samples,
+    capacity_samples,
     deploy_samples,
     drill_samples,
     jwt_keys_samples,
@@ -147,6 +148,15 @@ class MetricsResource(dg.ConfigurableResource):
             ),
             log,
         )
+
+    def push_capacity(
+        self,
+        resources: Sequence[tuple[str, float | None, float | None, float | None]],
+        log: Log | None = None,
+    ) -> bool:
+        """After a capacity report: each resource's size, growth and days left (replaces the
+        group, so a projection that lost its date does not keep the old one)."""
+        return self._build_and_push("capacity", lambda: capacity_samples(resources), log)
 
     def _build_and_push(
         self,

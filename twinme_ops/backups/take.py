@@ -143,6 +143,8 @@ def _describe(component: str, f: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             "keys": f.keys,
             "expires": f.expires,
             "total_keys": f.total_keys,
+            # INFO memory's used_memory at snapshot time: what capacity_report projects
+            "used_memory": f.used_memory,
         }
         return source, {"protocol": "SYNC (replication)", "redis_version": f.redis_version}
     source = {

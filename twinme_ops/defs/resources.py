@@ -38,6 +38,13 @@ from twinme_ops.backups.store.immutability import (
     RETENTION_PROFILE_ENV,
     required_lock,
 )
+from twinme_ops.capacity.limits import (
+    BACKUP_WINDOW,
+    FILES_VOLUME,
+    POSTGRES_VOLUME,
+    REDIS_MAXMEMORY,
+    CapacityLimits,
+)
 from twinme_ops.common.redact import redact, register_secret, register_secrets_in
 from twinme_ops.database.declared_state import DatabaseTuning
 from twinme_ops.database.postgres.settings.applier import APPLIERS, SettingsApplier
@@ -378,4 +385,11 @@ def build_resources() -> dict[str, Any]:
         ),
         # the API's JWT signing keys, in the Deployment's namespace (docs/jwt-rotation.md)
         "jwt_keys": JwtKeysResource(overlap_hours=overlap_hours_from_env()),
+        # what capacity_report projects against (docs/slo-capacity.md); parsed when it runs
+        "capacity_limits": CapacityLimits(
+            backup_window_minutes=os.environ.get(BACKUP_WINDOW, ""),
+            postgres_volume_size=os.environ.get(POSTGRES_VOLUME, ""),
+            files_volume_size=os.environ.get(FILES_VOLUME, ""),
+            redis_maxmemory=os.environ.get(REDIS_MAXMEMORY, ""),
+        ),
     }

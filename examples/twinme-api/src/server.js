@@ -8,8 +8,19 @@ const { keySetFromEnv, verifyToken } = require('./jwt.js');
 
 const startedAt = Date.now();
 
+// Latency histogram buckets (seconds); 0.2 is the SLO's threshold (deploy/monitoring/slo_rules.yml)
+const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5];
+
 function createMetrics() {
-  return { requests: new Map() };
+  return { requests: new Map(), buckets: BUCKETS.map(() => 0), count: 0, sum: 0 };
+}
+
+function observeDuration(metrics, seconds) {
+  BUCKETS.forEach((le, i) => {
+    if (seconds <= le) metrics.buckets[i] += 1;
+  });
+  metrics.count += 1;
+  metrics.sum += seconds;
 }
 
 function countRequest(metrics, route, status) {
@@ -27,6 +38,20 @@ function renderMetrics(metrics) {
     const [route, status] = key.split('|');
     lines.push(`twinme_http_requests_total{route="${route}",status="${status}"} ${count}`);
   }
+  // the same counts under the names the SLO rules and dashboard read (status: the HTTP code)
+  lines.push('# HELP http_requests_total HTTP requests served.', '# TYPE http_requests_total counter');
+  for (const [key, count] of metrics.requests) {
+    const [route, status] = key.split('|');
+    lines.push(`http_requests_total{route="${route}",status="${status}"} ${count}`);
+  }
+  lines.push(
+    '# HELP http_request_duration_seconds Time to answer HTTP requests.',
+    '# TYPE http_request_duration_seconds histogram',
+    ...BUCKETS.map((le, i) => `http_request_duration_seconds_bucket{le="${le}"} ${metrics.buckets[i]}`),
+    `http_request_duration_seconds_bucket{le="+Inf"} ${metrics.count}`,
+    `http_request_duration_seconds_sum ${metrics.sum}`,
+    `http_request_duration_seconds_count ${metrics.count}`,
+  );
   lines.push(
     '# HELP twinme_process_uptime_seconds Seconds since the process started.',
     '# TYPE twinme_process_uptime_seconds gauge',
@@ -42,6 +67,8 @@ function createServer(options = {}) {
   // the JWT key set (kid -> key), loaded once at start: a new set comes with new pods
   const keys = options.keys || new Map();
   const server = http.createServer((req, res) => {
+    const start = process.hrtime.bigint();
+    res.on('finish', () => observeDuration(metrics, Number(process.hrtime.bigint() - start) / 1e9));
     const route = (req.url || '/').split('?')[0];
     let status = 200;
     let body;
@@ -79,7 +106,7 @@ function createServer(options = {}) {
   return server;
 }
 
-module.exports = { createServer, renderMetrics, createMetrics, countRequest };
+module.exports = { createServer, renderMetrics, createMetrics, countRequest, observeDuration };
 
 if (require.main === module) {
   const port = Number(process.env.PORT || 3000);

@@ -13,3 +13,17 @@ test('metrics are rendered in the Prometheus text format', () => {
   assert.match(text, /^twinme_process_uptime_seconds \d+(\.\d+)?$/m);
   assert.ok(text.endsWith('\n'));
 });
+
+test('requests are counted by status and timed in a histogram with the SLO bucket', () => {
+  const { observeDuration } = require('../src/server.js');
+  const metrics = createMetrics();
+  countRequest(metrics, '/health', 500);
+  observeDuration(metrics, 0.15);
+  observeDuration(metrics, 0.3);
+  const text = renderMetrics(metrics);
+  assert.match(text, /^http_requests_total\{route="\/health",status="500"\} 1$/m);
+  assert.match(text, /^# TYPE http_request_duration_seconds histogram$/m);
+  assert.match(text, /^http_request_duration_seconds_bucket\{le="0.2"\} 1$/m);
+  assert.match(text, /^http_request_duration_seconds_bucket\{le="\+Inf"\} 2$/m);
+  assert.match(text, /^http_request_duration_seconds_count 2$/m);
+});
