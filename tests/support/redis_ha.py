@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -62,6 +63,7 @@ class RedisHA:
 
     def primary_port(self) -> int:
         reply = self.sentinel().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+        assert reply, "the Sentinels know no primary"
         host, port = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
         assert host == "127.0.0.1", host
         return int(port)
@@ -120,7 +122,7 @@ class RedisHA:
 
         def ready() -> bool:
             for i in range(len(self.sentinel_ports)):
-                state = self.sentinel(i).sentinel_master(SERVICE)
+                state: dict[str, Any] = self.sentinel(i).sentinel_master(SERVICE)  # type: ignore[assignment]
                 if int(state["num-other-sentinels"]) != len(self.sentinel_ports) - 1:
                     return False
                 if int(state["num-slaves"]) != len(self.redis_ports) - 1:

@@ -125,15 +125,16 @@ def connect(parsed: SentinelURL, timeout_s: float = 5.0) -> Sentinel:
     """A redis-py Sentinel client; data-node connections carry the URL's credentials."""
     from redis.sentinel import Sentinel
 
-    auth: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
     if parsed.password is not None:
-        auth = {"password": parsed.password, "username": parsed.username}
-    timeouts = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        kwargs.update(password=parsed.password, username=parsed.username)
     return Sentinel(
         list(parsed.sentinels),
-        sentinel_kwargs={**auth, **timeouts},
-        **auth,
-        **timeouts,
+        sentinel_kwargs=kwargs,
+        password=kwargs.get("password"),
+        username=kwargs.get("username"),
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
     )
 
 
