@@ -138,34 +138,50 @@ def connect(parsed: SentinelURL, timeout_s: float = 5.0) -> Sentinel:
     )
 
 
-def _fix_for(text: str) -> str:
-    low = text.lower()
-    if "auth" in low or "password" in low or "noperm" in low:
-        return (
-            "check the password in REDIS_URL: it must be Redis's and the Sentinels' "
-            "(requirepass in both redis.conf and sentinel.conf)"
-        )
-    if "no master found" in low:
-        return (
-            "check the service name in REDIS_URL's path (SENTINEL MASTERS lists it) and that "
-            "a majority of Sentinels see a primary that is up"
-        )
-    return "check that the Sentinels run and are reachable at REDIS_URL's hosts and ports"
-
-
 def primary_address(url: str, timeout_s: float = 5.0) -> tuple[str, int]:
-    """The current primary's ``(host, port)``, as the Sentinels report it."""
+    """The current primary's ``(host, port)``, as the first Sentinel that knows it reports it."""
     import redis
 
     parsed = parse_sentinel_url(url)
-    try:
-        host, port = connect(parsed, timeout_s).discover_master(parsed.service)
-    except redis.RedisError as exc:
-        text = redact(exc)
-        raise RedisSentinelError(
-            f"{_where(parsed)} gave no primary: {text}. Fix: {_fix_for(text)}."
-        ) from None
-    return str(host), int(port)
+    problems: list[str] = []
+    auth = unknown = down = 0
+    for node in connect(parsed, timeout_s).sentinels:
+        kw = node.connection_pool.connection_kwargs
+        where = f"{kw.get('host')}:{kw.get('port')}"
+        try:
+            masters = node.sentinel_masters()
+        except redis.AuthenticationError as exc:
+            auth += 1
+            problems.append(f"{where}: {redact(exc)}")
+            continue
+        except redis.RedisError as exc:
+            text = redact(exc)
+            auth += "auth" in text.lower() or "noperm" in text.lower()
+            problems.append(f"{where}: {text}")
+            continue
+        state = masters.get(parsed.service)
+        if not state:
+            unknown += 1
+            problems.append(f"{where}: does not monitor {parsed.service!r}")
+        elif state["is_odown"] or state["is_sdown"] or not state["is_master"]:
+            down += 1
+            problems.append(f"{where}: sees the primary down")
+        else:
+            return str(state["ip"]), int(state["port"])
+    if auth:
+        fix = (
+            "check the password in REDIS_URL: it must be Redis's and the Sentinels' "
+            "(requirepass in both redis.conf and sentinel.conf)"
+        )
+    elif unknown:
+        fix = "check the service name in REDIS_URL's path (SENTINEL MASTERS lists it)"
+    elif down:
+        fix = "the primary is down and no failover has completed yet: check the Redis pods"
+    else:
+        fix = "check that the Sentinels run and are reachable at REDIS_URL's hosts and ports"
+    raise RedisSentinelError(
+        f"{_where(parsed)} gave no primary ({'; '.join(problems)}). Fix: {fix}."
+    )
 
 
 def primary_url(url: str, timeout_s: float = 5.0) -> str:
