@@ -149,7 +149,7 @@ def primary_address(url: str, timeout_s: float = 5.0) -> tuple[str, int]:
         kw = node.connection_pool.connection_kwargs
         where = f"{kw.get('host')}:{kw.get('port')}"
         try:
-            masters = node.sentinel_masters()
+            masters: dict[str, Any] = node.sentinel_masters()  # type: ignore[assignment]
         except redis.AuthenticationError as exc:
             auth += 1
             problems.append(f"{where}: {redact(exc)}")
