@@ -86,8 +86,10 @@ class RedisHA:
         }
 
     def _start(self, name: str, argv: list[str]) -> None:
+        """Start ``argv`` as the pods do: with umask 077 (CONFIG REWRITE keeps files private)."""
         log = (self.root / f"{name}.log").open("wb")
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        wrapped = ["sh", "-c", 'umask 077 && exec "$@"', "sh", *argv]
+        self.procs[name] = subprocess.Popen(wrapped, stdout=log, stderr=subprocess.STDOUT)
 
     def start_redis(self, i: int) -> None:
         port = self.redis_ports[i]
