@@ -72,6 +72,8 @@ def test_nightly_backup_reads_the_replica_and_its_drill_restores(
     source = view.manifest["artifacts"]["redis"]["source"]
     assert source["total_keys"] == 503
     assert view.verdict == "passed", view.verdict_line()
+    (materialization,) = [m for m in result.asset_materializations_for_node("redis_backup")]
+    assert materialization.metadata["snapshot_source"].value == f"replica 127.0.0.1:{replica}"
     assert redis_ha.password not in run_text(instance, result)
 
 
