@@ -403,7 +403,14 @@ def test_the_network_policy_admits_only_the_ingress_controller_and_monitoring() 
     assert all(set(peer) == {"namespaceSelector"} for peer in rule["from"])
     assert [container_port(p["port"]) for p in rule["ports"]] == [3000]
     egress = {(p.get("protocol", "TCP"), p["port"]) for r in policy["egress"] for p in r["ports"]}
-    assert egress == {("UDP", 53), ("TCP", 53), ("TCP", 5432), ("TCP", 6379), ("TCP", 443)}
+    assert egress == {
+        ("UDP", 53),
+        ("TCP", 53),
+        ("TCP", 5432),
+        ("TCP", 6379),
+        ("TCP", 26379),
+        ("TCP", 443),
+    }
     (https,) = [r for r in policy["egress"] if r["ports"][0]["port"] == 443]
     # the cloud metadata endpoint (and the credentials it serves) stays out of reach
     assert all(

@@ -18,6 +18,8 @@ import dagster as dg
 from pydantic import Field
 
 from twinme_ops.common.redact import redact, redact_url, register_secret, register_secrets_in
+from twinme_ops.servers import redis_sentinel
+from twinme_ops.servers.redis_sentinel import RedisSentinelError, SnapshotSource
 
 if TYPE_CHECKING:
     import redis
@@ -38,6 +40,7 @@ class RedisFacts:
     keys: dict[str, int] = field(default_factory=dict)
     expires: dict[str, int] = field(default_factory=dict)
     used_memory: int = 0
+    source: str = ""  # behind Sentinel: "replica host:port" or "primary host:port"
 
     @property
     def total_keys(self) -> int:
@@ -50,8 +53,9 @@ class RedisResource(dg.ConfigurableResource):
 
     url: str = Field(
         default="",
-        description="redis://[user:password@]host:port/db, from REDIS_URL. Empty, locally: the "
-        "sandbox.",
+        description="redis://[user:password@]host:port/db, or with Sentinel "
+        "redis+sentinel://:password@host:26379/mymaster/db, from REDIS_URL. Empty, locally: "
+        "the sandbox.",
     )
     socket_timeout_s: float = Field(
         default=60.0, description="Socket timeout; the server sends keep-alives while it forks."
@@ -66,8 +70,14 @@ class RedisResource(dg.ConfigurableResource):
         return self.url
 
     def resolved_url(self) -> str:
-        """The URL to use (the raw value checked, its secrets registered first)."""
+        """The URL to use (the raw value checked, its secrets registered first). With a
+        Sentinel URL: the current primary's ``redis://`` URL, asked of the Sentinels."""
         url = self.configured_url()
+        if redis_sentinel.is_sentinel_url(url):
+            try:
+                return redis_sentinel.primary_url(url)
+            except RedisSentinelError as exc:
+                raise RedisSnapshotError(str(exc)) from None
         # the raw value's secrets first: whatever echoes it below (or redis-py) is masked
         register_secrets_in(url)
         try:
@@ -83,21 +93,41 @@ class RedisResource(dg.ConfigurableResource):
         return url
 
     def describe(self) -> str:
+        url = self.configured_url()
+        if redis_sentinel.is_sentinel_url(url):
+            redis_sentinel.parse_sentinel_url(url)  # registers its password first
+            return redact_url(url)
         return redact_url(self.resolved_url())
 
-    def get_client(self) -> redis.Redis:
-        """A redis-py client (bytes responses)."""
+    def snapshot_source(self) -> tuple[str, SnapshotSource | None]:
+        """``(url, source)`` a backup reads: with Sentinel, a replica in sync when there is
+        one (else the primary) and why; otherwise the configured server and None."""
+        url = self.configured_url()
+        if not redis_sentinel.is_sentinel_url(url):
+            return self.resolved_url(), None
+        try:
+            source = redis_sentinel.snapshot_address(url)
+        except RedisSentinelError as exc:
+            raise RedisSnapshotError(str(exc)) from None
+        parsed = redis_sentinel.parse_sentinel_url(url)
+        return parsed.server_url(source.host, source.port), source
+
+    def get_client(self, url: str | None = None) -> redis.Redis:
+        """A redis-py client (bytes responses) of ``url``, by default :meth:`resolved_url`."""
         import redis
 
         return redis.Redis.from_url(
-            self.resolved_url(), socket_timeout=self.socket_timeout_s, socket_connect_timeout=10
+            url or self.resolved_url(),
+            socket_timeout=self.socket_timeout_s,
+            socket_connect_timeout=10,
         )
 
-    def facts(self) -> RedisFacts:
-        """Version and per-database key counts (``INFO``, which works when CONFIG is renamed)."""
+    def facts(self, url: str | None = None) -> RedisFacts:
+        """Version and per-database key counts (``INFO``, which works when CONFIG is renamed)
+        of ``url``, by default :meth:`resolved_url`."""
         import redis
 
-        client = self.get_client()
+        client = self.get_client(url)
         try:
             server = client.info("server")
             keyspace = client.info("keyspace")
@@ -206,8 +236,10 @@ def rdb_snapshot(res: RedisResource) -> Iterator[tuple[Iterator[bytes], RedisFac
     The key counts are read with INFO just before SYNC. The chunks iterator validates the RDB
     header and the transfer length, and raises :class:`RedisSnapshotError` on a short transfer.
     """
-    facts = res.facts()
-    conn = _Conn(res.resolved_url(), res.socket_timeout_s)
+    url, source = res.snapshot_source()
+    facts = res.facts(url)
+    facts.source = source.label() if source else ""
+    conn = _Conn(url, res.socket_timeout_s)
     try:
         # Redis >= 7 can send the RDB alone instead of streaming replication afterwards
         conn.command("REPLCONF", "rdb-only", "1")
@@ -258,9 +290,23 @@ def rdb_snapshot(res: RedisResource) -> Iterator[tuple[Iterator[bytes], RedisFac
                 yield _check_magic(data, first, conn.where)
                 first = False
 
-        yield chunks(), facts
+        yield _explained(chunks(), res, source), facts
     finally:
         conn.close()
+
+
+def _explained(
+    chunks: Iterator[bytes], res: RedisResource, source: SnapshotSource | None
+) -> Iterator[bytes]:
+    """``chunks``, with a broken transfer behind Sentinel explained (a failover, or not)."""
+    if source is None:
+        yield from chunks
+        return
+    try:
+        yield from chunks
+    except (RedisSnapshotError, OSError) as exc:
+        message = redis_sentinel.failover_message(res.configured_url(), source, exc)
+        raise RedisSnapshotError(message) from None
 
 
 def _check_magic(data: bytes, first: bool, where: str) -> bytes:

@@ -276,11 +276,15 @@ def _postgres_details(
 def _redis_details(
     context: dg.AssetExecutionContext, result: ArtifactResult, facts: Any
 ) -> dict[str, Any]:
-    return {
+    details = {
         "keys_total": dg.MetadataValue.int(facts.total_keys),
         "keys_by_db": dg.MetadataValue.json(facts.keys),
         "redis_version": facts.redis_version,
     }
+    if facts.source:  # behind Sentinel (docs/redis-ha.md): a replica, or the primary
+        context.log.info(f"redis: snapshot read from the {facts.source}")
+        details["snapshot_source"] = facts.source
+    return details
 
 
 def _files_details(
