@@ -44,6 +44,7 @@ from twinme_ops.database.postgres.settings.applier import APPLIERS, SettingsAppl
 from twinme_ops.defs.release.resources import image_builder, make_app_test_runner
 from twinme_ops.release.git import GitRepoResource
 from twinme_ops.release.rollback import ReleaseSettings
+from twinme_ops.security.settings import DependencyAuditSettings
 from twinme_ops.servers.files import FileStorageResource
 from twinme_ops.servers.kube import KubernetesResource
 from twinme_ops.servers.postgres import PostgresResource
@@ -290,6 +291,21 @@ def register_configured_secrets() -> None:
         register_secret(value.strip())
 
 
+def dependency_audit_settings() -> DependencyAuditSettings:
+    """Lock files and advisory endpoints of the dependency audit, from TWINME_AUDIT_*."""
+    overrides: dict[str, Any] = {
+        field: value
+        for field, var in (
+            ("python_lock", "TWINME_AUDIT_PYTHON_LOCK"),
+            ("npm_project", "TWINME_AUDIT_NPM_PROJECT"),
+            ("osv_url", "TWINME_AUDIT_OSV_URL"),
+            ("npm_registry", "TWINME_AUDIT_NPM_REGISTRY"),
+        )
+        if (value := os.environ.get(var, "").strip())
+    }
+    return DependencyAuditSettings(**overrides)
+
+
 def build_resources() -> dict[str, Any]:
     """Resources for the current environment."""
     register_configured_secrets()
@@ -375,4 +391,6 @@ def build_resources() -> dict[str, Any]:
         "metrics": MetricsResource(
             pushgateway_url=_env_or("TWINME_PUSHGATEWAY_URL", ""), environment=env
         ),
+        # the weekly dependency audit and the SBOMs (docs/security-scans.md)
+        "dependency_audit_settings": dependency_audit_settings(),
     }
