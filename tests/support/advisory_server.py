@@ -14,12 +14,15 @@ Advisories are plain dicts added by the tests; ``requests`` records every path a
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -205,3 +208,23 @@ def advisory_server() -> Iterator[AdvisoryServer]:
     yield server
     httpd.shutdown()
     httpd.server_close()
+
+
+def npm_project(root: Path, packages: dict[str, str]) -> Path:
+    """A package.json + package-lock.json (v3) pinning ``packages`` (name -> version) in
+    ``root``: what ``npm audit`` and ``npm sbom`` read, nothing installed."""
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = {"name": "twinme-api", "version": "0.1.0", "dependencies": dict(packages)}
+    entries: dict[str, Any] = {"": dict(manifest)}
+    for name, version in packages.items():
+        digest = hashlib.sha512(f"{name}@{version}".encode()).digest()
+        entries[f"node_modules/{name}"] = {
+            "version": version,
+            "resolved": f"https://registry.npmjs.org/{name}/-/{name}-{version}.tgz",
+            "integrity": "sha512-" + base64.b64encode(digest).decode(),
+        }
+    lock = {**manifest, "lockfileVersion": 3, "requires": True, "packages": entries}
+    lock.pop("dependencies")
+    (root / "package.json").write_text(json.dumps(manifest, indent=2))
+    (root / "package-lock.json").write_text(json.dumps(lock, indent=2))
+    return root

@@ -1,7 +1,5 @@
 """The weekly dependency audit and the SBOMs of the images."""
 
-from __future__ import annotations
-
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any

@@ -1,7 +1,5 @@
 """The image_sboms asset: CycloneDX SBOMs of both images, pushed next to each image's digest."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 from typing import Any
