@@ -49,6 +49,8 @@ PUBLIC_JOBS = {
     "database_tuning_job",
     "release_job",
     "deployment_tests_job",
+    "dependency_audit_job",
+    "image_sboms_job",
 }
 PUBLIC_SCHEDULES = {
     "base_backup_schedule",
@@ -57,6 +59,7 @@ PUBLIC_SCHEDULES = {
     "restore_drill_schedule",
     "pitr_drill_schedule",
     "database_tuning_schedule",
+    "dependency_audit_schedule",
 }
 PUBLIC_SENSORS = {"git_push_sensor", "slack_on_run_failure_sensor", "backup_freshness_sensor"}
 # numeric metadata every backup component records (plotted over time by the UI)

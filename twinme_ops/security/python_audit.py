@@ -18,12 +18,13 @@ import sys
 import tempfile
 from importlib.metadata import version as dist_version
 from pathlib import Path
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from twinme_ops.common.redact import redact, redact_url
 from twinme_ops.security.findings import Finding, ScanError, ScanReport, normalize_severity
+
+if TYPE_CHECKING:
+    import requests
 
 DEFAULT_OSV_URL = "https://api.osv.dev/v1/query"
 
@@ -40,6 +41,8 @@ def _last_line(text: str) -> str:
 
 def _severity(session: requests.Session, base: str, ids: list[str], timeout_s: float) -> str:
     """The first severity OSV publishes for one of ``ids``; "unknown" if none has one."""
+    import requests  # here: not loaded with the code location
+
     for vuln_id in ids:
         try:
             response = session.get(f"{base}/v1/vulns/{vuln_id}", timeout=timeout_s)
@@ -104,6 +107,8 @@ def audit_python_lock(
             "location reaches the OSV API (TWINME_AUDIT_OSV_URL) and rerun; no result is "
             "reported without it."
         ) from None
+    import requests  # here: not loaded with the code location
+
     base = _osv_base(osv_url)
     findings: list[Finding] = []
     with requests.Session() as session:
