@@ -222,3 +222,15 @@ def test_bad_threshold_names_the_fix(
     assert "TWINME_AUDIT_FAIL_SEVERITY='severe' is not a severity" in message
     assert "Fix: set it to one of info, low, moderate, high, critical" in message
     assert advisory_server.requests == []
+
+
+def test_every_package_of_the_image_lock_is_audited(advisory_server: AdvisoryServer) -> None:
+    """The real lock (hashes, extras such as gql[requests]): each pin is asked, none skipped."""
+    from twinme_ops.security.python_audit import audit_python_lock
+
+    lock = Path(__file__).resolve().parents[2] / "deploy" / "dagster" / "requirements.lock"
+    pins = [ln for ln in lock.read_text().splitlines() if "==" in ln and ln[0].isalpha()]
+    report = audit_python_lock(lock, advisory_server.osv_query_url)
+    assert report.packages == len(pins) > 100
+    assert advisory_server.requests.count("POST /v1/query") == len(pins)
+    assert report.findings == []
