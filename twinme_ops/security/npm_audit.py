@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +71,22 @@ def audit_npm_lock(
         )
     lock: dict[str, Any] = json.loads(lock_path.read_text())
     packages = sum(1 for path in (lock.get("packages") or {}) if path)
-    cmd = [
-        _npm(),
-        "audit",
-        "--json",
-        "--package-lock-only",
-        f"--registry={registry}",
-        "--fetch-retries=1",
-        f"--fetch-timeout={timeout_s * 1000}",
-    ]
-    proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=timeout_s * 5)
+    with tempfile.TemporaryDirectory(prefix="npm-audit-cache-") as cache:
+        cmd = [
+            _npm(),
+            "audit",
+            "--json",
+            "--package-lock-only",
+            f"--registry={registry}",
+            # npm keeps advisories it has seen (by package and advisory number) in its cache and
+            # reuses their severity and title: a fresh cache reports what the database says now
+            f"--cache={cache}",
+            "--fetch-retries=1",
+            f"--fetch-timeout={timeout_s * 1000}",
+        ]
+        proc = subprocess.run(
+            cmd, cwd=project, capture_output=True, text=True, timeout=timeout_s * 5
+        )
     try:
         report: dict[str, Any] = json.loads(proc.stdout)
     except ValueError:
