@@ -67,7 +67,11 @@ def test_an_unreachable_database_fails_the_job_and_slack_hears_it(
 ) -> None:
     _environment(monkeypatch, tmp_path, advisory_server, slack_receiver)
     monkeypatch.setenv("TWINME_AUDIT_OSV_URL", "http://127.0.0.1:9/v1/query")
+    # a private registry mirror with a token in its URL: never shown anywhere
+    monkeypatch.setenv("TWINME_AUDIT_NPM_REGISTRY", "http://ci:npm-t0ken-4u2c@127.0.0.1:9/")
     result = _run()
     assert not result.success
     [text] = slack_receiver.messages
-    assert "dependency_audit" in text and "pip-audit could not audit" in text
+    assert "dependency audit incomplete (Python and npm scan failed)" in text
+    logged = [str(event) for event in result.all_events]
+    assert not any("npm-t0ken-4u2c" in line for line in [*logged, *map(str, slack_receiver.raw)])

@@ -109,6 +109,8 @@ URL_SECRET_VARS = (
     "TWINME_API_URL",
     "TWINME_DAGSTER_URL",
     "AWS_ENDPOINT_URL_S3",
+    "TWINME_AUDIT_OSV_URL",
+    "TWINME_AUDIT_NPM_REGISTRY",
 )
 WHOLE_SECRET_VARS = (
     "SLACK_WEBHOOK_URL",
@@ -292,17 +294,24 @@ def register_configured_secrets() -> None:
 
 
 def dependency_audit_settings() -> DependencyAuditSettings:
-    """Lock files and advisory endpoints of the dependency audit, from TWINME_AUDIT_*."""
+    """Lock files and advisory endpoints of the dependency audit, from TWINME_AUDIT_*.
+
+    The endpoints are passed as ``dg.EnvVar``: a private mirror's URL may carry a token.
+    """
     overrides: dict[str, Any] = {
         field: value
         for field, var in (
             ("python_lock", "TWINME_AUDIT_PYTHON_LOCK"),
             ("npm_project", "TWINME_AUDIT_NPM_PROJECT"),
-            ("osv_url", "TWINME_AUDIT_OSV_URL"),
-            ("npm_registry", "TWINME_AUDIT_NPM_REGISTRY"),
         )
         if (value := os.environ.get(var, "").strip())
     }
+    for field, var in (
+        ("osv_url", "TWINME_AUDIT_OSV_URL"),
+        ("npm_registry", "TWINME_AUDIT_NPM_REGISTRY"),
+    ):
+        if os.environ.get(var, "").strip():
+            overrides[field] = dg.EnvVar(var)
     return DependencyAuditSettings(**overrides)
 
 

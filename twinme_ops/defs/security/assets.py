@@ -103,8 +103,11 @@ def dependency_audit(
         context.log.info(f"{_reached(report)}: {len(report.findings)} findings")
         reports.append(report)
     if errors:
+        # first line: what failed (the line Slack shows); then each scanner's error and its fix
+        failed = " and ".join(e.split(":", 1)[0] for e in errors)
         raise dg.Failure(
-            description="dependency audit incomplete, no result reported. " + " | ".join(errors),
+            description=f"dependency audit incomplete ({failed} scan failed), no result "
+            "reported.\n" + "\n".join(errors),
             metadata={"reached": dg.MetadataValue.text("; ".join(_reached(r) for r in reports))},
         )
     findings = [f for r in reports for f in r.findings]
