@@ -6,7 +6,7 @@
 
 Each document is validated against the CycloneDX JSON schema of the version it declares
 (``cyclonedx-python-lib[json-validation]``) and pushed as an OCI artifact whose manifest names
-the image as its ``subject`` (OCI 1.1 referrers), tagged ``sha256-<image digest>.sbom`` (the
+the image as its ``subject`` (OCI 1.1 referrers), tagged ``sha256-<image digest>.<name>.sbom`` (the
 tag fallback cosign and oras read on registries without the referrers API). ``skopeo copy``
 pushes it, so the registry's credentials and TLS settings are the ones the release already uses.
 """
@@ -79,16 +79,24 @@ def validate(name: str, document: bytes) -> Sbom:
     return Sbom(name, document, version, len(data.get("components") or []))
 
 
+def _cyclonedx_py() -> str:
+    """The cyclonedx-py beside this Python (its venv), else on PATH."""
+    beside = Path(sys.executable).with_name("cyclonedx-py")
+    found = str(beside) if beside.is_file() else shutil.which("cyclonedx-py")
+    if found is None:
+        raise SbomError("cyclonedx-py is not installed. Fix: pip install cyclonedx-bom.")
+    return found
+
+
 def python_sbom(lock: Path) -> Sbom:
     """The code location image's Python environment, from the lock it installs."""
     if not lock.is_file():
         raise SbomError(f"Python lock {lock} not found. Fix: set TWINME_AUDIT_PYTHON_LOCK.")
     with tempfile.TemporaryDirectory(prefix="sbom-") as tmp:
         out = Path(tmp) / "python.cdx.json"
-        cli = Path(sys.executable).with_name("cyclonedx-py")
         _run(
             [
-                str(cli),
+                _cyclonedx_py(),
                 "requirements",
                 str(lock),
                 "--of",
