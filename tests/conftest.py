@@ -2,6 +2,7 @@
 registered here for the whole suite. Tests are laid out like the package: tests/<package>/."""
 
 pytest_plugins = [
+    "tests.support.advisory_server",  # OSV and npm advisory APIs for the dependency audit
     "tests.support.servers",  # PostgreSQL, Redis, the embedded sandbox
     "tests.support.api_app",
     "tests.support.backup_helpers",

@@ -52,6 +52,8 @@ PUBLIC_JOBS = {
     "jwt_key_rotation_job",
     "jwt_key_expiry_job",
     "capacity_report_job",
+    "dependency_audit_job",
+    "image_sboms_job",
 }
 PUBLIC_SCHEDULES = {
     "base_backup_schedule",
@@ -63,6 +65,7 @@ PUBLIC_SCHEDULES = {
     "jwt_key_rotation_schedule",
     "jwt_key_expiry_schedule",
     "capacity_report_schedule",
+    "dependency_audit_schedule",
 }
 PUBLIC_SENSORS = {"git_push_sensor", "slack_on_run_failure_sensor", "backup_freshness_sensor"}
 # numeric metadata every backup component records (plotted over time by the UI)

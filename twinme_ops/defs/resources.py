@@ -52,6 +52,7 @@ from twinme_ops.defs.release.jwt_resources import JwtKeysResource, overlap_hours
 from twinme_ops.defs.release.resources import image_builder, make_app_test_runner
 from twinme_ops.release.git import GitRepoResource
 from twinme_ops.release.rollback import ReleaseSettings
+from twinme_ops.security.settings import DependencyAuditSettings
 from twinme_ops.servers.files import FileStorageResource
 from twinme_ops.servers.kube import KubernetesResource
 from twinme_ops.servers.postgres import PostgresResource
@@ -116,6 +117,8 @@ URL_SECRET_VARS = (
     "TWINME_API_URL",
     "TWINME_DAGSTER_URL",
     "AWS_ENDPOINT_URL_S3",
+    "TWINME_AUDIT_OSV_URL",
+    "TWINME_AUDIT_NPM_REGISTRY",
 )
 WHOLE_SECRET_VARS = (
     "SLACK_WEBHOOK_URL",
@@ -298,6 +301,28 @@ def register_configured_secrets() -> None:
         register_secret(value.strip())
 
 
+def dependency_audit_settings() -> DependencyAuditSettings:
+    """Lock files and advisory endpoints of the dependency audit, from TWINME_AUDIT_*.
+
+    The endpoints are passed as ``dg.EnvVar``: a private mirror's URL may carry a token.
+    """
+    overrides: dict[str, Any] = {
+        field: value
+        for field, var in (
+            ("python_lock", "TWINME_AUDIT_PYTHON_LOCK"),
+            ("npm_project", "TWINME_AUDIT_NPM_PROJECT"),
+        )
+        if (value := os.environ.get(var, "").strip())
+    }
+    for field, var in (
+        ("osv_url", "TWINME_AUDIT_OSV_URL"),
+        ("npm_registry", "TWINME_AUDIT_NPM_REGISTRY"),
+    ):
+        if os.environ.get(var, "").strip():
+            overrides[field] = dg.EnvVar(var)
+    return DependencyAuditSettings(**overrides)
+
+
 def build_resources() -> dict[str, Any]:
     """Resources for the current environment."""
     register_configured_secrets()
@@ -392,4 +417,6 @@ def build_resources() -> dict[str, Any]:
             files_volume_size=os.environ.get(FILES_VOLUME, ""),
             redis_maxmemory=os.environ.get(REDIS_MAXMEMORY, ""),
         ),
+        # the weekly dependency audit and the SBOMs (docs/security-scans.md)
+        "dependency_audit_settings": dependency_audit_settings(),
     }

@@ -1,0 +1,49 @@
+"""Where the dependency audit looks: the lock files and the advisory databases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from twinme_ops.security.npm_audit import DEFAULT_NPM_REGISTRY
+from twinme_ops.security.python_audit import DEFAULT_OSV_URL
+
+# the repository's lock, or the copy the code location image keeps in its working directory
+# (deploy/dagster/Dockerfile: COPY deploy/dagster/requirements.lock ./requirements.lock)
+_PYTHON_LOCKS = ("deploy/dagster/requirements.lock", "requirements.lock")
+
+
+class DependencyAuditSettings(dg.ConfigurableResource):
+    """The lock files the weekly audit scans and the advisory endpoints it asks."""
+
+    python_lock: str = Field(
+        default="",
+        description="The hash-pinned requirements of the code location image "
+        "(TWINME_AUDIT_PYTHON_LOCK). Empty: deploy/dagster/requirements.lock, else "
+        "./requirements.lock (the image's copy).",
+    )
+    npm_project: str = Field(
+        default="examples/twinme-api",
+        description="The API's folder with package.json and package-lock.json "
+        "(TWINME_AUDIT_NPM_PROJECT).",
+    )
+    osv_url: str = Field(
+        default=DEFAULT_OSV_URL,
+        description="OSV's query endpoint pip-audit asks (TWINME_AUDIT_OSV_URL): a mirror "
+        "speaking the OSV API when the public one is not reachable.",
+    )
+    npm_registry: str = Field(
+        default=DEFAULT_NPM_REGISTRY,
+        description="The npm registry whose bulk advisory endpoint npm audit asks "
+        "(TWINME_AUDIT_NPM_REGISTRY).",
+    )
+    timeout_s: int = Field(default=30, description="HTTP timeout of one advisory request.")
+
+    def python_lock_path(self) -> Path:
+        """The configured lock, or the first default that exists (the first one if none)."""
+        if self.python_lock:
+            return Path(self.python_lock)
+        found = [Path(p) for p in _PYTHON_LOCKS if Path(p).is_file()]
+        return found[0] if found else Path(_PYTHON_LOCKS[0])
