@@ -103,7 +103,7 @@ class GenerationTrackingEmulator(kmock.KubernetesEmulator):
         if request.action != kmock.action.UPDATE or not isinstance(request.data, dict):
             return
         wanted = (request.data.get("metadata") or {}).get("resourceVersion")
-        key = (SECRETS, request.namespace, request.name)
+        key: Any = (SECRETS, request.namespace, request.name)  # kmock's key type is looser
         if wanted is None or key not in self.objects:
             return
         stored = self.objects[key].raw.get("metadata", {}).get("resourceVersion")
@@ -116,7 +116,8 @@ class GenerationTrackingEmulator(kmock.KubernetesEmulator):
             )
 
     def _new_resource_version(self, namespace: str | None, name: str | None) -> None:
-        obj = self.objects[SECRETS, namespace, name]
+        key: Any = (SECRETS, namespace, name)
+        obj = self.objects[key]
         metadata = copy.deepcopy(obj.raw.get("metadata", {}))
         obj["metadata"] = {**metadata, "resourceVersion": str(next(self._versions))}
 

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
-from twinme_ops.release.jwt.check import TokenCheck, TokenCheckFailed, sign_token
+from twinme_ops.release.jwt.check import TokenCheck, sign_token
 from twinme_ops.release.jwt.keys import KeySet, keyset_from_secret, new_key, secret_content
 from twinme_ops.release.jwt.secret import JwtSecret, SecretVersion
 from twinme_ops.servers.kube import KubernetesResource
@@ -147,7 +147,7 @@ class KeyRotation:
             self._roll(old, f"jwt keys rolled back: {reason}")
             if old.current is not None and old.current.private_pem is not None:
                 self._verify([(old.current.kid, old.current.private_pem, True)], self.clock())
-        except (Exception, TokenCheckFailed) as exc:
+        except Exception as exc:
             detail = f"rollback did not recover: {redact(exc)}"
             return RotationFailed(reason, rolled_back=False, rollback_detail=detail, keyset=old)
         detail = "previous Secret restored, API rolled and " + (
