@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from tests.support.jwt_api import JwtCluster
-from tests.support.k8s_emulator import stuck_once
+from tests.support.k8s_emulator import apps_api, stuck_once
 from tests.support.pushgateway import Gateway, start_gateway, stop_gateway, value
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.metrics import MetricsResource
@@ -97,7 +97,7 @@ def _status(cluster: JwtCluster, kid: str, pem: bytes) -> int:
 
 
 def _template_kids(cluster: JwtCluster) -> str:
-    dep: Any = cluster.pods._api.read_namespaced_deployment("twinme-api", "twinme-prod")
+    dep: Any = apps_api(cluster.kubeconfig).read_namespaced_deployment("twinme-api", "twinme-prod")
     return dep.spec.template.metadata.annotations[KIDS_TEMPLATE_ANNOTATION]
 
 
