@@ -199,3 +199,17 @@ def test_a_rollout_past_its_deadline_puts_the_previous_secret_back(
     assert _status(jwt_cluster, old_kid, old_pem) == 200
     (alert,) = slack_receiver.messages
     assert "ProgressDeadlineExceeded" in alert and "previous Secret restored" in alert
+
+
+def test_a_rollback_that_does_not_recover_says_so(
+    jwt_cluster: JwtCluster, slack_receiver: SlackReceiver
+) -> None:
+    assert _run(jwt_cluster, slack_receiver, "jwt_key_rotation_job").success
+    old_kid, _ = _signing_key(jwt_cluster)
+    jwt_cluster.pods.mode = "stuck"  # neither the new rollout nor the rollback's completes
+    failed = _run(jwt_cluster, slack_receiver, "jwt_key_rotation_job")
+    assert not failed.success
+    # the Secret is back to the previous version all the same
+    assert _signing_key(jwt_cluster)[0] == old_kid
+    (alert,) = slack_receiver.messages
+    assert "rollback did not recover" in alert and "may NOT be serving" in alert
