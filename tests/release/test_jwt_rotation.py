@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from tests.support.jwt_api import JwtCluster
-from tests.support.k8s_emulator import stuck_once
+from tests.support.k8s_emulator import apps_api, stuck_once
 from tests.support.pushgateway import Gateway, start_gateway, stop_gateway, value
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.metrics import MetricsResource
@@ -97,7 +97,7 @@ def _status(cluster: JwtCluster, kid: str, pem: bytes) -> int:
 
 
 def _template_kids(cluster: JwtCluster) -> str:
-    dep: Any = cluster.pods._api.read_namespaced_deployment("twinme-api", "twinme-prod")
+    dep: Any = apps_api(cluster.kubeconfig).read_namespaced_deployment("twinme-api", "twinme-prod")
     return dep.spec.template.metadata.annotations[KIDS_TEMPLATE_ANNOTATION]
 
 
@@ -199,3 +199,17 @@ def test_a_rollout_past_its_deadline_puts_the_previous_secret_back(
     assert _status(jwt_cluster, old_kid, old_pem) == 200
     (alert,) = slack_receiver.messages
     assert "ProgressDeadlineExceeded" in alert and "previous Secret restored" in alert
+
+
+def test_a_rollback_that_does_not_recover_says_so(
+    jwt_cluster: JwtCluster, slack_receiver: SlackReceiver
+) -> None:
+    assert _run(jwt_cluster, slack_receiver, "jwt_key_rotation_job").success
+    old_kid, _ = _signing_key(jwt_cluster)
+    jwt_cluster.pods.mode = "stuck"  # neither the new rollout nor the rollback's completes
+    failed = _run(jwt_cluster, slack_receiver, "jwt_key_rotation_job")
+    assert not failed.success
+    # the Secret is back to the previous version all the same
+    assert _signing_key(jwt_cluster)[0] == old_kid
+    (alert,) = slack_receiver.messages
+    assert "rollback did not recover" in alert and "may NOT be serving" in alert
