@@ -10,9 +10,9 @@ from pydantic import Field
 from twinme_ops.security.npm_audit import DEFAULT_NPM_REGISTRY
 from twinme_ops.security.python_audit import DEFAULT_OSV_URL
 
-# the repository's lock, or the copy the code location image keeps in its working directory
-# (deploy/dagster/Dockerfile: COPY deploy/dagster/requirements.lock ./requirements.lock)
-_PYTHON_LOCKS = ("deploy/dagster/requirements.lock", "requirements.lock")
+# the repository's lock, or the copy the code location image installed from
+# (deploy/dagster/Dockerfile: WORKDIR /opt/twinme-ops, COPY ... ./requirements.lock)
+_PYTHON_LOCKS = ("deploy/dagster/requirements.lock", "/opt/twinme-ops/requirements.lock")
 
 
 class DependencyAuditSettings(dg.ConfigurableResource):
@@ -22,7 +22,7 @@ class DependencyAuditSettings(dg.ConfigurableResource):
         default="",
         description="The hash-pinned requirements of the code location image "
         "(TWINME_AUDIT_PYTHON_LOCK). Empty: deploy/dagster/requirements.lock, else "
-        "./requirements.lock (the image's copy).",
+        "/opt/twinme-ops/requirements.lock (the image's copy).",
     )
     npm_project: str = Field(
         default="examples/twinme-api",
