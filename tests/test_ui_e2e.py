@@ -28,7 +28,8 @@ from dagster import DagsterRunStatus
 from tests.support.dagster_dev import LOCATION_NAME, DagsterDev
 from tests.support.headless_chromium import open_page
 from twinme_ops.definitions import build_definitions
-from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS, backup_partitions
+from twinme_ops.defs.backups.assets import backup_partitions
+from twinme_ops.defs.backups.backup_set import BACKUP_ASSET_KEYS
 from twinme_ops.defs.backups.checks import DRILL_CHECK
 
 RUN_TIMEOUT_S = 360.0  # with the 180 s start-up, inside pytest-timeout's 600 s per test

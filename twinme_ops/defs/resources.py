@@ -38,21 +38,15 @@ from twinme_ops.backups.store.immutability import (
     RETENTION_PROFILE_ENV,
     required_lock,
 )
-from twinme_ops.capacity.limits import (
-    BACKUP_WINDOW,
-    FILES_VOLUME,
-    POSTGRES_VOLUME,
-    REDIS_MAXMEMORY,
-    CapacityLimits,
-)
 from twinme_ops.common.redact import redact, register_secret, register_secrets_in
 from twinme_ops.database.declared_state import DatabaseTuning
 from twinme_ops.database.postgres.settings.applier import APPLIERS, SettingsApplier
+from twinme_ops.defs.capacity.resources import capacity_limits_from_env
 from twinme_ops.defs.release.jwt_resources import JwtKeysResource, overlap_hours_from_env
 from twinme_ops.defs.release.resources import image_builder, make_app_test_runner
+from twinme_ops.defs.security.resources import dependency_audit_settings
 from twinme_ops.release.git import GitRepoResource
 from twinme_ops.release.rollback import ReleaseSettings
-from twinme_ops.security.settings import DependencyAuditSettings
 from twinme_ops.servers.files import FileStorageResource
 from twinme_ops.servers.kube import KubernetesResource
 from twinme_ops.servers.postgres import PostgresResource
@@ -301,28 +295,6 @@ def register_configured_secrets() -> None:
         register_secret(value.strip())
 
 
-def dependency_audit_settings() -> DependencyAuditSettings:
-    """Lock files and advisory endpoints of the dependency audit, from TWINME_AUDIT_*.
-
-    The endpoints are passed as ``dg.EnvVar``: a private mirror's URL may carry a token.
-    """
-    overrides: dict[str, Any] = {
-        field: value
-        for field, var in (
-            ("python_lock", "TWINME_AUDIT_PYTHON_LOCK"),
-            ("npm_project", "TWINME_AUDIT_NPM_PROJECT"),
-        )
-        if (value := os.environ.get(var, "").strip())
-    }
-    for field, var in (
-        ("osv_url", "TWINME_AUDIT_OSV_URL"),
-        ("npm_registry", "TWINME_AUDIT_NPM_REGISTRY"),
-    ):
-        if os.environ.get(var, "").strip():
-            overrides[field] = dg.EnvVar(var)
-    return DependencyAuditSettings(**overrides)
-
-
 def build_resources() -> dict[str, Any]:
     """Resources for the current environment."""
     register_configured_secrets()
@@ -411,12 +383,7 @@ def build_resources() -> dict[str, Any]:
         # the API's JWT signing keys, in the Deployment's namespace (docs/jwt-rotation.md)
         "jwt_keys": JwtKeysResource(overlap_hours=overlap_hours_from_env()),
         # what capacity_report projects against (docs/slo-capacity.md); parsed when it runs
-        "capacity_limits": CapacityLimits(
-            backup_window_minutes=os.environ.get(BACKUP_WINDOW, ""),
-            postgres_volume_size=os.environ.get(POSTGRES_VOLUME, ""),
-            files_volume_size=os.environ.get(FILES_VOLUME, ""),
-            redis_maxmemory=os.environ.get(REDIS_MAXMEMORY, ""),
-        ),
+        "capacity_limits": capacity_limits_from_env(),
         # the weekly dependency audit and the SBOMs (docs/security-scans.md)
         "dependency_audit_settings": dependency_audit_settings(),
     }

@@ -8,7 +8,8 @@ from twinme_ops.backups.drill import DrillResult, run_drill
 from twinme_ops.backups.manifest import set_id_for_partition
 from twinme_ops.backups.sets import SetNotFoundError
 from twinme_ops.backups.store.base import BackupStore
-from twinme_ops.defs.backups.assets import backup_partitions, backup_set
+from twinme_ops.defs.backups.assets import backup_partitions
+from twinme_ops.defs.backups.backup_set import backup_set
 from twinme_ops.servers.postgres import PostgresResource
 
 DRILL_CHECK = "restore_drill"

@@ -11,7 +11,7 @@ from twinme_ops.backups.crypto import BackupEncryption
 from twinme_ops.backups.sets import newest_complete_set
 from twinme_ops.backups.store.base import BackupStore
 from twinme_ops.defs.alerts.hooks import slack_on_backup_failure
-from twinme_ops.defs.backups.assets import BACKUP_ASSET_KEYS, backup_set
+from twinme_ops.defs.backups.backup_set import BACKUP_ASSET_KEYS, backup_set
 from twinme_ops.defs.backups.base_backup import postgres_base_backup
 from twinme_ops.defs.backups.checks import DRILL_CHECK, drill_metadata, drill_set
 from twinme_ops.defs.backups.pitr_drill import point_in_time_drill

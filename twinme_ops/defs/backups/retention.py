@@ -28,7 +28,8 @@ from twinme_ops.backups.store.immutability import (
 )
 from twinme_ops.common.log import Log
 from twinme_ops.common.redact import redact
-from twinme_ops.defs.backups.assets import backup_set, run_status
+from twinme_ops.defs.backups.assets import run_status
+from twinme_ops.defs.backups.backup_set import backup_set
 from twinme_ops.defs.backups.wal_retention import wal_archive_retention
 from twinme_ops.defs.executors import K8S_CONFIG_TAG, PodResources, max_runtime, step_pod_executor
 
