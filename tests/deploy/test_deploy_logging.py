@@ -23,14 +23,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import kubernetes_validate
 import pytest
 import yaml
 
 from tests.support.es_receiver import ElasticsearchReceiver
+from tests.support.git_repos import Repo
 from tests.support.json_logs import PLANTED_SECRET, run_job_json
 from tests.support.kubernetes_versions import VERSIONS
 from twinme_ops.access.audit import AuditLog
+from twinme_ops.definitions import build_definitions
+from twinme_ops.release.git import GitRepoResource
 
 LOGGING_DIR = Path(__file__).resolve().parents[2] / "deploy" / "logging"
 CONFIG = LOGGING_DIR / "rsyslog.conf"
@@ -156,21 +160,44 @@ def shipper(tmp_path: Path, es_receiver: ElasticsearchReceiver) -> Iterator[Path
     assert ES_PASSWORD not in output
 
 
+def sensor_tick_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """What a real git_push_sensor tick writes in JSON mode (a new commit pushed)."""
+    repo = Repo(tmp_path / "git")
+    repo.commit("first")
+    repo.push()
+    git = GitRepoResource(remote=str(repo.bare), workdir_root=str(tmp_path / "checkouts"))
+    sensor = build_definitions().resolve_sensor_def("git_push_sensor")
+    capsys.readouterr()
+    with dg.build_sensor_context(sensor_name="git_push_sensor", resources={"git": git}) as context:
+        assert isinstance(sensor(context), dg.RunRequest)
+    return capsys.readouterr().out.splitlines()
+
+
 def test_a_real_runs_output_reaches_elasticsearch_as_documents(
-    tmp_path: Path, shipper: Path, es_receiver: ElasticsearchReceiver
+    tmp_path: Path,
+    shipper: Path,
+    es_receiver: ElasticsearchReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = run_job_json(tmp_path / "run")
-    events = run.events()
+    monkeypatch.setenv("TWINME_LOG_FORMAT", "json")
+    tick = sensor_tick_lines(tmp_path, capsys)
+    assert len(tick) == 2
+    events = run.events() + [json.loads(line) for line in tick]
     audit = io.StringIO()
     AuditLog(stream=audit).record(
         user="ana@twinme.ai", action="launch", job="recover_job", outcome="denied"
     )
     [audit_line] = audit.getvalue().splitlines()
     dagster_text = [line for line in run.stderr if " - dagster - " in line]
+    # a tool's output with a tab, as psql prints it: shipped as it is
+    run.stderr.append("psql: error:\tconnection refused")
     other_text = [line for line in run.stderr if " - dagster - " not in line]
     assert dagster_text, "Dagster's text console writes to stderr"
     start = time.time_ns()
-    file_lines = cri(run.stdout, "stdout", start) + cri([audit_line], "stdout", start + 10**6)
+    file_lines = cri(run.stdout + tick, "stdout", start)
+    file_lines += cri([audit_line], "stdout", start + 10**6)
     file_lines += cri(run.stderr, "stderr", start + 2 * 10**6)
     # the kubelet appends as the container writes
     with (shipper / LOG_FILE).open("a") as log_file:
@@ -197,12 +224,14 @@ def test_a_real_runs_output_reaches_elasticsearch_as_documents(
             assert doc[key] == event[key], key
         assert doc["error"] == event.get("error", "")
         assert doc["event_type"] == event.get("event_type", "")
+        assert doc["sensor"] == event.get("sensor", "")
         assert (doc["pod"], doc["namespace"], doc["container"]) == (
             POD,
             "dagster",
             "dagster",
         )
         assert doc["stream"] == "stdout"
+    assert [d["sensor"] for d in json_docs[-2:]] == ["git_push_sensor"] * 2
     [failure] = [d for d in json_docs if d["event_type"] == "STEP_FAILURE"]
     assert failure["level"] == "ERROR" and "deployment tests failed" in failure["error"]
 

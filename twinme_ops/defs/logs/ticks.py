@@ -47,14 +47,28 @@ def _outcome(result: Any) -> str:
     return type(result).__name__
 
 
-def _json_console(context: Any) -> None:
+class _SensorName(logging.Filter):
+    """Names the sensor on each record (Dagster does only when it knows the repository)."""
+
+    def __init__(self, sensor: str) -> None:
+        super().__init__()
+        self.sensor = sensor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.twinme_sensor = self.sensor
+        return True
+
+
+def _json_console(context: Any, sensor: str) -> None:
     """Send the sensor's own ``context.log`` lines to stdout as JSON, not Dagster's text."""
     log = context.log
     for handler in list(log.handlers):
         if isinstance(handler, DispatchingLogHandler):
             log.removeHandler(handler)
     if not any(isinstance(h, JsonLinesHandler) for h in log.handlers):
-        log.addHandler(JsonLinesHandler(only_when_json=False))
+        handler = JsonLinesHandler(only_when_json=False)
+        handler.addFilter(_SensorName(sensor))
+        log.addHandler(handler)
 
 
 def logged_tick(fn: F) -> F:
@@ -70,7 +84,7 @@ def logged_tick(fn: F) -> F:
         extra = {"twinme_sensor": name}
         context = _context_of(args, kwargs)
         if context is not None:
-            _json_console(context)
+            _json_console(context, name)
         try:
             result = fn(*args, **kwargs)
         except Exception:
