@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from twinme_ops.common.redact import redact, redact_url, register_secret, register_secrets_in
+from twinme_ops.common.redact import redact, register_secret, register_secrets_in
 
 if TYPE_CHECKING:
     from redis.sentinel import Sentinel
@@ -280,8 +280,3 @@ def failover_message(url: str, source: SnapshotSource, cause: BaseException) -> 
         "Fix: check that server's log (a restart, a role change, or memory for the fork) and "
         "re-run the backup."
     )
-
-
-def describe(url: str) -> str:
-    """The URL with its password masked."""
-    return redact_url(url)
