@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 from twinme_ops.security.findings import ScanError
 
 LOCK = "package-lock.json"
+PREFIX = "npm-audit-"  # the checkouts' folders under the Git resource's work directory
+STALE_AFTER_S = 6 * 3600  # a checkout this old was left by a killed run
 
 
 class LockRepository(Protocol):
@@ -86,6 +89,15 @@ def check_subdir(subdir: str) -> str:
     return "" if str(path) == "." else str(path)
 
 
+def remove_stale_checkouts(root: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Delete the audit checkouts a killed run left under ``root`` (older than a few hours)."""
+    cutoff = time.time() - older_than_s
+    stale = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and p.stat().st_mtime < cutoff]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 @contextmanager
 def npm_lock(
     project: Path, repo: LockRepository | None = None, subdir: str = ""
@@ -115,8 +127,9 @@ def npm_lock(
         )
     root = Path(repo.workdir_root)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_checkouts(root)
     # not named after the sha: the release's pruning of old checkouts never sees it
-    folder = Path(tempfile.mkdtemp(prefix="npm-audit-", dir=root))
+    folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=root))
     try:
         checkout = repo.checkout(sha, folder)
         found = checkout / inside if inside else checkout
