@@ -108,7 +108,7 @@ def npm_lock(
     is removed when the ``with`` block ends, whatever happens inside it.
     """
     if (project / LOCK).is_file():
-        yield NpmLock(project, f"npm: {project}")
+        yield NpmLock(project)
         return
     if repo is None or not repo.remote.strip():
         raise ScanError(
@@ -133,7 +133,9 @@ def npm_lock(
     try:
         checkout = repo.checkout(sha, folder)
         found = checkout / inside if inside else checkout
-        if not (found / LOCK).is_file():
+        # a symlinked folder must not lead the scan outside the checkout
+        inside_checkout = found.resolve().is_relative_to(checkout.resolve())
+        if not inside_checkout or not (found / LOCK).is_file():
             where = f"folder {inside}" if inside else "root"
             raise ScanError(
                 f"commit {sha} of {repo.remote_display} (branch {repo.branch}) has no {LOCK} at "
