@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.support.backup_helpers",
     "tests.support.dagster_dev",
     "tests.support.es_receiver",  # an Elasticsearch _bulk endpoint for the log shipper
+    "tests.support.git_http",  # git http-backend behind a token: remotes carrying a token
     "tests.support.k8s_emulator",
     "tests.support.pg_fixtures",
     "tests.support.production",

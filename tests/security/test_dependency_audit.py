@@ -23,6 +23,7 @@ from tests.support.advisory_server import (
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.security.assets import dependency_audit
+from twinme_ops.release.git import GitRepoResource
 from twinme_ops.security.settings import DependencyAuditSettings
 
 REQUESTS_GHSA = "GHSA-9wx4-h78v-vm56"  # requests 2.31.0, moderate, fixed in 2.32.0
@@ -79,6 +80,7 @@ def _materialize(
         resources={
             "dependency_audit_settings": DependencyAuditSettings(**settings),
             "slack": SlackNotifier(webhook_url=slack.url, max_retries=0),
+            "git": GitRepoResource(workdir_root=str(tmp_path / "checkouts")),
         },
         instance=instance,
         raise_on_error=False,

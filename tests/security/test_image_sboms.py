@@ -15,6 +15,7 @@ import pytest
 from tests.support.advisory_server import npm_project
 from tests.support.registry_fixtures import RegistryServer
 from twinme_ops.defs.security.sboms import image_sboms
+from twinme_ops.release.git import GitRepoResource
 from twinme_ops.security.sbom import SBOM_MEDIA_TYPE, SbomError, python_sbom, validate
 from twinme_ops.security.settings import DependencyAuditSettings
 
@@ -34,7 +35,10 @@ def _materialize(tmp_path: Path, **config: Any) -> dg.ExecuteInProcessResult:
     settings = DependencyAuditSettings(python_lock=str(REPO_LOCK), npm_project=str(project))
     return dg.materialize(
         [image_sboms],
-        resources={"dependency_audit_settings": settings},
+        resources={
+            "dependency_audit_settings": settings,
+            "git": GitRepoResource(workdir_root=str(tmp_path / "checkouts")),
+        },
         run_config={"ops": {"image_sboms": {"config": {"tls_verify": False, **config}}}},
         raise_on_error=False,
     )

@@ -27,7 +27,13 @@ class DependencyAuditSettings(dg.ConfigurableResource):
     npm_project: str = Field(
         default="examples/twinme-api",
         description="The API's folder with package.json and package-lock.json "
-        "(TWINME_AUDIT_NPM_PROJECT).",
+        "(TWINME_AUDIT_NPM_PROJECT). Without a package-lock.json there, the head of the Git "
+        "resource's branch (TWINME_GIT_REMOTE, TWINME_GIT_BRANCH) is checked out and audited.",
+    )
+    npm_subdir: str = Field(
+        default="",
+        description="The folder of the API's Git repository holding package-lock.json "
+        "(TWINME_AUDIT_NPM_SUBDIR), when the lock is read from Git. Empty: the repository root.",
     )
     osv_url: str = Field(
         default=DEFAULT_OSV_URL,

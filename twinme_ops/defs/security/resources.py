@@ -19,6 +19,7 @@ def dependency_audit_settings() -> DependencyAuditSettings:
         for field, var in (
             ("python_lock", "TWINME_AUDIT_PYTHON_LOCK"),
             ("npm_project", "TWINME_AUDIT_NPM_PROJECT"),
+            ("npm_subdir", "TWINME_AUDIT_NPM_SUBDIR"),
         )
         if (value := os.environ.get(var, "").strip())
     }

@@ -1,7 +1,6 @@
 """The image_sboms asset: CycloneDX SBOMs of both images, pushed next to each image's digest."""
 
 import os
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -9,7 +8,10 @@ from pydantic import Field
 
 from twinme_ops.common.redact import redact
 from twinme_ops.defs.release.assets import CONTAINER_IMAGE
-from twinme_ops.security.sbom import Sbom, SbomError, npm_sbom, push_sbom, python_sbom
+from twinme_ops.defs.security.npm_lock import api_npm_lock
+from twinme_ops.release.git import GitRepoResource
+from twinme_ops.security.findings import ScanError
+from twinme_ops.security.sbom import Sbom, npm_sbom, push_sbom, python_sbom
 from twinme_ops.security.settings import DependencyAuditSettings
 
 
@@ -44,16 +46,18 @@ def _last_api_image(instance: dg.DagsterInstance) -> str:
     deps=[CONTAINER_IMAGE],
     description=(
         "CycloneDX SBOMs of the code location image's Python environment (cyclonedx-py on "
-        "requirements.lock) and of the API (npm sbom on package-lock.json), validated against "
-        "the CycloneDX schema, pushed to the registry as OCI artifacts whose subject is the "
-        "image (tag sha256-<image digest>.<name>.sbom). Fails if a document does not validate "
-        "or no image is known to attach it to."
+        "requirements.lock) and of the API (npm sbom on package-lock.json: "
+        "TWINME_AUDIT_NPM_PROJECT, else the head of TWINME_GIT_BRANCH, as api_source), "
+        "validated against the CycloneDX schema, pushed to the registry as OCI artifacts "
+        "whose subject is the image (tag sha256-<image digest>.<name>.sbom). Fails if a "
+        "document does not validate or no image is known to attach it to."
     ),
 )
 def image_sboms(
     context: dg.AssetExecutionContext,
     config: ImageSbomsConfig,
     dependency_audit_settings: DependencyAuditSettings,
+    git: GitRepoResource,
 ) -> dg.MaterializeResult:
     settings = dependency_audit_settings
     targets = {
@@ -63,10 +67,10 @@ def image_sboms(
     metadata: dict[str, Any] = {}
     stored = 0
     try:
-        sboms: list[Sbom] = [
-            python_sbom(settings.python_lock_path()),
-            npm_sbom(Path(settings.npm_project)),
-        ]
+        sboms: list[Sbom] = [python_sbom(settings.python_lock_path())]
+        with api_npm_lock(settings, git) as lock:
+            sboms.append(npm_sbom(lock.project))
+        metadata["api_source"] = lock.source
         for sbom in sboms:
             metadata[f"{sbom.name}_components"] = dg.MetadataValue.int(sbom.components)
             metadata[f"{sbom.name}_sha256"] = sbom.sha256
@@ -83,7 +87,7 @@ def image_sboms(
             metadata[f"{sbom.name}_image"] = where.image
             metadata[f"{sbom.name}_sbom"] = where.reference
             stored += 1
-    except SbomError as exc:
+    except ScanError as exc:  # SbomError, or no package-lock.json to describe
         raise dg.Failure(description=redact(exc), metadata=metadata) from None
     if not stored:
         raise dg.Failure(
