@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.support.k8s_emulator",
     "tests.support.pg_fixtures",
     "tests.support.production",
+    "tests.support.pushgateway",  # a real Pushgateway: the `gateway` fixture
     "tests.support.redis_ha",  # primary + replica + 3 Sentinels from deploy/redis/ha/
     "tests.support.registry_fixtures",
     "tests.support.s3_fixtures",

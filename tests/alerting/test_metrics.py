@@ -48,16 +48,6 @@ NEW_IMAGE = "127.0.0.1:5000/twinme-api@sha256:" + "2" * 64
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    """A Pushgateway without authentication."""
-    proc, gw = start_gateway(tmp_path, auth=False)
-    try:
-        yield gw
-    finally:
-        stop_gateway(proc)
-
-
-@pytest.fixture
 def auth_gateway(tmp_path: Path) -> Iterator[Gateway]:
     """A Pushgateway that wants basic auth (USER / PASSWORD) on every endpoint."""
     proc, gw = start_gateway(tmp_path, auth=True)

@@ -3,16 +3,14 @@ several simulated weeks, alerting a real Slack receiver over HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
 
 from tests.support.capacity_sets import GIB, MIB, write_nightly_set
-from tests.support.pushgateway import Gateway, names, start_gateway, stop_gateway, value
+from tests.support.pushgateway import Gateway, names, value
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.metric_specs import METRICS
 from twinme_ops.alerting.metrics import MetricsResource
@@ -71,16 +69,6 @@ def materialize(
         (mat,) = result.asset_materializations_for_node("capacity_report")
         metadata = {k: v.value for k, v in mat.metadata.items()}
     return result, metadata, instance
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    """A real Pushgateway."""
-    proc, gw = start_gateway(tmp_path, auth=False)
-    try:
-        yield gw
-    finally:
-        stop_gateway(proc)
 
 
 def test_a_volume_full_within_30_days_pages_slack(

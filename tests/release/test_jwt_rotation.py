@@ -8,18 +8,15 @@ import base64
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import jwt
-import pytest
 
 from tests.support.jwt_api import JwtCluster
 from tests.support.k8s_emulator import apps_api, stuck_once
-from tests.support.pushgateway import Gateway, start_gateway, stop_gateway, value
+from tests.support.pushgateway import Gateway, value
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.metrics import MetricsResource
 from twinme_ops.alerting.slack import SlackNotifier
@@ -33,16 +30,6 @@ from twinme_ops.release.jwt.keys import KEYS_ANNOTATION, iso
 from twinme_ops.release.jwt.rotation import KIDS_TEMPLATE_ANNOTATION
 from twinme_ops.release.rollback import ReleaseSettings
 from twinme_ops.servers.kube import KubernetesResource
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    """A Pushgateway the jobs push their outcome to."""
-    proc, gw = start_gateway(tmp_path, auth=False)
-    try:
-        yield gw
-    finally:
-        stop_gateway(proc)
 
 
 def _run(

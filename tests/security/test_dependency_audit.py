@@ -20,6 +20,7 @@ from tests.support.advisory_server import (
     npm_project,
     osv_vuln,
 )
+from tests.support.run_results import failure_description, materialized_metadata
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.defs.security.assets import dependency_audit
@@ -87,26 +88,13 @@ def _materialize(
     )
 
 
-def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
-    [event] = result.get_asset_materialization_events()
-    materialization = event.step_materialization_data.materialization
-    return {k: v.value for k, v in materialization.metadata.items()}
-
-
-def _failure(result: dg.ExecuteInProcessResult) -> str:
-    [event] = [e for e in result.all_events if e.is_step_failure]
-    data = event.step_failure_data
-    assert data is not None and data.user_failure_data is not None
-    return data.user_failure_data.description or ""
-
-
 def test_vulnerable_pins_are_reported_and_page(
     tmp_path: Path, advisory_server: AdvisoryServer, slack_receiver: SlackReceiver
 ) -> None:
     _database(advisory_server)
     result = _materialize(tmp_path, advisory_server, slack_receiver)
     assert result.success
-    meta = _metadata(result)
+    meta = materialized_metadata(result)
     table = meta["findings"]
     for ghsa, package, fixed in (
         (REQUESTS_GHSA, "requests", "2.32.0"),
@@ -137,7 +125,7 @@ def test_below_threshold_findings_do_not_page(
     _database(advisory_server, high=False)
     result = _materialize(tmp_path, advisory_server, slack_receiver)
     assert result.success
-    meta = _metadata(result)
+    meta = materialized_metadata(result)
     assert (meta["findings_moderate"], meta["findings_total"], meta["paging"]) == (1, 1, 0)
     assert slack_receiver.messages == []
 
@@ -174,7 +162,9 @@ def test_finding_unfixed_past_the_deadline_pages(
         )
         result = _materialize(tmp_path, advisory_server, slack_receiver, instance=instance)
     assert result.success
-    assert _metadata(result)["first_seen"] == {f"PyPI:requests:{REQUESTS_GHSA}": long_ago}
+    assert materialized_metadata(result)["first_seen"] == {
+        f"PyPI:requests:{REQUESTS_GHSA}": long_ago
+    }
     [text] = slack_receiver.messages
     assert "unfixed for more than 30 days" in text and f"seen since {long_ago}" in text
 
@@ -187,7 +177,7 @@ def test_unreachable_osv_fails_the_asset(
         tmp_path, advisory_server, slack_receiver, osv_url="http://127.0.0.1:9/v1/query"
     )
     assert not result.success
-    message = _failure(result)
+    message = failure_description(result)
     assert "pip-audit could not audit" in message and "127.0.0.1:9" in message
     assert "Fix:" in message and "no result is reported" in message
     assert result.get_asset_materialization_events() == []
@@ -205,7 +195,7 @@ def test_unreachable_npm_advisories_fail_without_leaking_credentials(
         npm_registry="http://audit:s3cr3t-token@127.0.0.1:9/",
     )
     assert not result.success
-    message = _failure(result)
+    message = failure_description(result)
     assert "npm audit could not reach the advisory database" in message
     assert "ECONNREFUSED" in message and "Fix:" in message
     assert "s3cr3t-token" not in message
@@ -220,7 +210,7 @@ def test_bad_threshold_names_the_fix(
 ) -> None:
     monkeypatch.setenv("TWINME_AUDIT_FAIL_SEVERITY", "severe")
     result = _materialize(tmp_path, advisory_server, slack_receiver)
-    message = _failure(result)
+    message = failure_description(result)
     assert "TWINME_AUDIT_FAIL_SEVERITY='severe' is not a severity" in message
     assert "Fix: set it to one of info, low, moderate, high, critical" in message
     assert advisory_server.requests == []

@@ -17,6 +17,7 @@ import pytest
 from tests.support.advisory_server import AdvisoryServer, NpmAdvisory, npm_project
 from tests.support.git_http import GIT_TOKEN, GitHttpServer
 from tests.support.git_repos import Repo
+from tests.support.run_results import failure_description, materialized_metadata
 from tests.support.slack_receiver import SlackReceiver
 from twinme_ops.alerting.slack import SlackNotifier
 from twinme_ops.definitions import build_definitions
@@ -90,19 +91,6 @@ def _audit(
     )
 
 
-def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
-    [event] = result.get_asset_materialization_events()
-    materialization = event.step_materialization_data.materialization
-    return {k: v.value for k, v in materialization.metadata.items()}
-
-
-def _failure(result: dg.ExecuteInProcessResult) -> str:
-    [event] = [e for e in result.all_events if e.is_step_failure]
-    data = event.step_failure_data
-    assert data is not None and data.user_failure_data is not None
-    return data.user_failure_data.description or ""
-
-
 def _everything_shown(
     instance: dg.DagsterInstance, run_id: str, slack: SlackReceiver | None = None
 ) -> str:
@@ -124,8 +112,8 @@ def test_without_a_lock_in_the_image_the_branch_head_is_audited(
     assert GIT_TOKEN in remote
     with dg.DagsterInstance.ephemeral() as instance:
         result = _audit(tmp_path, advisory_server, slack_receiver, remote, instance)
-        assert result.success, _failure(result)
-        meta = _metadata(result)
+        assert result.success, failure_description(result)
+        meta = materialized_metadata(result)
         shown = _everything_shown(instance, result.run_id, slack_receiver)
     assert (
         meta["npm_source"]
@@ -160,11 +148,11 @@ def test_a_lock_in_a_sub_folder_is_found_once_configured(
             tmp_path, advisory_server, slack_receiver, remote, instance, npm_subdir="services/api"
         )
     assert not missing.success
-    error = _failure(missing)
+    error = failure_description(missing)
     assert f"commit {sha}" in error and "no package-lock.json at its root" in error
     assert "Fix: set TWINME_AUDIT_NPM_SUBDIR" in error and GIT_TOKEN not in error
-    assert found.success, _failure(found)
-    assert _metadata(found)["npm_source"].endswith(f"@{sha}")
+    assert found.success, failure_description(found)
+    assert materialized_metadata(found)["npm_source"].endswith(f"@{sha}")
     assert list((tmp_path / "checkouts").iterdir()) == []
 
 
@@ -174,7 +162,7 @@ def test_neither_a_folder_nor_a_remote_names_both_fixes(
     with dg.DagsterInstance.ephemeral() as instance:
         result = _audit(tmp_path, advisory_server, slack_receiver, "", instance)
     assert not result.success
-    error = _failure(result)
+    error = failure_description(result)
     assert "npm: " in error and "package-lock.json not found" in error
     assert "TWINME_AUDIT_NPM_PROJECT" in error and "TWINME_GIT_REMOTE" in error
 
@@ -192,7 +180,7 @@ def test_a_refused_token_fails_with_the_fix_and_is_not_shown(
         result = _audit(tmp_path, advisory_server, slack_receiver, remote, instance)
         shown = _everything_shown(instance, result.run_id, slack_receiver)
     assert not result.success
-    error = _failure(result)
+    error = failure_description(result)
     assert "could not be read from Git" in error and "Fix: check TWINME_GIT_REMOTE" in error
     assert wrong not in error and wrong not in shown
 
@@ -223,7 +211,7 @@ def test_the_weekly_job_reads_the_git_resource_from_the_environment(
     job = build_definitions().resolve_job_def("dependency_audit_job")
     with dg.DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False)
-        assert result.success, _failure(result)
+        assert result.success, failure_description(result)
         shown = _everything_shown(instance, result.run_id, slack_receiver)
     [text] = slack_receiver.messages
     assert LODASH_GHSA in text and f"commit {sha}" in text
@@ -256,7 +244,7 @@ def test_the_api_sbom_describes_the_branch_head(
         )
         shown = _everything_shown(instance, result.run_id)
     # no image to attach it to here: the run fails after generating and validating both SBOMs
-    assert "no image is known" in _failure(result)
+    assert "no image is known" in failure_description(result)
     [event] = [e for e in result.all_events if e.is_step_failure]
     data = event.step_failure_data
     assert data is not None and data.user_failure_data is not None

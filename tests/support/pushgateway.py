@@ -7,6 +7,7 @@ import subprocess
 import time
 import urllib.request
 from base64 import b64encode
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +105,13 @@ def stop_gateway(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A real Pushgateway without authentication, stopped after the test."""
+    proc, gw = start_gateway(tmp_path, auth=False)
+    try:
+        yield gw
+    finally:
+        stop_gateway(proc)
